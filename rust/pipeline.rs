@@ -1,0 +1,494 @@
+//! The engine: planner and reader on one I/O thread, decoding on a rayon pool, each batch
+//! written straight into the caller's output buffer and announced on its own ticket.
+//!
+//! ```text
+//! submit ─jobs─▶ I/O thread: plan → shard indexes → read ─▶ rayon: decode, copy ─▶ ticket
+//! ```
+//! Batches are bounded by the caller (it holds at most `prefetch` tickets) and finish in
+//! any order; tickets are waited in submission order, so batches leave in order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::sync::WaitGroup;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::io::{new_reader, Backend, ReadOp, Reader};
+use crate::plan::{plan_batch, ChunkTask};
+use crate::sampler::check_crop;
+use crate::zarr::array::ChunkLocation;
+use crate::zarr::codecs::IndexLocation;
+use crate::zarr::region::CopyLayout;
+use crate::zarr::shard_index::{ShardIndex, Slot};
+use crate::zarr::ZarrArray;
+
+/// Shard indexes kept per engine; the oldest is forgotten first.
+const SHARD_INDEX_CACHE: usize = 4096;
+/// Jobs that may wait for the I/O thread.
+const QUEUED_JOBS: usize = 64;
+
+/// Threads and backend for an engine.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Decode threads.
+    pub threads: usize,
+    /// pread threads (the io_uring backend uses one ring on the I/O thread).
+    pub io_threads: usize,
+    pub backend: Backend,
+}
+
+/// Memory the caller lends the engine for one batch: `[crops, *crop]` elements, C order.
+#[derive(Debug)]
+pub struct OutBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is only written by the decode tasks of its own batch, in disjoint runs
+// (each output element belongs to exactly one target of one chunk), and the caller of
+// `Engine::submit` promises it stays valid until the ticket resolves or the engine is dropped.
+unsafe impl Send for OutBuffer {}
+// SAFETY: as above; shared references only ever write disjoint runs.
+unsafe impl Sync for OutBuffer {}
+
+impl OutBuffer {
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes for as long as the engine may write it:
+    /// until the batch's ticket resolves, or until the engine has been dropped.
+    #[must_use]
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Self {
+        Self { ptr, len }
+    }
+}
+
+/// The completion of one batch.
+pub struct Ticket {
+    done: Receiver<Result<()>>,
+}
+
+impl Ticket {
+    /// Blocks until the batch is written, or says why it was not.
+    ///
+    /// # Errors
+    /// The batch's error: a corrupt chunk, a failed read, or [`Error::Stopped`].
+    pub fn wait(&self) -> Result<()> {
+        self.done
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Stopped("the batch was dropped unfinished".into())))
+    }
+}
+
+struct Job {
+    origins: Vec<Vec<u64>>,
+    out: OutBuffer,
+    done: Sender<Result<()>>,
+    /// Held until the batch is finished with its buffer; `Engine::drop` waits for all.
+    _in_use: WaitGroup,
+}
+
+/// What the engine shares between its threads.
+struct Shared {
+    array: Arc<ZarrArray>,
+    crop: Vec<u64>,
+    crop_bytes: usize,
+    leaf_bytes: usize,
+    /// A leaf chunk of fill values: missing chunks are copied from it like any other.
+    fill_chunk: Vec<u8>,
+    cancel: AtomicBool,
+}
+
+/// A running engine for one array and one crop shape.
+pub struct Engine {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+    io_thread: Option<JoinHandle<()>>,
+    in_use: Option<WaitGroup>,
+    backend: Backend,
+}
+
+impl Engine {
+    /// Starts the I/O thread and the decode pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
+    /// when threads or the ring cannot be created.
+    pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
+        check_crop(&array.shape, &crop)?;
+        let element = array.dtype.size();
+        let crop_bytes = crop.iter().product::<u64>() as usize * element;
+        let leaf_elements = array.leaf_shape().iter().product::<u64>() as usize;
+        let shared = Arc::new(Shared {
+            fill_chunk: array.fill_value.repeat(leaf_elements),
+            leaf_bytes: leaf_elements * element,
+            array,
+            crop,
+            crop_bytes,
+            cancel: AtomicBool::new(false),
+        });
+        let reader = new_reader(config.backend, config.io_threads)?;
+        let decode = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads.max(1))
+            .thread_name(|i| format!("lsio-decode-{i}"))
+            .build()
+            .map_err(|e| Error::Stopped(format!("starting decode threads: {e}")))?;
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
+        let thread_shared = Arc::clone(&shared);
+        let io_thread = std::thread::Builder::new()
+            .name("lsio-io".into())
+            .spawn(move || io_loop(&thread_shared, reader, &decode, &job_rx))
+            .map_err(|e| Error::Stopped(format!("starting the I/O thread: {e}")))?;
+        Ok(Self {
+            shared,
+            jobs: Some(jobs),
+            io_thread: Some(io_thread),
+            in_use: Some(WaitGroup::new()),
+            backend: config.backend,
+        })
+    }
+
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Bytes of one crop in the output.
+    #[must_use]
+    pub fn crop_bytes(&self) -> usize {
+        self.shared.crop_bytes
+    }
+
+    /// Queues a batch of crops at `origins`, to be written into `out`.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] for an origin whose crop leaves the array,
+    /// [`Error::InvalidArgument`] when `out` is not exactly the batch's size,
+    /// [`Error::Stopped`] after [`Engine::close`].
+    pub fn submit(&self, origins: Vec<Vec<u64>>, out: OutBuffer) -> Result<Ticket> {
+        let shape = &self.shared.array.shape;
+        for (i, origin) in origins.iter().enumerate() {
+            let fits = origin.len() == shape.len()
+                && origin.iter().zip(&self.shared.crop).zip(shape).all(|((o, c), s)| o + c <= *s);
+            if !fits {
+                return Err(Error::OutOfBounds(format!(
+                    "{}: crop {i} at origin {origin:?} with shape {:?} leaves the array of shape {shape:?}",
+                    self.shared.array.path.display(),
+                    self.shared.crop
+                )));
+            }
+        }
+        let expected = origins.len() * self.shared.crop_bytes;
+        if out.len != expected {
+            return Err(Error::InvalidArgument(format!(
+                "output buffer holds {} bytes, the batch needs {expected}",
+                out.len
+            )));
+        }
+        let (Some(jobs), Some(in_use)) = (&self.jobs, &self.in_use) else {
+            return Err(Error::Stopped("the engine is closed".into()));
+        };
+        let (done, done_rx) = crossbeam_channel::bounded(1);
+        let job = Job {
+            origins,
+            out,
+            done,
+            _in_use: in_use.clone(),
+        };
+        jobs.send(job)
+            .map_err(|_| Error::Stopped("the I/O thread has exited".into()))?;
+        Ok(Ticket { done: done_rx })
+    }
+
+    /// Stops the threads. Batches not yet finished resolve with [`Error::Stopped`]; when this
+    /// returns, no engine thread writes to any output buffer any more.
+    pub fn close(&mut self) {
+        self.shared.cancel.store(true, Ordering::SeqCst);
+        self.jobs = None;
+        if let Some(thread) = self.io_thread.take() {
+            let _ = thread.join();
+        }
+        if let Some(in_use) = self.in_use.take() {
+            in_use.wait();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The I/O thread: prepares each batch (plan and reads) and hands it to the decode pool.
+fn io_loop(shared: &Arc<Shared>, mut reader: Box<dyn Reader>, decode: &rayon::ThreadPool, jobs: &Receiver<Job>) {
+    let mut indexes = IndexCache::default();
+    while let Ok(job) = jobs.recv() {
+        if shared.cancel.load(Ordering::Relaxed) {
+            let _ = job.done.send(Err(Error::Stopped("the engine was closed".into())));
+            continue;
+        }
+        let prepared = catch_unwind(AssertUnwindSafe(|| {
+            prepare(shared, reader.as_mut(), &mut indexes, &job.origins)
+        }))
+        .unwrap_or_else(|panic| Err(Error::Stopped(format!("I/O thread panicked: {}", panic_message(&panic)))));
+        match prepared {
+            Err(e) => {
+                let _ = job.done.send(Err(e));
+            }
+            Ok(batch) => {
+                let shared = Arc::clone(shared);
+                decode.spawn(move || {
+                    let result = catch_unwind(AssertUnwindSafe(|| decode_batch(&shared, &batch, &job.out)))
+                        .unwrap_or_else(|panic| {
+                            Err(Error::Stopped(format!("decode thread panicked: {}", panic_message(&panic))))
+                        });
+                    let _ = job.done.send(result);
+                    drop(job);
+                });
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The bytes behind one leaf chunk.
+enum Source {
+    /// Never written: fill value.
+    Fill,
+    /// Encoded bytes read from `file` (an index into `Batch::files`).
+    Encoded { file: usize, bytes: Vec<u8> },
+}
+
+/// A batch whose reads are done.
+struct Batch {
+    tasks: Vec<ChunkTask>,
+    locations: Vec<ChunkLocation>,
+    sources: Vec<Source>,
+    files: Vec<PathBuf>,
+}
+
+/// An opened chunk or shard file; `None` when it does not exist.
+struct OpenFile {
+    path: PathBuf,
+    file: Option<(File, u64)>,
+}
+
+#[derive(Default)]
+struct IndexCache {
+    map: HashMap<Vec<u64>, Arc<ShardIndex>>,
+    order: VecDeque<Vec<u64>>,
+}
+
+impl IndexCache {
+    fn insert(&mut self, key: Vec<u64>, index: Arc<ShardIndex>) {
+        if self.map.len() >= SHARD_INDEX_CACHE {
+            if let Some(oldest) = self.order.pop_front() {
+                self.map.remove(&oldest);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.map.insert(key, index);
+    }
+}
+
+/// Plans a batch, reads the shard indexes it lacks, then reads every chunk it needs.
+fn prepare(shared: &Shared, reader: &mut dyn Reader, indexes: &mut IndexCache, origins: &[Vec<u64>]) -> Result<Batch> {
+    let array = &shared.array;
+    let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
+    let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
+
+    // Open each file once for the batch.
+    let mut file_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
+    let mut files: Vec<OpenFile> = Vec::new();
+    for location in &locations {
+        if file_ids.contains_key(location.file.as_slice()) {
+            continue;
+        }
+        let path = array.file_path(&location.file);
+        let file = match File::open(&path) {
+            Ok(file) => {
+                let len = file
+                    .metadata()
+                    .map_err(|e| Error::io(&path, "reading the file size", e))?
+                    .len();
+                Some((file, len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&path, "opening a chunk file", e)),
+        };
+        file_ids.insert(&location.file, files.len());
+        files.push(OpenFile { path, file });
+    }
+
+    // Shard indexes not yet cached, read together.
+    let mut shard_index: Vec<Option<Arc<ShardIndex>>> = vec![None; files.len()];
+    if let Some(sharding) = array.sharding() {
+        let per_shard: u64 = array.leaves_per_file().iter().product();
+        let index_len = ShardIndex::encoded_len(per_shard, &sharding.index);
+        let mut wanted = Vec::new();
+        let mut ops = Vec::new();
+        for (coords, &id) in &file_ids {
+            if let Some(index) = indexes.map.get(*coords) {
+                shard_index[id] = Some(Arc::clone(index));
+                continue;
+            }
+            let Some((file, len)) = &files[id].file else {
+                continue;
+            };
+            if *len < index_len {
+                return Err(Error::corrupt(
+                    &files[id].path,
+                    "shard",
+                    format!("{len} bytes, too short for its index of {index_len} bytes"),
+                ));
+            }
+            let offset = match sharding.index_location {
+                IndexLocation::Start => 0,
+                IndexLocation::End => len - index_len,
+            };
+            wanted.push((coords.to_vec(), id));
+            ops.push(ReadOp { file, offset, len: index_len as usize });
+        }
+        for ((coords, id), result) in wanted.into_iter().zip(reader.read(&ops)) {
+            let path = &files[id].path;
+            let bytes = result.map_err(|e| Error::io(path, "reading the shard index", e))?;
+            let shard_len = files[id].file.as_ref().map_or(0, |(_, len)| *len);
+            let index = ShardIndex::decode(&bytes, per_shard, &sharding.index, shard_len)
+                .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
+            let index = Arc::new(index);
+            indexes.insert(coords, Arc::clone(&index));
+            shard_index[id] = Some(index);
+        }
+    }
+
+    // Every chunk's bytes, read together.
+    let mut sources: Vec<Source> = Vec::with_capacity(tasks.len());
+    let mut ops = Vec::new();
+    let mut op_task = Vec::new();
+    for (t, location) in locations.iter().enumerate() {
+        let id = file_ids[location.file.as_slice()];
+        let Some((file, len)) = &files[id].file else {
+            sources.push(Source::Fill);
+            continue;
+        };
+        let range = match &shard_index[id] {
+            None if array.sharding().is_none() => Some((0, *len)),
+            None => None,
+            Some(index) => match index.slot(location.inner) {
+                Slot::Empty => None,
+                Slot::Bytes { offset, len } => Some((offset, len)),
+            },
+        };
+        match range {
+            None => sources.push(Source::Fill),
+            Some((offset, len)) => {
+                sources.push(Source::Encoded { file: id, bytes: Vec::new() });
+                op_task.push(t);
+                ops.push(ReadOp { file, offset, len: len as usize });
+            }
+        }
+    }
+    for (t, result) in op_task.into_iter().zip(reader.read(&ops)) {
+        if let Source::Encoded { file, bytes } = &mut sources[t] {
+            *bytes = result.map_err(|e| {
+                Error::io(&files[*file].path, format!("reading chunk {:?}", tasks[t].chunk), e)
+            })?;
+        }
+    }
+    Ok(Batch {
+        tasks,
+        locations,
+        sources,
+        files: files.into_iter().map(|f| f.path).collect(),
+    })
+}
+
+thread_local! {
+    // Each decode thread's scratch chunk, reused for every chunk it decodes.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decodes every chunk of a batch on the pool and copies its pieces into the output.
+fn decode_batch(shared: &Shared, batch: &Batch, out: &OutBuffer) -> Result<()> {
+    let array = &shared.array;
+    (0..batch.tasks.len()).into_par_iter().try_for_each(|t| {
+        if shared.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Stopped("the engine was closed".into()));
+        }
+        let task = &batch.tasks[t];
+        match &batch.sources[t] {
+            Source::Fill => copy_targets(shared, task, &shared.fill_chunk, out),
+            Source::Encoded { file, bytes } => SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                scratch.resize(shared.leaf_bytes, 0);
+                array
+                    .leaf_codecs()
+                    .decode_into(bytes, &mut scratch, array.dtype)
+                    .map_err(|reason| {
+                        let what = if array.sharding().is_some() {
+                            format!(
+                                "chunk {:?} (inner chunk {} of the shard)",
+                                task.chunk, batch.locations[t].inner
+                            )
+                        } else {
+                            format!("chunk {:?}", task.chunk)
+                        };
+                        Error::corrupt(&batch.files[*file], what, reason)
+                    })?;
+                copy_targets(shared, task, &scratch, out)
+            }),
+        }
+    })
+}
+
+/// Copies each target's piece of a decoded chunk into its crop's place in the output.
+fn copy_targets(shared: &Shared, task: &ChunkTask, chunk: &[u8], out: &OutBuffer) -> Result<()> {
+    let element = shared.array.dtype.size();
+    let leaf_shape = shared.array.leaf_shape();
+    for target in &task.targets {
+        let crop_base = target.crop * shared.crop_bytes;
+        let layout = CopyLayout {
+            element_size: element,
+            region: &target.in_chunk.shape,
+            src_shape: leaf_shape,
+            src_start: &target.in_chunk.start,
+            dst_shape: &shared.crop,
+            dst_start: &target.in_crop,
+        };
+        let mut in_bounds = true;
+        layout.for_each_run(|src, dst, len| {
+            let dst = crop_base + dst;
+            if src + len > chunk.len() || dst + len > out.len {
+                in_bounds = false;
+                return;
+            }
+            // SAFETY: `src..src+len` lies in `chunk` and `dst..dst+len` in the output buffer
+            // (both checked just above); the output is valid for writes while the batch runs
+            // (`OutBuffer::new`), and no other task writes this run: each output element is
+            // covered by exactly one target of one chunk (plan_batch).
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.as_ptr().add(src), out.ptr.add(dst), len);
+            }
+        });
+        if !in_bounds {
+            return Err(Error::Stopped(format!(
+                "internal error: a copy for chunk {:?} left its buffers",
+                task.chunk
+            )));
+        }
+    }
+    Ok(())
+}

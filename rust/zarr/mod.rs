@@ -1,0 +1,11 @@
+//! Zarr: metadata, codecs, shard indexes, and the region math of chunk grids.
+
+pub mod array;
+pub mod codecs;
+pub mod dtype;
+pub mod region;
+pub mod shard_index;
+
+pub use array::ZarrArray;
+pub use dtype::DataType;
+pub use region::Region;

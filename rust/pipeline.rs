@@ -158,6 +158,12 @@ impl Engine {
         self.backend
     }
 
+    /// The array this engine reads.
+    #[must_use]
+    pub fn array(&self) -> &ZarrArray {
+        &self.shared.array
+    }
+
     /// Bytes of one crop in the output.
     #[must_use]
     pub fn crop_bytes(&self) -> usize {

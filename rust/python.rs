@@ -1,0 +1,254 @@
+//! The Python binding, and the only file that knows about Python.
+//!
+//! Python allocates every output tensor (`torch.empty(..., pin_memory=...)`); this module
+//! checks its dtype, device, contiguity and size, keeps a reference to it while the engine
+//! writes into it, and waits for batches with the GIL released.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyFileNotFoundError, PyIndexError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::error::Error;
+use crate::io::choose_backend;
+use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
+use crate::sampler;
+use crate::zarr::ZarrArray;
+
+create_exception!(
+    _lsio_torch,
+    LsioError,
+    PyException,
+    "A read or decode failed: a corrupt chunk, an I/O error, a stopped engine."
+);
+
+/// The one mapping from engine errors to Python exceptions.
+fn to_py(e: Error) -> PyErr {
+    let message = e.to_string();
+    match e {
+        Error::NotFound { .. } => PyFileNotFoundError::new_err(message),
+        Error::InvalidArgument(_) | Error::InvalidMetadata { .. } | Error::Unsupported { .. } => {
+            PyValueError::new_err(message)
+        }
+        Error::OutOfBounds(_) => PyIndexError::new_err(message),
+        Error::Io { .. } | Error::Corrupt { .. } | Error::Stopped(_) => LsioError::new_err(message),
+    }
+}
+
+/// A Zarr v3 array opened for reading: its metadata only (opening starts no thread).
+#[pyclass(module = "lsio_torch._lsio_torch", frozen)]
+struct Array {
+    inner: Arc<ZarrArray>,
+}
+
+#[pymethods]
+impl Array {
+    #[new]
+    fn new(path: PathBuf) -> PyResult<Self> {
+        Ok(Self {
+            inner: Arc::new(ZarrArray::open(path).map_err(to_py)?),
+        })
+    }
+
+    /// The array's directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path.clone()
+    }
+
+    #[getter]
+    fn shape(&self) -> Vec<u64> {
+        self.inner.shape.clone()
+    }
+
+    /// The element type's name, as numpy and Zarr spell it (``"int16"``).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.dtype.name()
+    }
+
+    /// The shape of the unit that is decoded: the inner chunk when sharded.
+    #[getter]
+    fn chunk_shape(&self) -> Vec<u64> {
+        self.inner.leaf_shape().to_vec()
+    }
+
+    /// The shape of a shard, or ``None`` when the array is not sharded.
+    #[getter]
+    fn shard_shape(&self) -> Option<Vec<u64>> {
+        self.inner.sharding().map(|_| self.inner.chunk_shape.clone())
+    }
+
+    /// ``dimension_names`` from the metadata, or ``None``.
+    #[getter]
+    fn dimension_names(&self) -> Option<Vec<Option<String>>> {
+        self.inner.dimension_names.clone()
+    }
+}
+
+/// Draws crop origins: a pure function of ``(seed, epoch, sample index)``.
+#[pyclass(module = "lsio_torch._lsio_torch", frozen)]
+struct Sampler {
+    inner: sampler::Sampler,
+}
+
+#[pymethods]
+impl Sampler {
+    #[new]
+    fn new(shape: Vec<u64>, crop: Vec<u64>, seed: u64) -> PyResult<Self> {
+        Ok(Self {
+            inner: sampler::Sampler::new(&shape, &crop, seed).map_err(to_py)?,
+        })
+    }
+
+    /// The origins of samples ``first .. first + count`` of ``epoch``.
+    fn origins(&self, epoch: u64, first: u64, count: u64) -> Vec<Vec<u64>> {
+        (first..first + count).map(|i| self.inner.origin(epoch, i)).collect()
+    }
+}
+
+/// A running engine for one array and crop shape: its threads start when it is created.
+#[pyclass(module = "lsio_torch._lsio_torch")]
+struct Engine {
+    /// Closed before `pending` is dropped, so no thread still writes into a tensor whose
+    /// reference is released.
+    engine: Option<pipeline::Engine>,
+    /// Submitted batches in order: their tickets and the tensors being written.
+    pending: VecDeque<(Ticket, Py<PyAny>)>,
+}
+
+/// Checks that `tensor` is a contiguous CPU tensor of `dtype` and `nbytes`; returns its data.
+fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyResult<OutBuffer> {
+    let device: String = tensor.getattr("device")?.getattr("type")?.extract()?;
+    let actual_dtype: String = tensor.getattr("dtype")?.str()?.extract()?;
+    let contiguous: bool = tensor.call_method0("is_contiguous")?.extract()?;
+    let actual_nbytes: usize = tensor.getattr("nbytes")?.extract()?;
+    if device != "cpu" || !contiguous || actual_dtype != format!("torch.{dtype}") || actual_nbytes != nbytes {
+        return Err(PyValueError::new_err(format!(
+            "output tensor must be a contiguous CPU tensor of torch.{dtype} with {nbytes} bytes; \
+             got {actual_dtype} on {device}, contiguous={contiguous}, {actual_nbytes} bytes"
+        )));
+    }
+    let ptr: usize = tensor.call_method0("data_ptr")?.extract()?;
+    // SAFETY: `ptr` is the start of the tensor's `nbytes` bytes of CPU memory (checked above).
+    // `Engine` keeps a reference to the tensor in `pending` until the batch's ticket has
+    // resolved or the engine is closed, so the memory outlives every write.
+    Ok(unsafe { OutBuffer::new(ptr as *mut u8, nbytes) })
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (array, crop, threads, io_threads))]
+    fn new(py: Python<'_>, array: &Array, crop: Vec<u64>, threads: usize, io_threads: usize) -> PyResult<Self> {
+        let choice = choose_backend().map_err(to_py)?;
+        let config = EngineConfig {
+            threads,
+            io_threads,
+            backend: choice.backend,
+        };
+        let inner = Arc::clone(&array.inner);
+        let engine = py
+            .detach(|| pipeline::Engine::start(inner, crop, config))
+            .map_err(to_py)?;
+        Ok(Self {
+            engine: Some(engine),
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// ``"io_uring"`` or ``"pread"``.
+    #[getter]
+    fn backend(&self) -> PyResult<&'static str> {
+        Ok(self.running()?.backend().name())
+    }
+
+    /// Batches submitted and not yet returned by :meth:`next`.
+    #[getter]
+    fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Queues a batch: crops at ``origins`` (a list of int sequences) written into ``out``,
+    /// a contiguous CPU tensor ``[len(origins), *crop]`` of the array's dtype.
+    fn submit(&mut self, out: Bound<'_, PyAny>, origins: Vec<Vec<i64>>) -> PyResult<()> {
+        let engine = self.running()?;
+        let origins = origins
+            .into_iter()
+            .map(|o| {
+                o.iter()
+                    .map(|&v| u64::try_from(v))
+                    .collect::<Result<Vec<u64>, _>>()
+                    .map_err(|_| PyIndexError::new_err(format!("crop origin {o:?} is negative")))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let nbytes = origins.len() * engine.crop_bytes();
+        let buffer = tensor_memory(&out, engine_dtype(engine), nbytes)?;
+        let ticket = engine.submit(origins, buffer).map_err(to_py)?;
+        self.pending.push_back((ticket, out.unbind()));
+        Ok(())
+    }
+
+    /// Waits (without the GIL) for the oldest batch and returns its tensor.
+    fn next(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let Some((ticket, tensor)) = self.pending.pop_front() else {
+            return Err(PyValueError::new_err("no batch was submitted"));
+        };
+        py.detach(|| ticket.wait()).map_err(to_py)?;
+        Ok(tensor)
+    }
+
+    /// Stops the engine's threads; batches still pending are discarded.
+    fn close(&mut self, py: Python<'_>) {
+        if let Some(mut engine) = self.engine.take() {
+            py.detach(|| engine.close());
+        }
+        self.pending.clear();
+    }
+}
+
+impl Engine {
+    fn running(&self) -> PyResult<&pipeline::Engine> {
+        self.engine
+            .as_ref()
+            .ok_or_else(|| LsioError::new_err("engine stopped: the engine is closed"))
+    }
+}
+
+fn engine_dtype(engine: &pipeline::Engine) -> &'static str {
+    engine.array().dtype.name()
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(mut engine) = self.engine.take() {
+            engine.close();
+        }
+    }
+}
+
+/// The I/O backend engines use in this process: ``"io_uring"`` or ``"pread"``.
+#[pyfunction]
+fn io_backend() -> PyResult<&'static str> {
+    Ok(choose_backend().map_err(to_py)?.backend.name())
+}
+
+/// Why io_uring is not used here, or ``None`` when it is (or ``LSIO_IO`` chose pread).
+#[pyfunction]
+fn io_fallback_reason() -> PyResult<Option<String>> {
+    Ok(choose_backend().map_err(to_py)?.fallback_reason)
+}
+
+#[pymodule]
+fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Array>()?;
+    m.add_class::<Sampler>()?;
+    m.add_class::<Engine>()?;
+    m.add_function(wrap_pyfunction!(io_backend, m)?)?;
+    m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
+    m.add("LsioError", m.py().get_type::<LsioError>())?;
+    Ok(())
+}

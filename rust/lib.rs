@@ -9,6 +9,7 @@ pub mod error;
 pub mod io;
 pub mod pipeline;
 pub mod plan;
+pub mod pool;
 pub mod sampler;
 pub mod zarr;
 

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp, Reader};
 use crate::plan::{plan_batch, ChunkTask};
+use crate::pool::build_pool;
 use crate::sampler::check_crop;
 use crate::zarr::array::ChunkLocation;
 use crate::zarr::codecs::IndexLocation;
@@ -133,16 +134,16 @@ impl Engine {
             cancel: AtomicBool::new(false),
         });
         let reader = new_reader(config.backend, config.io_threads)?;
-        let decode = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads.max(1))
-            .thread_name(|i| format!("lsio-decode-{i}"))
-            .build()
-            .map_err(|e| Error::Stopped(format!("starting decode threads: {e}")))?;
+        let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
         let thread_shared = Arc::clone(&shared);
         let io_thread = std::thread::Builder::new()
             .name("lsio-io".into())
-            .spawn(move || io_loop(&thread_shared, reader, &decode, &job_rx))
+            .spawn(move || {
+                io_loop(&thread_shared, reader, &decode, &job_rx);
+                drop(decode);
+                decode_exited.wait();
+            })
             .map_err(|e| Error::Stopped(format!("starting the I/O thread: {e}")))?;
         Ok(Self {
             shared,
@@ -212,7 +213,7 @@ impl Engine {
     }
 
     /// Stops the threads. Batches not yet finished resolve with [`Error::Stopped`]; when this
-    /// returns, no engine thread writes to any output buffer any more.
+    /// returns, every engine thread has exited and none writes to any output buffer.
     pub fn close(&mut self) {
         self.shared.cancel.store(true, Ordering::SeqCst);
         self.jobs = None;

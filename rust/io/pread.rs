@@ -5,29 +5,33 @@ use std::os::unix::fs::FileExt;
 use rayon::prelude::*;
 
 use super::{ReadOp, Reader};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::pool::{build_pool, ExitLatch};
 
 /// Runs each op as one `read_exact_at` on a dedicated rayon pool.
 pub struct PreadReader {
-    pool: rayon::ThreadPool,
+    pool: Option<rayon::ThreadPool>,
+    exited: ExitLatch,
 }
 
 impl PreadReader {
     /// # Errors
     /// [`Error::Stopped`] when the threads cannot be started.
     pub fn new(threads: usize) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("lsio-pread-{i}"))
-            .build()
-            .map_err(|e| Error::Stopped(format!("starting pread threads: {e}")))?;
-        Ok(Self { pool })
+        let (pool, exited) = build_pool("lsio-pread", threads)?;
+        Ok(Self {
+            pool: Some(pool),
+            exited,
+        })
     }
 }
 
 impl Reader for PreadReader {
     fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>> {
-        self.pool.install(|| {
+        let Some(pool) = &self.pool else {
+            return ops.iter().map(|_| Err(std::io::Error::other("pread pool stopped"))).collect();
+        };
+        pool.install(|| {
             ops.par_iter()
                 .map(|op| {
                     let mut buf = vec![0u8; op.len];
@@ -36,6 +40,13 @@ impl Reader for PreadReader {
                 })
                 .collect()
         })
+    }
+}
+
+impl Drop for PreadReader {
+    fn drop(&mut self) {
+        drop(self.pool.take());
+        self.exited.wait();
     }
 }
 

@@ -1,0 +1,118 @@
+"""Every crop equals zarr-python's read of the same region, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import DTYPES, LAYOUTS, crop_origins, reference_crop, same_bits
+
+import lsio_torch
+
+CROPS = [(4, 16, 10), (5, 23, 11), (13, 50, 37), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_read_crops_equal_zarr_python(arrays, layout, dtype, backend):
+    written = arrays[(layout, dtype)]
+    checked = 0
+    for k, crop in enumerate(CROPS):
+        origins = crop_origins(written.values.shape, crop, n=8, seed=k)
+        out = lsio_torch.read_crops(written.path, origins, crop)
+        assert out.shape == (len(origins), *crop)
+        assert out.dtype == getattr(torch, dtype)
+        for origin, got in zip(origins, out, strict=True):
+            assert same_bits(got.numpy(), reference_crop(written.values, origin, crop)), (
+                f"{written.path} crop {crop} at {origin}"
+            )
+            checked += 1
+    assert checked == 32
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fill_value_where_nothing_was_written(arrays, layout):
+    written = arrays[(layout, "int16")]
+    # An empty shard slot (or missing chunk file), and a region of never-written shards.
+    out = lsio_torch.read_crops(written.path, [(0, 16, 0), (9, 0, 0)], (4, 16, 10))
+    assert (out == 7).all()
+    chunks = written.path / "c"
+    if layout == "unsharded":
+        assert not (chunks / "0/1/0").exists() and not (chunks / "2/0/0").exists()
+        assert (chunks / "0/0/0").exists()
+    else:
+        assert not (chunks / "1/0/0").exists() and (chunks / "0/0/0").exists()
+        # The shard's index marks inner chunk (0, 1, 0) -- position 2 of 2x2x2 -- as empty.
+        shard = (chunks / "0/0/0").read_bytes()
+        index_len = 8 * 16 + 4
+        raw = shard[-index_len:] if layout == "shard-index-end" else shard[:index_len]
+        entries = np.frombuffer(raw[:-4], dtype="<u8").reshape(8, 2)
+        assert (entries[2] == 2**64 - 1).all() and (entries[0] != 2**64 - 1).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dataset_in_a_dataloader_equals_zarr_python(arrays, layout, backend):
+    written = arrays[(layout, "float32")]
+    crop = (3, 20, 17)
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, crop, batch_size=8, samples_per_epoch=100, seed=3, return_origins=True
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=None)
+    seen = 0
+    for batch, origins in loader:
+        assert batch.dtype == torch.float32 and origins.dtype == torch.int64
+        for got, origin in zip(batch, origins, strict=True):
+            assert same_bits(got.numpy(), reference_crop(written.values, origin.tolist(), crop))
+            seen += 1
+    assert seen == 100
+    assert lsio_torch.io_backend() == backend
+
+
+def test_crops_cover_edges(arrays):
+    """The sampler reaches the last valid origin in every dimension."""
+    written = arrays[("unsharded", "uint8")]
+    crop = (10, 40, 30)
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, crop, batch_size=50, samples_per_epoch=400, return_origins=True
+    )
+    origins = torch.cat([o for _, o in ds])
+    assert origins.min(0).values.tolist() == [0, 0, 0]
+    assert origins.max(0).values.tolist() == [3, 10, 7]
+
+
+def test_same_seed_same_batches_new_epoch_new_batches(arrays):
+    written = arrays[("shard-index-end", "int16")]
+    make = lambda: lsio_torch.ZarrCropDataset(  # noqa: E731
+        written.path, (2, 8, 8), batch_size=4, samples_per_epoch=12, seed=11, threads=2
+    )
+    a, b = make(), make()
+    b.threads = 1
+    first = [t.clone() for t in a]
+    assert all(torch.equal(x, y) for x, y in zip(first, b, strict=True))
+    a.set_epoch(1)
+    assert not all(torch.equal(x, y) for x, y in zip(first, a, strict=True))
+    assert [t.shape[0] for t in first] == [4, 4, 4]
+
+
+def test_last_batch_is_partial_and_len_counts_batches(arrays):
+    written = arrays[("unsharded", "int32")]
+    ds = lsio_torch.ZarrCropDataset(written.path, (1, 5, 5), batch_size=4, samples_per_epoch=10)
+    assert len(ds) == 3
+    assert [b.shape[0] for b in ds] == [4, 4, 2]
+
+
+def test_endless_stream_keeps_going(arrays):
+    written = arrays[("unsharded", "uint16")]
+    ds = lsio_torch.ZarrCropDataset(written.path, (2, 2, 2), batch_size=2)
+    it = iter(ds)
+    batches = [next(it) for _ in range(25)]
+    assert all(b.shape == (2, 2, 2, 2) for b in batches)
+    with pytest.raises(TypeError, match="endless"):
+        len(ds)
+
+
+def test_zarr_reads_agree_with_fixture(arrays):
+    """Guards the fixture itself: what zarr-python reads back is what was written."""
+    written = arrays[("shard-index-start", "float64")]
+    assert np.array_equal(zarr.open_array(written.path)[...], written.values)

@@ -1,0 +1,186 @@
+"""The engine's contract with its host process: backends, fork safety, errors, lifecycle."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import threading
+
+import pytest
+import torch
+import zarr
+from conftest import reference_crop, same_bits, write_array
+
+import lsio_torch
+
+
+def engine_threads() -> list[str]:
+    """Names of this process's threads that belong to an lsio engine."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:
+            pass  # the thread exited while we listed
+    return [n for n in names if n.startswith("lsio-")]
+
+
+def test_default_backend_is_io_uring_and_lsio_io_switches(arrays, monkeypatch):
+    monkeypatch.delenv("LSIO_IO", raising=False)
+    assert lsio_torch.io_backend() == "io_uring", lsio_torch.io_fallback_reason()
+    assert lsio_torch.io_fallback_reason() is None
+    monkeypatch.setenv("LSIO_IO", "pread")
+    assert lsio_torch.io_backend() == "pread"
+    written = arrays[("shard-index-end", "int16")]
+    out = lsio_torch.read_crops(written.path, [(1, 2, 3)], (4, 5, 6))
+    assert same_bits(out[0].numpy(), reference_crop(written.values, (1, 2, 3), (4, 5, 6)))
+    monkeypatch.setenv("LSIO_IO", "uring")
+    assert lsio_torch.io_backend() == "io_uring"
+    monkeypatch.setenv("LSIO_IO", "mmap")
+    with pytest.raises(ValueError, match="LSIO_IO=mmap"):
+        lsio_torch.io_backend()
+
+
+def _iterate_in_child(ds, queue):
+    try:
+        queue.put(("ok", [b.numpy().tobytes() for b in ds]))
+    except Exception as e:  # reported to the parent, which fails the test
+        queue.put(("error", repr(e)))
+
+
+def test_dataset_made_before_fork_iterates_in_the_child(arrays):
+    written = arrays[("shard-index-start", "uint16")]
+    ds = lsio_torch.ZarrCropDataset(written.path, (2, 9, 9), batch_size=3, samples_per_epoch=9)
+    assert engine_threads() == []  # constructing starts no thread
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_iterate_in_child, args=(ds, queue))
+    child.start()
+    status, batches = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert status == "ok", batches
+    assert child.exitcode == 0
+    mine = list(ds)
+    assert len(batches) == 3
+    assert batches == [b.numpy().tobytes() for b in mine]
+
+
+def test_missing_path_names_it(tmp_path):
+    missing = tmp_path / "nowhere.zarr"
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+        lsio_torch.ZarrCropDataset(missing, (1,))
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+        lsio_torch.read_crops(missing, [(0,)], (1,))
+
+
+def test_crop_larger_than_the_array_names_path_and_dimension(arrays):
+    written = arrays[("unsharded", "uint8")]
+    with pytest.raises(ValueError, match=r"unsharded-uint8.zarr: crop .* larger .*dimension 1: 51 > 50"):
+        lsio_torch.ZarrCropDataset(written.path, (1, 51, 1))
+    with pytest.raises(ValueError, match=r"crop \(1, 1\) has 2 dimensions, the array .* has 3"):
+        lsio_torch.read_crops(written.path, [(0, 0)], (1, 1))
+
+
+def test_origin_outside_the_array_is_an_index_error(arrays):
+    written = arrays[("unsharded", "uint8")]
+    with pytest.raises(IndexError, match=r"crop 1 at origin \[0, 41, 0\]"):
+        lsio_torch.read_crops(written.path, [(0, 0, 0), (0, 41, 0)], (1, 10, 1))
+    with pytest.raises(IndexError, match="negative"):
+        lsio_torch.read_crops(written.path, [(-1, 0, 0)], (1, 10, 1))
+
+
+def test_unsupported_codec_is_refused_at_open_naming_it(tmp_path):
+    path = tmp_path / "gzip.zarr"
+    zarr.create_array(path, shape=(4, 4), chunks=(2, 2), dtype="int16",
+                      compressors=zarr.codecs.GzipCodec())
+    with pytest.raises(ValueError, match=r"gzip.zarr: unsupported codec: gzip"):
+        lsio_torch.ZarrCropDataset(path, (2, 2))
+
+
+def test_unsupported_dtype_is_refused_at_open_naming_it(tmp_path):
+    path = tmp_path / "strings.zarr"
+    zarr.create_array(path, shape=(4,), chunks=(2,), dtype=str)
+    with pytest.raises(ValueError, match=r"strings.zarr: unsupported data type string"):
+        lsio_torch.read_crops(path, [(0,)], (2,))
+
+
+def test_zarr_v2_is_refused_with_a_clear_message(tmp_path):
+    path = tmp_path / "v2.zarr"
+    zarr.create_array(path, shape=(4,), chunks=(2,), dtype="int16", zarr_format=2)
+    with pytest.raises(ValueError, match="Zarr format 2"):
+        lsio_torch.read_crops(path, [(0,)], (2,))
+
+
+@pytest.mark.parametrize("layout", ["unsharded", "shard-index-end"])
+def test_corrupt_chunk_is_an_error_naming_file_and_chunk(tmp_path, layout, backend):
+    written = write_array(tmp_path / "a.zarr", layout, "int16")
+    shard = written.path / "c/0/0/0"
+    data = bytearray(shard.read_bytes())
+    data[0:4] = b"junk"  # the first (inner) chunk's zstd frame header
+    shard.write_bytes(bytes(data))
+    with pytest.raises(lsio_torch.LsioError, match=r"c/0/0/0: corrupt chunk \[0, 0, 0\]"):
+        lsio_torch.read_crops(written.path, [(0, 0, 0)], (2, 2, 2))
+    ds = lsio_torch.ZarrCropDataset(written.path, (13, 50, 37), batch_size=1, samples_per_epoch=2)
+    with pytest.raises(lsio_torch.LsioError, match="corrupt"):
+        list(torch.utils.data.DataLoader(ds, batch_size=None))
+
+
+def test_truncated_chunk_is_an_error_not_zeros(tmp_path, backend):
+    written = write_array(tmp_path / "a.zarr", "unsharded", "float32")
+    chunk = written.path / "c/1/0/0"
+    chunk.write_bytes(chunk.read_bytes()[:-20])
+    with pytest.raises(lsio_torch.LsioError, match=r"c/1/0/0: corrupt chunk \[1, 0, 0\]: zstd"):
+        lsio_torch.read_crops(written.path, [(4, 0, 0)], (2, 2, 2))
+
+
+def test_truncated_shard_is_an_error_not_zeros(tmp_path, backend):
+    written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16")
+    shard = written.path / "c/0/0/0"
+    shard.write_bytes(shard.read_bytes()[:-50])
+    with pytest.raises(lsio_torch.LsioError, match=r"c/0/0/0: corrupt shard index"):
+        lsio_torch.read_crops(written.path, [(0, 0, 0)], (2, 2, 2))
+
+
+def test_deleted_array_mid_run_is_an_error(tmp_path):
+    written = write_array(tmp_path / "a.zarr", "unsharded", "int16")
+    ds = lsio_torch.ZarrCropDataset(written.path, (4, 16, 10), batch_size=2)
+    shutil.rmtree(written.path / "c")
+    # Missing chunk files read as the fill value, exactly as zarr-python reads them.
+    batch = next(iter(ds))
+    assert (batch == 7).all()
+    assert (zarr.open_array(written.path)[:4, :16, :10] == 7).all()
+
+
+def test_abandoned_loops_leave_no_threads_or_files(arrays):
+    written = arrays[("shard-index-end", "float32")]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        ds = lsio_torch.ZarrCropDataset(written.path, (2, 8, 8), batch_size=4, threads=2)
+        it = iter(ds)
+        next(it)
+        assert engine_threads() != []
+        del it  # abandon mid-stream: the generator's finally closes the engine
+    # rayon workers leave asynchronously after their pool is dropped.
+    for _ in range(100):
+        if not engine_threads():
+            break
+        threading.Event().wait(0.05)
+    assert engine_threads() == []
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_pinned_batches_copy_to_cuda_correctly(arrays):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine: pinned memory needs it")
+    written = arrays[("shard-index-start", "float32")]
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, (3, 20, 17), batch_size=8, samples_per_epoch=64, return_origins=True
+    )
+    for batch, origins in torch.utils.data.DataLoader(ds, batch_size=None):
+        assert batch.is_pinned()
+        on_gpu = batch.to("cuda", non_blocking=True)
+        torch.cuda.synchronize()
+        for got, origin in zip(on_gpu.cpu(), origins, strict=True):
+            assert same_bits(got.numpy(), reference_crop(written.values, origin.tolist(), (3, 20, 17)))

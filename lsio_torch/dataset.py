@@ -80,7 +80,8 @@ def _crop_shape(array: _lsio_torch.Array, crop: Sequence[int]) -> tuple[int, ...
         raise TypeError(f"crop must be a sequence of ints, got {crop!r}") from None
     if len(crop) != len(shape):
         raise ValueError(
-            f"{array.path}: crop {crop} has {len(crop)} dimensions, the array {shape} has {len(shape)}"
+            f"{array.path}: crop {crop} has {len(crop)} dimensions, "
+            f"the array {shape} has {len(shape)}"
         )
     for d, (c, s) in enumerate(zip(crop, shape, strict=True)):
         if not 1 <= c <= s:
@@ -174,7 +175,7 @@ class ZarrCropDataset(IterableDataset):
 
     def __repr__(self) -> str:
         return (
-            f"ZarrCropDataset({self.path!r}, shape={self.shape}, dtype={self.dtype}, "
+            f"ZarrCropDataset({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, "
             f"chunks={tuple(self._array.chunk_shape)}, shards={self._array.shard_shape}, "
             f"crop={self.crop}, batch_size={self.batch_size}, "
             f"samples_per_epoch={self.samples_per_epoch}, seed={self.seed}, epoch={self.epoch})"
@@ -255,12 +256,12 @@ def read_crops(
     if starts.numel() == 0:
         starts = starts.reshape(0, len(crop))
     if starts.ndim != 2 or starts.shape[1] != len(crop):
-        raise ValueError(
-            f"origins must have shape [N, {len(crop)}], got {tuple(starts.shape)}"
-        )
+        raise ValueError(f"origins must have shape [N, {len(crop)}], got {tuple(starts.shape)}")
     threads = _positive("threads", threads, allow_none=True) or _default_threads()
     _log_backend_once()
-    out = torch.empty((starts.shape[0], *crop), dtype=TORCH_DTYPES[array.dtype], pin_memory=pin_memory)
+    out = torch.empty(
+        (starts.shape[0], *crop), dtype=TORCH_DTYPES[array.dtype], pin_memory=pin_memory
+    )
     if starts.shape[0] == 0:
         return out
     engine = _lsio_torch.Engine(array, list(crop), threads, threads)

@@ -52,7 +52,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
         Self::Io {
             path: path.into(),
             what: what.into(),

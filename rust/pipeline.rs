@@ -181,7 +181,11 @@ impl Engine {
         let shape = &self.shared.array.shape;
         for (i, origin) in origins.iter().enumerate() {
             let fits = origin.len() == shape.len()
-                && origin.iter().zip(&self.shared.crop).zip(shape).all(|((o, c), s)| o + c <= *s);
+                && origin
+                    .iter()
+                    .zip(&self.shared.crop)
+                    .zip(shape)
+                    .all(|((o, c), s)| o + c <= *s);
             if !fits {
                 return Err(Error::OutOfBounds(format!(
                     "{}: crop {i} at origin {origin:?} with shape {:?} leaves the array of shape {shape:?}",
@@ -233,17 +237,29 @@ impl Drop for Engine {
 }
 
 /// The I/O thread: prepares each batch (plan and reads) and hands it to the decode pool.
-fn io_loop(shared: &Arc<Shared>, mut reader: Box<dyn Reader>, decode: &rayon::ThreadPool, jobs: &Receiver<Job>) {
+fn io_loop(
+    shared: &Arc<Shared>,
+    mut reader: Box<dyn Reader>,
+    decode: &rayon::ThreadPool,
+    jobs: &Receiver<Job>,
+) {
     let mut indexes = IndexCache::default();
     while let Ok(job) = jobs.recv() {
         if shared.cancel.load(Ordering::Relaxed) {
-            let _ = job.done.send(Err(Error::Stopped("the engine was closed".into())));
+            let _ = job
+                .done
+                .send(Err(Error::Stopped("the engine was closed".into())));
             continue;
         }
         let prepared = catch_unwind(AssertUnwindSafe(|| {
             prepare(shared, reader.as_mut(), &mut indexes, &job.origins)
         }))
-        .unwrap_or_else(|panic| Err(Error::Stopped(format!("I/O thread panicked: {}", panic_message(&panic)))));
+        .unwrap_or_else(|panic| {
+            Err(Error::Stopped(format!(
+                "I/O thread panicked: {}",
+                panic_message(&panic)
+            )))
+        });
         match prepared {
             Err(e) => {
                 let _ = job.done.send(Err(e));
@@ -251,10 +267,14 @@ fn io_loop(shared: &Arc<Shared>, mut reader: Box<dyn Reader>, decode: &rayon::Th
             Ok(batch) => {
                 let shared = Arc::clone(shared);
                 decode.spawn(move || {
-                    let result = catch_unwind(AssertUnwindSafe(|| decode_batch(&shared, &batch, &job.out)))
-                        .unwrap_or_else(|panic| {
-                            Err(Error::Stopped(format!("decode thread panicked: {}", panic_message(&panic))))
-                        });
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| decode_batch(&shared, &batch, &job.out)))
+                            .unwrap_or_else(|panic| {
+                                Err(Error::Stopped(format!(
+                                    "decode thread panicked: {}",
+                                    panic_message(&panic)
+                                )))
+                            });
                     let _ = job.done.send(result);
                     drop(job);
                 });
@@ -312,7 +332,12 @@ impl IndexCache {
 }
 
 /// Plans a batch, reads the shard indexes it lacks, then reads every chunk it needs.
-fn prepare(shared: &Shared, reader: &mut dyn Reader, indexes: &mut IndexCache, origins: &[Vec<u64>]) -> Result<Batch> {
+fn prepare(
+    shared: &Shared,
+    reader: &mut dyn Reader,
+    indexes: &mut IndexCache,
+    origins: &[Vec<u64>],
+) -> Result<Batch> {
     let array = &shared.array;
     let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
     let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
@@ -367,7 +392,11 @@ fn prepare(shared: &Shared, reader: &mut dyn Reader, indexes: &mut IndexCache, o
                 IndexLocation::End => len - index_len,
             };
             wanted.push((coords.to_vec(), id));
-            ops.push(ReadOp { file, offset, len: index_len as usize });
+            ops.push(ReadOp {
+                file,
+                offset,
+                len: index_len as usize,
+            });
         }
         for ((coords, id), result) in wanted.into_iter().zip(reader.read(&ops)) {
             let path = &files[id].path;
@@ -402,16 +431,27 @@ fn prepare(shared: &Shared, reader: &mut dyn Reader, indexes: &mut IndexCache, o
         match range {
             None => sources.push(Source::Fill),
             Some((offset, len)) => {
-                sources.push(Source::Encoded { file: id, bytes: Vec::new() });
+                sources.push(Source::Encoded {
+                    file: id,
+                    bytes: Vec::new(),
+                });
                 op_task.push(t);
-                ops.push(ReadOp { file, offset, len: len as usize });
+                ops.push(ReadOp {
+                    file,
+                    offset,
+                    len: len as usize,
+                });
             }
         }
     }
     for (t, result) in op_task.into_iter().zip(reader.read(&ops)) {
         if let Source::Encoded { file, bytes } = &mut sources[t] {
             *bytes = result.map_err(|e| {
-                Error::io(&files[*file].path, format!("reading chunk {:?}", tasks[t].chunk), e)
+                Error::io(
+                    &files[*file].path,
+                    format!("reading chunk {:?}", tasks[t].chunk),
+                    e,
+                )
             })?;
         }
     }

@@ -63,8 +63,16 @@ mod tests {
         assert_eq!(
             tasks[0].targets,
             vec![
-                Target { crop: 0, in_chunk: Region::new(vec![3, 3], vec![1, 1]), in_crop: vec![0, 0] },
-                Target { crop: 1, in_chunk: Region::new(vec![2, 2], vec![2, 2]), in_crop: vec![0, 0] },
+                Target {
+                    crop: 0,
+                    in_chunk: Region::new(vec![3, 3], vec![1, 1]),
+                    in_crop: vec![0, 0]
+                },
+                Target {
+                    crop: 1,
+                    in_chunk: Region::new(vec![2, 2], vec![2, 2]),
+                    in_crop: vec![0, 0]
+                },
             ]
         );
     }
@@ -78,7 +86,8 @@ mod tests {
         let mut covered = vec![0u32; origins.len() * 4 * 7 * 3];
         for task in &tasks {
             for t in &task.targets {
-                let chunk_start: Vec<u64> = task.chunk.iter().zip(&leaf).map(|(c, n)| c * n).collect();
+                let chunk_start: Vec<u64> =
+                    task.chunk.iter().zip(&leaf).map(|(c, n)| c * n).collect();
                 for i in 0..t.in_chunk.shape[0] {
                     for j in 0..t.in_chunk.shape[1] {
                         for k in 0..t.in_chunk.shape[2] {

@@ -16,9 +16,13 @@ impl ExitLatch {
     /// has been dropped.
     pub fn wait(&self) {
         let (count, changed) = &*self.live;
-        let mut live = count.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut live = count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while *live > 0 {
-            live = changed.wait(live).unwrap_or_else(std::sync::PoisonError::into_inner);
+            live = changed
+                .wait(live)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 }
@@ -30,14 +34,20 @@ impl ExitLatch {
 pub fn build_pool(name: &'static str, threads: usize) -> Result<(rayon::ThreadPool, ExitLatch)> {
     let threads = threads.max(1);
     let latch = ExitLatch::default();
-    *latch.live.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
+    *latch
+        .live
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
     let on_exit = latch.clone();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(move |i| format!("{name}-{i}"))
         .exit_handler(move |_| {
             let (count, changed) = &*on_exit.live;
-            let mut live = count.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut live = count
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *live = live.saturating_sub(1);
             changed.notify_all();
         })
@@ -51,7 +61,7 @@ mod tests {
     #[test]
     fn wait_returns_once_all_threads_exited() {
         let (pool, latch) = super::build_pool("lsio-test", 3).unwrap();
-        assert_eq!(pool.install(|| rayon::current_num_threads()), 3);
+        assert_eq!(pool.install(rayon::current_num_threads), 3);
         drop(pool);
         latch.wait();
         assert_eq!(*latch.live.0.lock().unwrap(), 0);

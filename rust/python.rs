@@ -79,7 +79,9 @@ impl Array {
     /// The shape of a shard, or ``None`` when the array is not sharded.
     #[getter]
     fn shard_shape(&self) -> Option<Vec<u64>> {
-        self.inner.sharding().map(|_| self.inner.chunk_shape.clone())
+        self.inner
+            .sharding()
+            .map(|_| self.inner.chunk_shape.clone())
     }
 
     /// ``dimension_names`` from the metadata, or ``None``.
@@ -106,7 +108,9 @@ impl Sampler {
 
     /// The origins of samples ``first .. first + count`` of ``epoch``.
     fn origins(&self, epoch: u64, first: u64, count: u64) -> Vec<Vec<u64>> {
-        (first..first + count).map(|i| self.inner.origin(epoch, i)).collect()
+        (first..first + count)
+            .map(|i| self.inner.origin(epoch, i))
+            .collect()
     }
 }
 
@@ -126,7 +130,11 @@ fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyRes
     let actual_dtype: String = tensor.getattr("dtype")?.str()?.extract()?;
     let contiguous: bool = tensor.call_method0("is_contiguous")?.extract()?;
     let actual_nbytes: usize = tensor.getattr("nbytes")?.extract()?;
-    if device != "cpu" || !contiguous || actual_dtype != format!("torch.{dtype}") || actual_nbytes != nbytes {
+    if device != "cpu"
+        || !contiguous
+        || actual_dtype != format!("torch.{dtype}")
+        || actual_nbytes != nbytes
+    {
         return Err(PyValueError::new_err(format!(
             "output tensor must be a contiguous CPU tensor of torch.{dtype} with {nbytes} bytes; \
              got {actual_dtype} on {device}, contiguous={contiguous}, {actual_nbytes} bytes"
@@ -143,7 +151,13 @@ fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyRes
 impl Engine {
     #[new]
     #[pyo3(signature = (array, crop, threads, io_threads))]
-    fn new(py: Python<'_>, array: &Array, crop: Vec<u64>, threads: usize, io_threads: usize) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        array: &Array,
+        crop: Vec<u64>,
+        threads: usize,
+        io_threads: usize,
+    ) -> PyResult<Self> {
         let choice = choose_backend().map_err(to_py)?;
         let config = EngineConfig {
             threads,

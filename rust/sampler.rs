@@ -34,7 +34,10 @@ impl Sampler {
         key[8..16].copy_from_slice(&epoch.to_le_bytes());
         key[16..24].copy_from_slice(&sample.to_le_bytes());
         let mut rng = ChaCha8Rng::from_seed(key);
-        self.max_origin.iter().map(|&m| rng.random_range(0..=m)).collect()
+        self.max_origin
+            .iter()
+            .map(|&m| rng.random_range(0..=m))
+            .collect()
     }
 }
 
@@ -76,7 +79,9 @@ mod tests {
             (0..20).map(|i| s.origin(0, i)).collect::<Vec<_>>(),
             (0..20).map(|i| s.origin(1, i)).collect::<Vec<_>>()
         );
-        let hits_both_ends = (0..500).map(|i| s.origin(0, i)[0]).fold((false, false), |(lo, hi), v| (lo || v == 0, hi || v == 7));
+        let hits_both_ends = (0..500)
+            .map(|i| s.origin(0, i)[0])
+            .fold((false, false), |(lo, hi), v| (lo || v == 0, hi || v == 7));
         assert_eq!(hits_both_ends, (true, true));
     }
 

@@ -69,15 +69,17 @@ def test_dataset_made_before_fork_iterates_in_the_child(arrays):
 
 def test_missing_path_names_it(tmp_path):
     missing = tmp_path / "nowhere.zarr"
-    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.zarr"):
         lsio_torch.ZarrCropDataset(missing, (1,))
-    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.zarr"):
         lsio_torch.read_crops(missing, [(0,)], (1,))
 
 
 def test_crop_larger_than_the_array_names_path_and_dimension(arrays):
     written = arrays[("unsharded", "uint8")]
-    with pytest.raises(ValueError, match=r"unsharded-uint8.zarr: crop .* larger .*dimension 1: 51 > 50"):
+    with pytest.raises(
+        ValueError, match=r"unsharded-uint8.zarr: crop .* larger .*dimension 1: 51 > 50"
+    ):
         lsio_torch.ZarrCropDataset(written.path, (1, 51, 1))
     with pytest.raises(ValueError, match=r"crop \(1, 1\) has 2 dimensions, the array .* has 3"):
         lsio_torch.read_crops(written.path, [(0, 0)], (1, 1))
@@ -93,8 +95,9 @@ def test_origin_outside_the_array_is_an_index_error(arrays):
 
 def test_unsupported_codec_is_refused_at_open_naming_it(tmp_path):
     path = tmp_path / "gzip.zarr"
-    zarr.create_array(path, shape=(4, 4), chunks=(2, 2), dtype="int16",
-                      compressors=zarr.codecs.GzipCodec())
+    zarr.create_array(
+        path, shape=(4, 4), chunks=(2, 2), dtype="int16", compressors=zarr.codecs.GzipCodec()
+    )
     with pytest.raises(ValueError, match=r"gzip.zarr: unsupported codec: gzip"):
         lsio_torch.ZarrCropDataset(path, (2, 2))
 
@@ -183,4 +186,6 @@ def test_pinned_batches_copy_to_cuda_correctly(arrays):
         on_gpu = batch.to("cuda", non_blocking=True)
         torch.cuda.synchronize()
         for got, origin in zip(on_gpu.cpu(), origins, strict=True):
-            assert same_bits(got.numpy(), reference_crop(written.values, origin.tolist(), (3, 20, 17)))
+            assert same_bits(
+                got.numpy(), reference_crop(written.values, origin.tolist(), (3, 20, 17))
+            )

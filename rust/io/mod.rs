@@ -116,10 +116,20 @@ pub(crate) mod tests {
         let mut file = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         file.write_all(&data).unwrap();
-        let ranges = [(0u64, 10usize), (99_990, 10), (4096, 50_000), (3, 0), (77, 1)];
+        let ranges = [
+            (0u64, 10usize),
+            (99_990, 10),
+            (4096, 50_000),
+            (3, 0),
+            (77, 1),
+        ];
         let ops: Vec<ReadOp> = ranges
             .iter()
-            .map(|&(offset, len)| ReadOp { file: &file, offset, len })
+            .map(|&(offset, len)| ReadOp {
+                file: &file,
+                offset,
+                len,
+            })
             .collect();
         let results = reader.read(&ops);
         for ((offset, len), result) in ranges.iter().zip(results) {
@@ -128,14 +138,31 @@ pub(crate) mod tests {
         }
         // Past the end: an error for that op only.
         let ops = [
-            ReadOp { file: &file, offset: 99_995, len: 10 },
-            ReadOp { file: &file, offset: 0, len: 4 },
+            ReadOp {
+                file: &file,
+                offset: 99_995,
+                len: 10,
+            },
+            ReadOp {
+                file: &file,
+                offset: 0,
+                len: 4,
+            },
         ];
         let results = reader.read(&ops);
-        assert_eq!(results[0].as_ref().unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            results[0].as_ref().unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
         assert_eq!(results[1].as_ref().unwrap(), &data[..4]);
         // Many more ops than one submission holds.
-        let ops: Vec<ReadOp> = (0..2000).map(|i| ReadOp { file: &file, offset: i * 37, len: 13 }).collect();
+        let ops: Vec<ReadOp> = (0..2000)
+            .map(|i| ReadOp {
+                file: &file,
+                offset: i * 37,
+                len: 13,
+            })
+            .collect();
         for (i, result) in reader.read(&ops).into_iter().enumerate() {
             let start = i * 37;
             assert_eq!(result.unwrap(), &data[start..start + 13]);

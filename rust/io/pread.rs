@@ -29,7 +29,10 @@ impl PreadReader {
 impl Reader for PreadReader {
     fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>> {
         let Some(pool) = &self.pool else {
-            return ops.iter().map(|_| Err(std::io::Error::other("pread pool stopped"))).collect();
+            return ops
+                .iter()
+                .map(|_| Err(std::io::Error::other("pread pool stopped")))
+                .collect();
         };
         pool.install(|| {
             ops.par_iter()

@@ -18,8 +18,12 @@ pub(crate) fn probe() -> Result<(), String> {
     let nop = opcode::Nop::new().build().user_data(7);
     // SAFETY: a NOP references no memory.
     unsafe { ring.submission().push(&nop) }.map_err(|e| format!("io_uring push: {e}"))?;
-    ring.submit_and_wait(1).map_err(|e| format!("io_uring_enter: {e}"))?;
-    let cqe = ring.completion().next().ok_or("io_uring: no completion for a NOP")?;
+    ring.submit_and_wait(1)
+        .map_err(|e| format!("io_uring_enter: {e}"))?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or("io_uring: no completion for a NOP")?;
     if cqe.user_data() != 7 || cqe.result() < 0 {
         return Err(format!("io_uring: NOP failed ({})", cqe.result()));
     }
@@ -58,7 +62,9 @@ impl Reader for UringReader {
                 result: if op.len == 0 { Some(Ok(())) } else { None },
             })
             .collect();
-        let mut waiting: VecDeque<usize> = (0..ops.len()).filter(|&i| states[i].result.is_none()).collect();
+        let mut waiting: VecDeque<usize> = (0..ops.len())
+            .filter(|&i| states[i].result.is_none())
+            .collect();
         let mut in_flight = 0usize;
 
         while !waiting.is_empty() || in_flight > 0 {
@@ -100,7 +106,9 @@ impl Reader for UringReader {
             for cqe in self.ring.completion() {
                 in_flight -= 1;
                 let i = cqe.user_data() as usize;
-                let Some(state) = states.get_mut(i) else { continue };
+                let Some(state) = states.get_mut(i) else {
+                    continue;
+                };
                 let res = cqe.result();
                 if res < 0 {
                     let err = std::io::Error::from_raw_os_error(-res);
@@ -112,7 +120,10 @@ impl Reader for UringReader {
                 } else if res == 0 {
                     state.result = Some(Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
-                        format!("end of file at byte {}", ops[i].offset + state.filled as u64),
+                        format!(
+                            "end of file at byte {}",
+                            ops[i].offset + state.filled as u64
+                        ),
                     )));
                 } else {
                     state.filled += res as usize;

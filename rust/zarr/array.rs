@@ -59,7 +59,10 @@ impl ZarrArray {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if path.join(".zarray").exists() {
-                    return Err(Error::unsupported(&path, "Zarr format 2 (.zarray); only Zarr v3 arrays are read"));
+                    return Err(Error::unsupported(
+                        &path,
+                        "Zarr format 2 (.zarray); only Zarr v3 arrays are read",
+                    ));
                 }
                 let what = if path.exists() {
                     "no zarr.json in this directory"
@@ -92,20 +95,37 @@ impl ZarrArray {
         let meta: ArrayMetadataV3 = serde_json::from_value(value)
             .map_err(|e| Error::invalid_metadata(&path, format!("zarr.json: {e}")))?;
 
-        if let Some(field) = meta.additional_fields.iter().find(|(_, f)| f.must_understand()) {
-            return Err(Error::unsupported(&path, format!("metadata field {:?}", field.0)));
+        if let Some(field) = meta
+            .additional_fields
+            .iter()
+            .find(|(_, f)| f.must_understand())
+        {
+            return Err(Error::unsupported(
+                &path,
+                format!("metadata field {:?}", field.0),
+            ));
         }
         if let Some(t) = meta.storage_transformers.first() {
-            return Err(Error::unsupported(&path, format!("storage transformer {}", t.name())));
+            return Err(Error::unsupported(
+                &path,
+                format!("storage transformer {}", t.name()),
+            ));
         }
-        let dtype = DataType::from_name(meta.data_type.name())
-            .ok_or_else(|| Error::unsupported(&path, format!("data type {}", meta.data_type.name())))?;
+        let dtype = DataType::from_name(meta.data_type.name()).ok_or_else(|| {
+            Error::unsupported(&path, format!("data type {}", meta.data_type.name()))
+        })?;
         let fill_value = dtype.fill_bytes(&meta.fill_value).ok_or_else(|| {
-            Error::invalid_metadata(&path, format!("fill_value {} for {}", meta.fill_value, dtype.name()))
+            Error::invalid_metadata(
+                &path,
+                format!("fill_value {} for {}", meta.fill_value, dtype.name()),
+            )
         })?;
 
         if meta.chunk_grid.name() != "regular" {
-            return Err(Error::unsupported(&path, format!("chunk grid {}", meta.chunk_grid.name())));
+            return Err(Error::unsupported(
+                &path,
+                format!("chunk grid {}", meta.chunk_grid.name()),
+            ));
         }
         let grid: RegularChunkGridConfiguration = meta
             .chunk_grid
@@ -113,37 +133,63 @@ impl ZarrArray {
             .map_err(|e| Error::invalid_metadata(&path, format!("chunk_grid: {e}")))?;
         let chunk_shape: Vec<u64> = grid.chunk_shape.iter().map(|n| n.get()).collect();
         if chunk_shape.len() != meta.shape.len() {
-            return Err(Error::invalid_metadata(&path, "chunk_shape and shape differ in length"));
+            return Err(Error::invalid_metadata(
+                &path,
+                "chunk_shape and shape differ in length",
+            ));
         }
 
         let keys = match meta.chunk_key_encoding.name() {
             "default" => {
-                let config: DefaultChunkKeyEncodingConfiguration = if meta.chunk_key_encoding.configuration_is_none_or_empty() {
-                    DefaultChunkKeyEncodingConfiguration { separator: ChunkKeySeparator::Slash }
-                } else {
-                    meta.chunk_key_encoding.to_typed_configuration().map_err(|e| {
-                        Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
-                    })?
-                };
-                ChunkKeys::Default { separator: separator_char(config.separator) }
+                let config: DefaultChunkKeyEncodingConfiguration =
+                    if meta.chunk_key_encoding.configuration_is_none_or_empty() {
+                        DefaultChunkKeyEncodingConfiguration {
+                            separator: ChunkKeySeparator::Slash,
+                        }
+                    } else {
+                        meta.chunk_key_encoding
+                            .to_typed_configuration()
+                            .map_err(|e| {
+                                Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
+                            })?
+                    };
+                ChunkKeys::Default {
+                    separator: separator_char(config.separator),
+                }
             }
             "v2" => {
-                let config: V2ChunkKeyEncodingConfiguration = if meta.chunk_key_encoding.configuration_is_none_or_empty() {
-                    V2ChunkKeyEncodingConfiguration { separator: ChunkKeySeparator::Dot }
-                } else {
-                    meta.chunk_key_encoding.to_typed_configuration().map_err(|e| {
-                        Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
-                    })?
-                };
-                ChunkKeys::V2 { separator: separator_char(config.separator) }
+                let config: V2ChunkKeyEncodingConfiguration =
+                    if meta.chunk_key_encoding.configuration_is_none_or_empty() {
+                        V2ChunkKeyEncodingConfiguration {
+                            separator: ChunkKeySeparator::Dot,
+                        }
+                    } else {
+                        meta.chunk_key_encoding
+                            .to_typed_configuration()
+                            .map_err(|e| {
+                                Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
+                            })?
+                    };
+                ChunkKeys::V2 {
+                    separator: separator_char(config.separator),
+                }
             }
-            other => return Err(Error::unsupported(&path, format!("chunk key encoding {other}"))),
+            other => {
+                return Err(Error::unsupported(
+                    &path,
+                    format!("chunk key encoding {other}"),
+                ))
+            }
         };
 
         let encoding = ChunkEncoding::from_metadata(&path, &meta.codecs, dtype)?;
         if let ChunkEncoding::Sharded(sharding) = &encoding {
             let divides = sharding.inner_shape.len() == chunk_shape.len()
-                && sharding.inner_shape.iter().zip(&chunk_shape).all(|(i, s)| s % i == 0);
+                && sharding
+                    .inner_shape
+                    .iter()
+                    .zip(&chunk_shape)
+                    .all(|(i, s)| s % i == 0);
             if !divides {
                 return Err(Error::invalid_metadata(
                     &path,
@@ -202,7 +248,11 @@ impl ZarrArray {
     /// Inner chunks per shard along each dimension (all ones when not sharded).
     #[must_use]
     pub fn leaves_per_file(&self) -> Vec<u64> {
-        self.chunk_shape.iter().zip(self.leaf_shape()).map(|(c, l)| c / l).collect()
+        self.chunk_shape
+            .iter()
+            .zip(self.leaf_shape())
+            .map(|(c, l)| c / l)
+            .collect()
     }
 
     /// Where the leaf chunk at grid coordinates `leaf` is stored.
@@ -277,10 +327,22 @@ mod tests {
         assert_eq!(a.leaves_per_file(), vec![2, 2]);
         assert_eq!(a.fill_value, (-1i16).to_ne_bytes().to_vec());
         let loc = a.locate(&[3, 3]);
-        assert_eq!(loc, ChunkLocation { file: vec![1, 1], inner: 3 });
+        assert_eq!(
+            loc,
+            ChunkLocation {
+                file: vec![1, 1],
+                inner: 3
+            }
+        );
         assert_eq!(a.file_path(&loc.file), PathBuf::from("/d/a.zarr/c/1/1"));
-        assert_eq!(a.sharding().unwrap().index_location, super::super::codecs::IndexLocation::Start);
-        assert_eq!(a.dimension_names, Some(vec![Some("y".into()), Some("x".into())]));
+        assert_eq!(
+            a.sharding().unwrap().index_location,
+            super::super::codecs::IndexLocation::Start
+        );
+        assert_eq!(
+            a.dimension_names,
+            Some(vec![Some("y".into()), Some("x".into())])
+        );
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl ChunkEncoding {
 
 fn typed_config<T: serde::de::DeserializeOwned>(path: &Path, codec: &MetadataV3) -> Result<T> {
     codec.to_typed_configuration::<T>().map_err(|e| {
-        Error::invalid_metadata(path, format!("configuration of codec {}: {e}", codec.name()))
+        Error::invalid_metadata(
+            path,
+            format!("configuration of codec {}: {e}", codec.name()),
+        )
     })
 }
 
@@ -162,7 +165,12 @@ impl CodecChain {
     /// # Errors
     /// A message saying what did not decode: a bad checksum, a bad compressed frame, a size
     /// other than `out.len()`.
-    pub fn decode_into(&self, encoded: &[u8], out: &mut [u8], dtype: DataType) -> Result<(), String> {
+    pub fn decode_into(
+        &self,
+        encoded: &[u8],
+        out: &mut [u8],
+        dtype: DataType,
+    ) -> Result<(), String> {
         let mut current: Cow<[u8]> = Cow::Borrowed(encoded);
         let mut written = false;
         for (position, codec) in self.bytes_codecs.iter().enumerate().rev() {
@@ -201,7 +209,8 @@ impl CodecChain {
                     written = true;
                 }
                 BytesCodec::Zstd => {
-                    current = Cow::Owned(zstd::decode_all(&*current).map_err(|e| format!("zstd: {e}"))?);
+                    current =
+                        Cow::Owned(zstd::decode_all(&*current).map_err(|e| format!("zstd: {e}"))?);
                 }
             }
         }
@@ -259,7 +268,9 @@ mod tests {
 
     #[test]
     fn zstd_and_crc32c_round_trip() {
-        let data: Vec<u8> = (0..4000u32).flat_map(|i| (i as u16).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..4000u32)
+            .flat_map(|i| (i as u16).to_le_bytes())
+            .collect();
         let mut encoded = zstd::encode_all(&data[..], 3).unwrap();
         encoded.extend_from_slice(&crc32c::crc32c(&encoded).to_le_bytes());
         let chain = CodecChain::from_metadata(
@@ -269,12 +280,16 @@ mod tests {
         )
         .unwrap();
         let mut out = vec![0u8; data.len()];
-        chain.decode_into(&encoded, &mut out, DataType::UInt16).unwrap();
+        chain
+            .decode_into(&encoded, &mut out, DataType::UInt16)
+            .unwrap();
         assert_eq!(out, data);
 
         let last = encoded.len() - 1;
         encoded[last] ^= 1;
-        let err = chain.decode_into(&encoded, &mut out, DataType::UInt16).unwrap_err();
+        let err = chain
+            .decode_into(&encoded, &mut out, DataType::UInt16)
+            .unwrap_err();
         assert!(err.contains("crc32c mismatch"), "{err}");
     }
 
@@ -286,8 +301,12 @@ mod tests {
         };
         let encoded = zstd::encode_all(&[1u8; 10][..], 1).unwrap();
         let mut out = vec![0u8; 12];
-        assert!(chain.decode_into(&encoded, &mut out, DataType::UInt8).is_err());
-        assert!(chain.decode_into(b"not zstd", &mut out, DataType::UInt8).is_err());
+        assert!(chain
+            .decode_into(&encoded, &mut out, DataType::UInt8)
+            .is_err());
+        assert!(chain
+            .decode_into(b"not zstd", &mut out, DataType::UInt8)
+            .is_err());
     }
 
     #[test]
@@ -299,7 +318,9 @@ mod tests {
         )
         .unwrap();
         let mut out = [0u8; 4];
-        chain.decode_into(&7i32.to_be_bytes(), &mut out, DataType::Int32).unwrap();
+        chain
+            .decode_into(&7i32.to_be_bytes(), &mut out, DataType::Int32)
+            .unwrap();
         assert_eq!(i32::from_ne_bytes(out), 7);
     }
 

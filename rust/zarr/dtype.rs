@@ -145,10 +145,15 @@ mod tests {
 
     #[test]
     fn fill_values_become_native_bytes() {
-        assert_eq!(DataType::Int16.fill_bytes(&fill("-2")), Some((-2i16).to_ne_bytes().to_vec()));
+        assert_eq!(
+            DataType::Int16.fill_bytes(&fill("-2")),
+            Some((-2i16).to_ne_bytes().to_vec())
+        );
         assert_eq!(DataType::UInt8.fill_bytes(&fill("300")), None);
         assert_eq!(
-            DataType::Float32.fill_bytes(&fill("\"NaN\"")).map(|b| f32::from_ne_bytes(b.try_into().unwrap()).is_nan()),
+            DataType::Float32
+                .fill_bytes(&fill("\"NaN\""))
+                .map(|b| f32::from_ne_bytes(b.try_into().unwrap()).is_nan()),
             Some(true)
         );
         assert_eq!(
@@ -156,6 +161,11 @@ mod tests {
             Some(1.0f64.to_ne_bytes().to_vec())
         );
         assert_eq!(DataType::Bool.fill_bytes(&fill("true")), Some(vec![1]));
-        assert_eq!(DataType::Complex64.fill_bytes(&fill("[1.0, -1.0]")).map(|b| b.len()), Some(8));
+        assert_eq!(
+            DataType::Complex64
+                .fill_bytes(&fill("[1.0, -1.0]"))
+                .map(|b| b.len()),
+            Some(8)
+        );
     }
 }

@@ -18,7 +18,11 @@ impl Region {
     /// One past the last element, per dimension.
     #[must_use]
     pub fn end(&self) -> Vec<u64> {
-        self.start.iter().zip(&self.shape).map(|(s, n)| s + n).collect()
+        self.start
+            .iter()
+            .zip(&self.shape)
+            .map(|(s, n)| s + n)
+            .collect()
     }
 
     #[must_use]
@@ -58,7 +62,12 @@ impl Region {
     /// The coordinates of every chunk of a regular grid that the box touches, in C order.
     #[must_use]
     pub fn chunks_touched(&self, chunk_shape: &[u64]) -> Vec<Vec<u64>> {
-        let first: Vec<u64> = self.start.iter().zip(chunk_shape).map(|(s, c)| s / c).collect();
+        let first: Vec<u64> = self
+            .start
+            .iter()
+            .zip(chunk_shape)
+            .map(|(s, c)| s / c)
+            .collect();
         let last: Vec<u64> = self
             .start
             .iter()
@@ -136,16 +145,28 @@ impl CopyLayout<'_> {
             }
         }
         let base = |strides: &[usize], start: &[u64]| -> usize {
-            start.iter().zip(strides).map(|(s, st)| *s as usize * st).sum()
+            start
+                .iter()
+                .zip(strides)
+                .map(|(s, st)| *s as usize * st)
+                .sum()
         };
         let src_base = base(&src_strides, self.src_start);
         let dst_base = base(&dst_strides, self.dst_start);
         let mut index = vec![0u64; inner];
         loop {
             let src = src_base
-                + index.iter().zip(&src_strides).map(|(i, st)| *i as usize * st).sum::<usize>();
+                + index
+                    .iter()
+                    .zip(&src_strides)
+                    .map(|(i, st)| *i as usize * st)
+                    .sum::<usize>();
             let dst = dst_base
-                + index.iter().zip(&dst_strides).map(|(i, st)| *i as usize * st).sum::<usize>();
+                + index
+                    .iter()
+                    .zip(&dst_strides)
+                    .map(|(i, st)| *i as usize * st)
+                    .sum::<usize>();
             run(src, dst, run_bytes);
             let mut d = inner;
             loop {
@@ -195,13 +216,19 @@ mod tests {
             r.chunks_touched(&[4, 8]),
             vec![vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]]
         );
-        assert_eq!(Region::new(vec![0], vec![8]).chunks_touched(&[8]), vec![vec![0]]);
-        assert_eq!(Region::new(vec![], vec![]).chunks_touched(&[]), vec![Vec::<u64>::new()]);
+        assert_eq!(
+            Region::new(vec![0], vec![8]).chunks_touched(&[8]),
+            vec![vec![0]]
+        );
+        assert_eq!(
+            Region::new(vec![], vec![]).chunks_touched(&[]),
+            vec![Vec::<u64>::new()]
+        );
     }
 
     #[test]
     fn c_order() {
-        assert_eq!(c_order_index(&[1, 2, 3], &[4, 5, 6]), 1 * 30 + 2 * 6 + 3);
+        assert_eq!(c_order_index(&[1, 2, 3], &[4, 5, 6]), 30 + 2 * 6 + 3);
         assert_eq!(c_order_index(&[], &[]), 0);
     }
 
@@ -233,8 +260,14 @@ mod tests {
             for i in 0..region[0] {
                 for j in 0..region[1] {
                     for k in 0..region[2] {
-                        let s = c_order_index(&[src_start[0] + i, src_start[1] + j, src_start[2] + k], &src_shape);
-                        let d = c_order_index(&[dst_start[0] + i, dst_start[1] + j, dst_start[2] + k], &dst_shape);
+                        let s = c_order_index(
+                            &[src_start[0] + i, src_start[1] + j, src_start[2] + k],
+                            &src_shape,
+                        );
+                        let d = c_order_index(
+                            &[dst_start[0] + i, dst_start[1] + j, dst_start[2] + k],
+                            &dst_shape,
+                        );
                         expected[d as usize] = src[s as usize];
                     }
                 }

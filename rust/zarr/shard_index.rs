@@ -14,14 +14,21 @@ pub struct ShardIndex {
 pub enum Slot {
     /// Never written: reads as the fill value.
     Empty,
-    Bytes { offset: u64, len: u64 },
+    Bytes {
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl ShardIndex {
     /// The encoded size in bytes of an index of `chunks` entries.
     #[must_use]
     pub fn encoded_len(chunks: u64, codecs: &CodecChain) -> u64 {
-        let checksums = codecs.bytes_codecs.iter().filter(|c| **c == BytesCodec::Crc32c).count();
+        let checksums = codecs
+            .bytes_codecs
+            .iter()
+            .filter(|c| **c == BytesCodec::Crc32c)
+            .count();
         16 * chunks + 4 * checksums as u64
     }
 
@@ -37,7 +44,12 @@ impl ShardIndex {
     ///
     /// # Errors
     /// A message when the index does not decode or points outside the shard.
-    pub fn decode(encoded: &[u8], chunks: u64, codecs: &CodecChain, shard_len: u64) -> Result<Self, String> {
+    pub fn decode(
+        encoded: &[u8],
+        chunks: u64,
+        codecs: &CodecChain,
+        shard_len: u64,
+    ) -> Result<Self, String> {
         let mut raw = vec![0u8; 16 * chunks as usize];
         codecs.decode_into(encoded, &mut raw, DataType::UInt64)?;
         let entries: Vec<[u64; 2]> = raw
@@ -76,7 +88,11 @@ mod tests {
     use super::*;
 
     fn index_bytes(entries: &[[u64; 2]]) -> Vec<u8> {
-        let mut out: Vec<u8> = entries.iter().flatten().flat_map(|w| w.to_le_bytes()).collect();
+        let mut out: Vec<u8> = entries
+            .iter()
+            .flatten()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out

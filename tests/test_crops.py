@@ -51,21 +51,22 @@ def test_fill_value_where_nothing_was_written(arrays, layout):
         assert (entries[2] == 2**64 - 1).all() and (entries[0] != 2**64 - 1).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_dataset_in_a_dataloader_equals_zarr_python(arrays, layout, backend):
-    written = arrays[(layout, "float32")]
+def test_dataset_in_a_dataloader_equals_zarr_python(arrays, layout, dtype, backend):
+    written = arrays[(layout, dtype)]
     crop = (3, 20, 17)
     ds = lsio_torch.ZarrCropDataset(
-        written.path, crop, batch_size=8, samples_per_epoch=100, seed=3, return_origins=True
+        written.path, crop, batch_size=8, samples_per_epoch=44, seed=3, return_origins=True
     )
     loader = torch.utils.data.DataLoader(ds, batch_size=None)
     seen = 0
     for batch, origins in loader:
-        assert batch.dtype == torch.float32 and origins.dtype == torch.int64
+        assert batch.dtype == getattr(torch, dtype) and origins.dtype == torch.int64
         for got, origin in zip(batch, origins, strict=True):
             assert same_bits(got.numpy(), reference_crop(written.values, origin.tolist(), crop))
             seen += 1
-    assert seen == 100
+    assert seen == 44
     assert lsio_torch.io_backend() == backend
 
 

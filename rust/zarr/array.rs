@@ -139,41 +139,34 @@ impl ZarrArray {
             ));
         }
 
-        let keys = match meta.chunk_key_encoding.name() {
-            "default" => {
-                let config: DefaultChunkKeyEncodingConfiguration =
-                    if meta.chunk_key_encoding.configuration_is_none_or_empty() {
-                        DefaultChunkKeyEncodingConfiguration {
-                            separator: ChunkKeySeparator::Slash,
-                        }
-                    } else {
-                        meta.chunk_key_encoding
-                            .to_typed_configuration()
-                            .map_err(|e| {
-                                Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
-                            })?
-                    };
-                ChunkKeys::Default {
-                    separator: separator_char(config.separator),
-                }
+        let encoding_meta = &meta.chunk_key_encoding;
+        // The configuration's separator, or the spec's default when it is left out.
+        let separator = |default: ChunkKeySeparator| -> Result<char> {
+            if encoding_meta.configuration_is_none_or_empty() {
+                return Ok(separator_char(default));
             }
-            "v2" => {
-                let config: V2ChunkKeyEncodingConfiguration =
-                    if meta.chunk_key_encoding.configuration_is_none_or_empty() {
-                        V2ChunkKeyEncodingConfiguration {
-                            separator: ChunkKeySeparator::Dot,
-                        }
-                    } else {
-                        meta.chunk_key_encoding
-                            .to_typed_configuration()
-                            .map_err(|e| {
-                                Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
-                            })?
-                    };
-                ChunkKeys::V2 {
-                    separator: separator_char(config.separator),
-                }
-            }
+            let parse_error = |e: &dyn std::fmt::Display| {
+                Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
+            };
+            Ok(separator_char(if encoding_meta.name() == "v2" {
+                encoding_meta
+                    .to_typed_configuration::<V2ChunkKeyEncodingConfiguration>()
+                    .map_err(|e| parse_error(&e))?
+                    .separator
+            } else {
+                encoding_meta
+                    .to_typed_configuration::<DefaultChunkKeyEncodingConfiguration>()
+                    .map_err(|e| parse_error(&e))?
+                    .separator
+            }))
+        };
+        let keys = match encoding_meta.name() {
+            "default" => ChunkKeys::Default {
+                separator: separator(ChunkKeySeparator::Slash)?,
+            },
+            "v2" => ChunkKeys::V2 {
+                separator: separator(ChunkKeySeparator::Dot)?,
+            },
             other => {
                 return Err(Error::unsupported(
                     &path,
@@ -343,6 +336,30 @@ mod tests {
             a.dimension_names,
             Some(vec![Some("y".into()), Some("x".into())])
         );
+    }
+
+    #[test]
+    fn chunk_keys_follow_the_encoding_and_its_default_separator() {
+        let cases = [
+            (r#"{"name": "default"}"#, "/d/a.zarr/c/1/1"),
+            (
+                r#"{"name": "default", "configuration": {"separator": "."}}"#,
+                "/d/a.zarr/c.1.1",
+            ),
+            (r#"{"name": "v2"}"#, "/d/a.zarr/1.1"),
+            (
+                r#"{"name": "v2", "configuration": {"separator": "/"}}"#,
+                "/d/a.zarr/1/1",
+            ),
+        ];
+        for (encoding, expected) in cases {
+            let text = SHARDED.replace(
+                r#"{"name": "default", "configuration": {"separator": "/"}}"#,
+                encoding,
+            );
+            let a = ZarrArray::from_json("/d/a.zarr".into(), &text).unwrap();
+            assert_eq!(a.file_path(&[1, 1]), PathBuf::from(expected), "{encoding}");
+        }
     }
 
     #[test]

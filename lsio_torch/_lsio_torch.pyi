@@ -9,9 +9,13 @@ class LsioError(Exception):
     """A read or decode failed: a corrupt chunk, an I/O error, a stopped engine."""
 
 class Array:
-    """A Zarr v3 array opened for reading: its metadata only (opening starts no thread)."""
+    """A Zarr array (v2 or v3) opened for reading: its metadata only (opening starts no thread)."""
 
     def __init__(self, path: str | PathLike[str]) -> None: ...
+    @staticmethod
+    def in_group(group: str | PathLike[str], name: str) -> Array: ...
+    @property
+    def zarr_format(self) -> int: ...
     @property
     def path(self) -> PathLike[str]: ...
     @property

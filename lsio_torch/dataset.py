@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,19 +65,53 @@ def _positive(name: str, value: int | None, *, allow_none: bool = False) -> int 
     return value
 
 
-def _open(path: str | os.PathLike[str]) -> _lsio_torch.Array:
-    array = _lsio_torch.Array(os.fspath(path))
+def _checked(array: _lsio_torch.Array) -> _lsio_torch.Array:
     if array.dtype not in TORCH_DTYPES:
         raise ValueError(f"{array.path}: data type {array.dtype} has no torch equivalent")
     return array
 
 
-def _crop_shape(array: _lsio_torch.Array, crop: Sequence[int]) -> tuple[int, ...]:
+def _open(path: str | os.PathLike[str]) -> _lsio_torch.Array:
+    return _checked(_lsio_torch.Array(os.fspath(path)))
+
+
+def _open_variables(
+    group: str | os.PathLike[str], variables: Sequence[str]
+) -> dict[str, _lsio_torch.Array]:
+    """Opens arrays of a group by name; they must share one shape (one crop fits all)."""
+    if isinstance(variables, str) or not variables:
+        raise ValueError(f"variables must be a non-empty list of array names, got {variables!r}")
+    arrays = {
+        name: _checked(_lsio_torch.Array.in_group(os.fspath(group), name)) for name in variables
+    }
+    shapes = {name: tuple(a.shape) for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{os.fspath(group)}: variables differ in shape: {shapes}")
+    return arrays
+
+
+def _crop_shape(
+    array: _lsio_torch.Array, crop: Sequence[int] | Mapping[str, int]
+) -> tuple[int, ...]:
+    """The crop as one extent per dimension. A mapping names dimensions (``dimension_names``
+    or xarray's ``_ARRAY_DIMENSIONS``); dimensions it leaves out are taken whole."""
     shape = tuple(array.shape)
+    if isinstance(crop, Mapping):
+        names = array.dimension_names
+        if not names or any(n is None for n in names):
+            raise ValueError(
+                f"{array.path}: the array has no dimension names {names}; give crop as a tuple"
+            )
+        unknown = set(crop) - set(names)
+        if unknown:
+            raise ValueError(
+                f"{array.path}: crop names {sorted(unknown)}, not dimensions of the array {names}"
+            )
+        crop = tuple(crop.get(n, s) for n, s in zip(names, shape, strict=True))
     try:
         crop = tuple(int(c) for c in crop)
     except TypeError:
-        raise TypeError(f"crop must be a sequence of ints, got {crop!r}") from None
+        raise TypeError(f"crop must be a sequence of ints or a mapping, got {crop!r}") from None
     if len(crop) != len(shape):
         raise ValueError(
             f"{array.path}: crop {crop} has {len(crop)} dimensions, "
@@ -106,15 +140,19 @@ def _split() -> tuple[int, int, bool]:
 
 
 class ZarrCropDataset(IterableDataset):
-    """Batches of random crops from a Zarr v3 array, as torch tensors.
+    """Batches of random crops from a Zarr array (v2 or v3), as torch tensors.
 
     Each item is a whole batch, ``[batch_size, *crop]`` in the array's dtype, so wrap it in
     ``DataLoader(ds, batch_size=None)``. The engine's threads start on the first iteration
     in the process that iterates (a dataset made before ``fork`` works in the child).
 
     Args:
-        source: path of a Zarr v3 array (the directory holding ``zarr.json``).
-        crop: the crop shape, one int per array dimension.
+        source: path of a Zarr array (the directory holding ``zarr.json`` or ``.zarray``), or
+            of a group when ``variables`` names arrays in it.
+        crop: the crop shape: one int per dimension, or a mapping by dimension name
+            (``{"time": 4, "lat": 128, "lon": 128}``) where a dimension left out is taken whole.
+        variables: names of arrays in the group ``source``, all of one shape; each batch is
+            then a dict of tensors, one per name, cropped at the same origins.
         batch_size: crops per batch.
         samples_per_epoch: crops per epoch; ``None`` streams without end. The last batch of
             an epoch may be smaller.
@@ -133,8 +171,9 @@ class ZarrCropDataset(IterableDataset):
     def __init__(
         self,
         source: str | os.PathLike[str],
-        crop: Sequence[int],
+        crop: Sequence[int] | Mapping[str, int],
         *,
+        variables: Sequence[str] | None = None,
         batch_size: int = 1,
         samples_per_epoch: int | None = None,
         seed: int = 0,
@@ -144,11 +183,16 @@ class ZarrCropDataset(IterableDataset):
         threads: int | None = None,
     ) -> None:
         super().__init__()
-        self._array = _open(source)
-        self.path = self._array.path
-        self.shape = tuple(self._array.shape)
-        self.crop = _crop_shape(self._array, crop)
-        self.dtype = TORCH_DTYPES[self._array.dtype]
+        if variables is None:
+            self._arrays = {None: _open(source)}
+        else:
+            self._arrays = _open_variables(source, variables)
+        first = next(iter(self._arrays.values()))
+        self.path = os.fspath(source)
+        self.variables = None if variables is None else list(variables)
+        self.shape = tuple(first.shape)
+        self.crop = _crop_shape(first, crop)
+        self.dtype = TORCH_DTYPES[first.dtype] if variables is None else None
         self.batch_size = _positive("batch_size", batch_size)
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
         self.prefetch = _positive("prefetch", prefetch)
@@ -174,11 +218,15 @@ class ZarrCropDataset(IterableDataset):
         return math.ceil(self.samples_per_epoch / self.batch_size)
 
     def __repr__(self) -> str:
+        arrays = ", ".join(
+            f"{name + ': ' if name else ''}{a.dtype} chunks={tuple(a.chunk_shape)}"
+            f"{f' shards={tuple(a.shard_shape)}' if a.shard_shape else ''} v{a.zarr_format}"
+            for name, a in self._arrays.items()
+        )
         return (
-            f"ZarrCropDataset({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, "
-            f"chunks={tuple(self._array.chunk_shape)}, shards={self._array.shard_shape}, "
-            f"crop={self.crop}, batch_size={self.batch_size}, "
-            f"samples_per_epoch={self.samples_per_epoch}, seed={self.seed}, epoch={self.epoch})"
+            f"ZarrCropDataset({self.path!r}, shape={self.shape}, {arrays}, crop={self.crop}, "
+            f"batch_size={self.batch_size}, samples_per_epoch={self.samples_per_epoch}, "
+            f"seed={self.seed}, epoch={self.epoch})"
         )
 
     def _batches(self, share: int, shares: int) -> Iterator[tuple[int, int]]:
@@ -200,7 +248,10 @@ class ZarrCropDataset(IterableDataset):
             pin = False
         _log_backend_once()
         threads = self.threads or _default_threads()
-        engine = _lsio_torch.Engine(self._array, list(self.crop), threads, threads)
+        engines = {
+            name: _lsio_torch.Engine(array, list(self.crop), threads, threads)
+            for name, array in self._arrays.items()
+        }
         epoch = self.epoch
         batches = self._batches(share, shares)
         origins_queue: deque[torch.Tensor] = deque()
@@ -211,26 +262,30 @@ class ZarrCropDataset(IterableDataset):
                 return
             first, count = batch
             origins = self._sampler.origins(epoch, first, count)
-            out = torch.empty((count, *self.crop), dtype=self.dtype, pin_memory=pin)
-            engine.submit(out, origins)
+            for name, engine in engines.items():
+                dtype = TORCH_DTYPES[self._arrays[name].dtype]
+                out = torch.empty((count, *self.crop), dtype=dtype, pin_memory=pin)
+                engine.submit(out, origins)
             origins_queue.append(torch.tensor(origins, dtype=torch.int64))
 
         try:
             for _ in range(self.prefetch):
                 submit_next()
             while origins_queue:
-                out = engine.next()
+                outs = {name: engine.next() for name, engine in engines.items()}
                 origins = origins_queue.popleft()
                 submit_next()
-                yield (out, origins) if self.return_origins else out
+                batch = outs[None] if self.variables is None else outs
+                yield (batch, origins) if self.return_origins else batch
         finally:
-            engine.close()
+            for engine in engines.values():
+                engine.close()
 
 
 def read_crops(
     path: str | os.PathLike[str],
     origins: Any,
-    crop: Sequence[int],
+    crop: Sequence[int] | Mapping[str, int],
     *,
     threads: int | None = None,
     pin_memory: bool = False,
@@ -238,9 +293,9 @@ def read_crops(
     """Reads crops of shape ``crop`` at explicit ``origins`` with the same engine.
 
     Args:
-        path: a Zarr v3 array.
+        path: a Zarr array (v2 or v3).
         origins: ``[N, ndim]`` crop starts: a list of tuples, a numpy array or a tensor.
-        crop: the crop shape.
+        crop: the crop shape, as a tuple or a mapping by dimension name.
         threads: decode threads; ``None`` is one per available core.
         pin_memory: allocate the result in pinned memory (needs CUDA).
 

@@ -15,9 +15,10 @@ pub enum Error {
     #[error("{path}: invalid Zarr metadata: {reason}")]
     InvalidMetadata { path: PathBuf, reason: String },
 
-    /// A Zarr feature this engine does not read (codec, dtype, chunk grid, ...).
-    #[error("{path}: unsupported {feature}")]
-    Unsupported { path: PathBuf, feature: String },
+    /// A Zarr feature this engine does not read (codec, dtype, chunk grid, ...); `detail`
+    /// names it.
+    #[error("{path}: {detail}")]
+    Unsupported { path: PathBuf, detail: String },
 
     /// A bad argument: crop shape, thread count, buffer size, ...
     #[error("{0}")]
@@ -83,10 +84,22 @@ impl Error {
         }
     }
 
-    pub(crate) fn unsupported(path: impl Into<PathBuf>, feature: impl Into<String>) -> Self {
+    /// An unsupported feature, named by `feature` ("codec lzma").
+    pub(crate) fn unsupported(path: impl Into<PathBuf>, feature: impl std::fmt::Display) -> Self {
         Self::Unsupported {
             path: path.into(),
-            feature: feature.into(),
+            detail: format!("unsupported {feature}"),
+        }
+    }
+
+    /// An unsupported feature, explained by a message that already says so.
+    pub(crate) fn unsupported_because(
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Unsupported {
+            path: path.into(),
+            detail: message.into(),
         }
     }
 }

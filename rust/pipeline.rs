@@ -25,7 +25,7 @@ use crate::plan::{plan_batch, ChunkTask};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
 use crate::zarr::array::ChunkLocation;
-use crate::zarr::codecs::IndexLocation;
+use crate::zarr::codecs::{decode_chunk, decode_index, IndexLocation};
 use crate::zarr::region::CopyLayout;
 use crate::zarr::shard_index::{ShardIndex, Slot};
 use crate::zarr::ZarrArray;
@@ -102,6 +102,7 @@ struct Shared {
     leaf_bytes: usize,
     /// A leaf chunk of fill values: missing chunks are copied from it like any other.
     fill_chunk: Vec<u8>,
+    leaf_shape: Vec<std::num::NonZeroU64>,
     cancel: AtomicBool,
 }
 
@@ -128,6 +129,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             fill_chunk: array.fill_value.repeat(leaf_elements),
             leaf_bytes: leaf_elements * element,
+            leaf_shape: array.leaf_shape_nonzero(),
             array,
             crop,
             crop_bytes,
@@ -368,8 +370,9 @@ fn prepare(
     // Shard indexes not yet cached, read together.
     let mut shard_index: Vec<Option<Arc<ShardIndex>>> = vec![None; files.len()];
     if let Some(sharding) = array.sharding() {
-        let per_shard: u64 = array.leaves_per_file().iter().product();
-        let index_len = ShardIndex::encoded_len(per_shard, &sharding.index);
+        let per_shard_shape = array.leaves_per_file();
+        let per_shard: u64 = per_shard_shape.iter().product();
+        let index_len = sharding.index_len;
         let mut wanted = Vec::new();
         let mut ops = Vec::new();
         for (coords, &id) in &file_ids {
@@ -402,7 +405,8 @@ fn prepare(
             let path = &files[id].path;
             let bytes = result.map_err(|e| Error::io(path, "reading the shard index", e))?;
             let shard_len = files[id].file.as_ref().map_or(0, |(_, len)| *len);
-            let index = ShardIndex::decode(&bytes, per_shard, &sharding.index, shard_len)
+            let index = decode_index(sharding, &bytes, &per_shard_shape)
+                .and_then(|words| ShardIndex::from_words(&words, per_shard, shard_len))
                 .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
             let index = Arc::new(index);
             indexes.insert(coords, Arc::clone(&index));
@@ -463,11 +467,6 @@ fn prepare(
     })
 }
 
-thread_local! {
-    // Each decode thread's scratch chunk, reused for every chunk it decodes.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Decodes every chunk of a batch on the pool and copies its pieces into the output.
 fn decode_batch(shared: &Shared, batch: &Batch, out: &OutBuffer) -> Result<()> {
     let array = &shared.array;
@@ -478,25 +477,38 @@ fn decode_batch(shared: &Shared, batch: &Batch, out: &OutBuffer) -> Result<()> {
         let task = &batch.tasks[t];
         match &batch.sources[t] {
             Source::Fill => copy_targets(shared, task, &shared.fill_chunk, out),
-            Source::Encoded { file, bytes } => SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                scratch.resize(shared.leaf_bytes, 0);
-                array
-                    .leaf_codecs()
-                    .decode_into(bytes, &mut scratch, array.dtype)
-                    .map_err(|reason| {
-                        let what = if array.sharding().is_some() {
-                            format!(
-                                "chunk {:?} (inner chunk {} of the shard)",
-                                task.chunk, batch.locations[t].inner
-                            )
-                        } else {
-                            format!("chunk {:?}", task.chunk)
-                        };
-                        Error::corrupt(&batch.files[*file], what, reason)
-                    })?;
-                copy_targets(shared, task, &scratch, out)
-            }),
+            Source::Encoded { file, bytes } => {
+                let decoded = decode_chunk(
+                    array.leaf_codecs(),
+                    bytes,
+                    &shared.leaf_shape,
+                    array.codec_data_type(),
+                    array.codec_fill_value(),
+                )
+                .and_then(|chunk| {
+                    if chunk.len() == shared.leaf_bytes {
+                        Ok(chunk)
+                    } else {
+                        Err(format!(
+                            "decoded {} bytes, expected {}",
+                            chunk.len(),
+                            shared.leaf_bytes
+                        ))
+                    }
+                })
+                .map_err(|reason| {
+                    let what = if array.sharding().is_some() {
+                        format!(
+                            "chunk {:?} (inner chunk {} of the shard)",
+                            task.chunk, batch.locations[t].inner
+                        )
+                    } else {
+                        format!("chunk {:?}", task.chunk)
+                    };
+                    Error::corrupt(&batch.files[*file], what, reason)
+                })?;
+                copy_targets(shared, task, &decoded, out)
+            }
         }
     })
 }

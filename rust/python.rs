@@ -38,7 +38,7 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
-/// A Zarr v3 array opened for reading: its metadata only (opening starts no thread).
+/// A Zarr array (v2 or v3) opened for reading: its metadata only (opening starts no thread).
 #[pyclass(module = "lsio_torch._lsio_torch", frozen)]
 struct Array {
     inner: Arc<ZarrArray>,
@@ -51,6 +51,21 @@ impl Array {
         Ok(Self {
             inner: Arc::new(ZarrArray::open(path).map_err(to_py)?),
         })
+    }
+
+    /// Opens array ``name`` of the group at ``group`` (its consolidated metadata when it has
+    /// some).
+    #[staticmethod]
+    fn in_group(group: PathBuf, name: &str) -> PyResult<Self> {
+        Ok(Self {
+            inner: Arc::new(ZarrArray::open_in_group(group, name).map_err(to_py)?),
+        })
+    }
+
+    /// 2 or 3.
+    #[getter]
+    fn zarr_format(&self) -> u8 {
+        self.inner.zarr_format
     }
 
     /// The array's directory.

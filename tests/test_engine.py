@@ -93,29 +93,6 @@ def test_origin_outside_the_array_is_an_index_error(arrays):
         lsio_torch.read_crops(written.path, [(-1, 0, 0)], (1, 10, 1))
 
 
-def test_unsupported_codec_is_refused_at_open_naming_it(tmp_path):
-    path = tmp_path / "gzip.zarr"
-    zarr.create_array(
-        path, shape=(4, 4), chunks=(2, 2), dtype="int16", compressors=zarr.codecs.GzipCodec()
-    )
-    with pytest.raises(ValueError, match=r"gzip.zarr: unsupported codec: gzip"):
-        lsio_torch.ZarrCropDataset(path, (2, 2))
-
-
-def test_unsupported_dtype_is_refused_at_open_naming_it(tmp_path):
-    path = tmp_path / "strings.zarr"
-    zarr.create_array(path, shape=(4,), chunks=(2,), dtype=str)
-    with pytest.raises(ValueError, match=r"strings.zarr: unsupported data type string"):
-        lsio_torch.read_crops(path, [(0,)], (2,))
-
-
-def test_zarr_v2_is_refused_with_a_clear_message(tmp_path):
-    path = tmp_path / "v2.zarr"
-    zarr.create_array(path, shape=(4,), chunks=(2,), dtype="int16", zarr_format=2)
-    with pytest.raises(ValueError, match="Zarr format 2"):
-        lsio_torch.read_crops(path, [(0,)], (2,))
-
-
 @pytest.mark.parametrize("layout", ["unsharded", "shard-index-end"])
 def test_corrupt_chunk_is_an_error_naming_file_and_chunk(tmp_path, layout, backend):
     written = write_array(tmp_path / "a.zarr", layout, "int16")
@@ -134,7 +111,9 @@ def test_truncated_chunk_is_an_error_not_zeros(tmp_path, backend):
     written = write_array(tmp_path / "a.zarr", "unsharded", "float32")
     chunk = written.path / "c/1/0/0"
     chunk.write_bytes(chunk.read_bytes()[:-20])
-    with pytest.raises(lsio_torch.LsioError, match=r"c/1/0/0: corrupt chunk \[1, 0, 0\]: zstd"):
+    with pytest.raises(
+        lsio_torch.LsioError, match=r"c/1/0/0: corrupt chunk \[1, 0, 0\]: incomplete frame"
+    ):
         lsio_torch.read_crops(written.path, [(4, 0, 0)], (2, 2, 2))
 
 

@@ -1,40 +1,35 @@
-//! An opened Zarr array: its metadata, and where each chunk lives on disk.
+//! An opened Zarr array (v2 or v3): its metadata, validated by the zarrs crate, and where each
+//! chunk lives on disk.
 
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use zarrs_metadata::v3::ArrayMetadataV3;
-use zarrs_metadata::ChunkKeySeparator;
+use zarrs::array::{Array, ArrayMetadata, CodecChain, FillValue};
 use zarrs_metadata_ext::chunk_grid::regular::RegularChunkGridConfiguration;
-use zarrs_metadata_ext::chunk_key_encoding::default::DefaultChunkKeyEncodingConfiguration;
-use zarrs_metadata_ext::chunk_key_encoding::v2::V2ChunkKeyEncodingConfiguration;
 
-use super::codecs::{ChunkEncoding, CodecChain, Sharding};
+use super::codecs::{ChunkLayout, Sharding};
 use super::dtype::DataType;
+use super::metadata::{read_array_metadata, read_group_member, StoredMetadata};
 use super::region::c_order_index;
 use crate::error::{Error, Result};
 
-/// How chunk grid coordinates become file names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChunkKeys {
-    /// `c/1/2` (or `c.1.2`).
-    Default { separator: char },
-    /// `1.2` (or `1/2`); `0` for a zero-dimensional array.
-    V2 { separator: char },
-}
-
-/// A Zarr v3 array on local disk.
-#[derive(Clone, Debug)]
+/// A Zarr array on local disk.
+#[derive(Debug)]
 pub struct ZarrArray {
     pub path: PathBuf,
+    /// 2 or 3.
+    pub zarr_format: u8,
     pub shape: Vec<u64>,
     pub dtype: DataType,
     /// One element of the fill value, native byte order.
     pub fill_value: Vec<u8>,
     /// The shape of a stored chunk: a file (a shard, when sharded).
     pub chunk_shape: Vec<u64>,
-    pub keys: ChunkKeys,
-    pub encoding: ChunkEncoding,
+    pub layout: ChunkLayout,
     pub dimension_names: Option<Vec<Option<String>>>,
+    /// The validated metadata: data type, fill value, chunk keys.
+    zarrs: Array<()>,
 }
 
 /// Where a leaf chunk (the unit that is decoded) is stored.
@@ -47,162 +42,102 @@ pub struct ChunkLocation {
 }
 
 impl ZarrArray {
-    /// Reads `path/zarr.json`.
+    /// Opens the array at `path` (a directory with `zarr.json` or `.zarray`).
     ///
     /// # Errors
     /// [`Error::NotFound`] when there is no array at `path`, [`Error::InvalidMetadata`] when
     /// its metadata does not parse, [`Error::Unsupported`] for features this engine lacks.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let json_path = path.join("zarr.json");
-        let text = match std::fs::read_to_string(&json_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if path.join(".zarray").exists() {
-                    return Err(Error::unsupported(
-                        &path,
-                        "Zarr format 2 (.zarray); only Zarr v3 arrays are read",
-                    ));
-                }
-                let what = if path.exists() {
-                    "no zarr.json in this directory"
-                } else {
-                    "path does not exist"
-                };
-                return Err(Error::NotFound {
-                    path,
-                    what: what.into(),
-                });
-            }
-            Err(e) => return Err(Error::io(&json_path, "reading metadata", e)),
-        };
-        Self::from_json(path, &text)
+        let stored = read_array_metadata(&path)?;
+        Self::from_metadata(path, stored)
     }
 
-    /// Parses the text of a `zarr.json` for the array at `path`.
+    /// Opens array `name` of the group at `group`, using its consolidated metadata if any.
     ///
     /// # Errors
     /// As [`ZarrArray::open`].
-    pub fn from_json(path: PathBuf, text: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::invalid_metadata(&path, format!("zarr.json: {e}")))?;
-        if value.get("node_type").and_then(|v| v.as_str()) == Some("group") {
-            return Err(Error::InvalidArgument(format!(
-                "{}: is a Zarr group, not an array; name one of its arrays",
-                path.display()
-            )));
-        }
-        let meta: ArrayMetadataV3 = serde_json::from_value(value)
-            .map_err(|e| Error::invalid_metadata(&path, format!("zarr.json: {e}")))?;
+    pub fn open_in_group(group: impl AsRef<Path>, name: &str) -> Result<Self> {
+        let (path, stored) = read_group_member(group.as_ref(), name)?;
+        Self::from_metadata(path, stored)
+    }
 
-        if let Some(field) = meta
-            .additional_fields
-            .iter()
-            .find(|(_, f)| f.must_understand())
-        {
-            return Err(Error::unsupported(
-                &path,
-                format!("metadata field {:?}", field.0),
-            ));
+    /// Builds the array from metadata read for `path`.
+    ///
+    /// # Errors
+    /// As [`ZarrArray::open`].
+    pub fn from_metadata(path: PathBuf, stored: StoredMetadata) -> Result<Self> {
+        let zarr_format = match stored.metadata {
+            ArrayMetadata::V2(_) => 2,
+            ArrayMetadata::V3(_) => 3,
+        };
+        if let ArrayMetadata::V3(v3) = &stored.metadata {
+            // zarrs reads these grids; the crop planner needs a regular one.
+            if v3.chunk_grid.name() != "regular" {
+                return Err(Error::unsupported(
+                    &path,
+                    format!("chunk grid {}", v3.chunk_grid.name()),
+                ));
+            }
+            // The spec: a reader must refuse fields it does not understand unless they say
+            // `"must_understand": false`.
+            if let Some((name, _)) = v3
+                .additional_fields
+                .iter()
+                .find(|(_, f)| f.must_understand())
+            {
+                return Err(Error::unsupported(
+                    &path,
+                    format!("metadata field {name:?} (must_understand)"),
+                ));
+            }
+            if let Some(t) = v3.storage_transformers.first() {
+                return Err(Error::unsupported(
+                    &path,
+                    format!("storage transformer {}", t.name()),
+                ));
+            }
         }
-        if let Some(t) = meta.storage_transformers.first() {
-            return Err(Error::unsupported(
-                &path,
-                format!("storage transformer {}", t.name()),
-            ));
-        }
-        let dtype = DataType::from_name(meta.data_type.name()).ok_or_else(|| {
-            Error::unsupported(&path, format!("data type {}", meta.data_type.name()))
+        let array = Array::new_with_metadata(Arc::new(()), "/", stored.metadata)
+            .map_err(|e| Error::unsupported_because(&path, e.to_string()))?
+            .to_v3()
+            .map_err(|e| Error::unsupported_because(&path, e.to_string()))?;
+        let ArrayMetadata::V3(v3) = array.metadata().clone() else {
+            return Err(Error::invalid_metadata(&path, "not convertible to Zarr v3"));
+        };
+        let dtype = DataType::from_name(v3.data_type.name()).ok_or_else(|| {
+            Error::unsupported(&path, format!("data type {}", v3.data_type.name()))
         })?;
-        let fill_value = dtype.fill_bytes(&meta.fill_value).ok_or_else(|| {
-            Error::invalid_metadata(
-                &path,
-                format!("fill_value {} for {}", meta.fill_value, dtype.name()),
-            )
-        })?;
-
-        if meta.chunk_grid.name() != "regular" {
-            return Err(Error::unsupported(
-                &path,
-                format!("chunk grid {}", meta.chunk_grid.name()),
-            ));
-        }
-        let grid: RegularChunkGridConfiguration = meta
+        let grid: RegularChunkGridConfiguration = v3
             .chunk_grid
             .to_typed_configuration()
             .map_err(|e| Error::invalid_metadata(&path, format!("chunk_grid: {e}")))?;
         let chunk_shape: Vec<u64> = grid.chunk_shape.iter().map(|n| n.get()).collect();
-        if chunk_shape.len() != meta.shape.len() {
+        if chunk_shape.len() != v3.shape.len() {
             return Err(Error::invalid_metadata(
                 &path,
                 "chunk_shape and shape differ in length",
             ));
         }
-
-        let encoding_meta = &meta.chunk_key_encoding;
-        // The configuration's separator, or the spec's default when it is left out.
-        let separator = |default: ChunkKeySeparator| -> Result<char> {
-            if encoding_meta.configuration_is_none_or_empty() {
-                return Ok(separator_char(default));
-            }
-            let parse_error = |e: &dyn std::fmt::Display| {
-                Error::invalid_metadata(&path, format!("chunk_key_encoding: {e}"))
-            };
-            Ok(separator_char(if encoding_meta.name() == "v2" {
-                encoding_meta
-                    .to_typed_configuration::<V2ChunkKeyEncodingConfiguration>()
-                    .map_err(|e| parse_error(&e))?
-                    .separator
-            } else {
-                encoding_meta
-                    .to_typed_configuration::<DefaultChunkKeyEncodingConfiguration>()
-                    .map_err(|e| parse_error(&e))?
-                    .separator
-            }))
-        };
-        let keys = match encoding_meta.name() {
-            "default" => ChunkKeys::Default {
-                separator: separator(ChunkKeySeparator::Slash)?,
-            },
-            "v2" => ChunkKeys::V2 {
-                separator: separator(ChunkKeySeparator::Dot)?,
-            },
-            other => {
-                return Err(Error::unsupported(
-                    &path,
-                    format!("chunk key encoding {other}"),
-                ))
-            }
-        };
-
-        let encoding = ChunkEncoding::from_metadata(&path, &meta.codecs, dtype)?;
-        if let ChunkEncoding::Sharded(sharding) = &encoding {
-            let divides = sharding.inner_shape.len() == chunk_shape.len()
-                && sharding
-                    .inner_shape
-                    .iter()
-                    .zip(&chunk_shape)
-                    .all(|(i, s)| s % i == 0);
-            if !divides {
-                return Err(Error::invalid_metadata(
-                    &path,
-                    format!(
-                        "inner chunk shape {:?} does not divide the shard shape {chunk_shape:?}",
-                        sharding.inner_shape
-                    ),
-                ));
-            }
+        let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape)?;
+        let fill_value = array.fill_value().as_ne_bytes().to_vec();
+        if fill_value.len() != dtype.size() {
+            return Err(Error::invalid_metadata(
+                &path,
+                format!("fill_value for {}", dtype.name()),
+            ));
         }
-
+        let dimension_names = v3.dimension_names.clone().or(stored.dimension_names);
         Ok(Self {
             path,
-            shape: meta.shape,
+            zarr_format,
+            shape: v3.shape,
             dtype,
             fill_value,
             chunk_shape,
-            keys,
-            encoding,
-            dimension_names: meta.dimension_names,
+            layout,
+            dimension_names,
+            zarrs: array,
         })
     }
 
@@ -214,28 +149,49 @@ impl ZarrArray {
     /// The shape of the unit that is decoded: the inner chunk when sharded, else the chunk.
     #[must_use]
     pub fn leaf_shape(&self) -> &[u64] {
-        match &self.encoding {
-            ChunkEncoding::Plain(_) => &self.chunk_shape,
-            ChunkEncoding::Sharded(s) => &s.inner_shape,
+        match &self.layout {
+            ChunkLayout::Whole(_) => &self.chunk_shape,
+            ChunkLayout::Sharded(s) => &s.inner_shape,
         }
     }
 
-    /// The sharding layout, when the array is sharded.
+    /// [`ZarrArray::leaf_shape`] as the codecs take it.
+    #[must_use]
+    pub fn leaf_shape_nonzero(&self) -> Vec<NonZeroU64> {
+        self.leaf_shape()
+            .iter()
+            .map(|&n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
+            .collect()
+    }
+
+    /// The sharding layout, when the planner reads inside shards.
     #[must_use]
     pub fn sharding(&self) -> Option<&Sharding> {
-        match &self.encoding {
-            ChunkEncoding::Plain(_) => None,
-            ChunkEncoding::Sharded(s) => Some(s),
+        match &self.layout {
+            ChunkLayout::Whole(_) => None,
+            ChunkLayout::Sharded(s) => Some(s),
         }
     }
 
     /// The codecs that decode a leaf chunk.
     #[must_use]
     pub fn leaf_codecs(&self) -> &CodecChain {
-        match &self.encoding {
-            ChunkEncoding::Plain(c) => c,
-            ChunkEncoding::Sharded(s) => &s.inner,
+        match &self.layout {
+            ChunkLayout::Whole(c) => c,
+            ChunkLayout::Sharded(s) => &s.inner,
         }
+    }
+
+    /// The data type as the codecs take it.
+    #[must_use]
+    pub fn codec_data_type(&self) -> &zarrs::array::DataType {
+        self.zarrs.data_type()
+    }
+
+    /// The fill value as the codecs take it.
+    #[must_use]
+    pub fn codec_fill_value(&self) -> &FillValue {
+        self.zarrs.fill_value()
     }
 
     /// Inner chunks per shard along each dimension (all ones when not sharded).
@@ -263,42 +219,16 @@ impl ZarrArray {
     /// The file that holds the chunk (or shard) at grid coordinates `file`.
     #[must_use]
     pub fn file_path(&self, file: &[u64]) -> PathBuf {
-        let join = |separator: char| {
-            file.iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(&separator.to_string())
-        };
-        let key = match self.keys {
-            ChunkKeys::Default { separator } => {
-                if file.is_empty() {
-                    "c".to_string()
-                } else {
-                    format!("c{separator}{}", join(separator))
-                }
-            }
-            ChunkKeys::V2 { separator } => {
-                if file.is_empty() {
-                    "0".to_string()
-                } else {
-                    join(separator)
-                }
-            }
-        };
-        self.path.join(key)
-    }
-}
-
-fn separator_char(separator: ChunkKeySeparator) -> char {
-    match separator {
-        ChunkKeySeparator::Slash => '/',
-        ChunkKeySeparator::Dot => '.',
+        self.path.join(self.zarrs.chunk_key(file).as_str())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zarr::codecs::IndexLocation;
+    use crate::zarr::metadata::StoredMetadata;
+    use zarrs::array::ArrayMetadataV3;
 
     const SHARDED: &str = r#"{
         "zarr_format": 3, "node_type": "array", "shape": [10, 20], "data_type": "int16",
@@ -313,9 +243,20 @@ mod tests {
         "attributes": {}, "dimension_names": ["y", "x"]
     }"#;
 
+    fn array(text: &str) -> Result<ZarrArray> {
+        let v3: ArrayMetadataV3 = serde_json::from_str(text).unwrap();
+        ZarrArray::from_metadata(
+            "/d/a.zarr".into(),
+            StoredMetadata {
+                metadata: ArrayMetadata::V3(v3),
+                dimension_names: None,
+            },
+        )
+    }
+
     #[test]
     fn sharded_array_locates_inner_chunks() {
-        let a = ZarrArray::from_json("/d/a.zarr".into(), SHARDED).unwrap();
+        let a = array(SHARDED).unwrap();
         assert_eq!(a.leaf_shape(), &[2, 5]);
         assert_eq!(a.leaves_per_file(), vec![2, 2]);
         assert_eq!(a.fill_value, (-1i16).to_ne_bytes().to_vec());
@@ -328,10 +269,9 @@ mod tests {
             }
         );
         assert_eq!(a.file_path(&loc.file), PathBuf::from("/d/a.zarr/c/1/1"));
-        assert_eq!(
-            a.sharding().unwrap().index_location,
-            super::super::codecs::IndexLocation::Start
-        );
+        let sharding = a.sharding().unwrap();
+        assert_eq!(sharding.index_location, IndexLocation::Start);
+        assert_eq!(sharding.index_len, 4 * 16 + 4);
         assert_eq!(
             a.dimension_names,
             Some(vec![Some("y".into()), Some("x".into())])
@@ -357,18 +297,25 @@ mod tests {
                 r#"{"name": "default", "configuration": {"separator": "/"}}"#,
                 encoding,
             );
-            let a = ZarrArray::from_json("/d/a.zarr".into(), &text).unwrap();
+            let a = array(&text).unwrap();
             assert_eq!(a.file_path(&[1, 1]), PathBuf::from(expected), "{encoding}");
         }
     }
 
     #[test]
     fn unsupported_features_are_named() {
-        let text = SHARDED.replace("\"int16\"", "\"string\"");
-        let err = ZarrArray::from_json("a".into(), &text).unwrap_err();
-        assert_eq!(err.to_string(), "a: unsupported data type string");
-        let text = SHARDED.replace("\"regular\"", "\"rectilinear\"");
-        let err = ZarrArray::from_json("a".into(), &text).unwrap_err();
-        assert_eq!(err.to_string(), "a: unsupported chunk grid rectilinear");
+        let err = array(&SHARDED.replace("\"int16\"", "\"string\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("string"), "{err}");
+        let err = array(&SHARDED.replace("\"regular\"", "\"rectilinear\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/d/a.zarr: unsupported chunk grid rectilinear"
+        );
+        let err = array(&SHARDED.replace("\"zstd\"", "\"lzma\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lzma"), "{err}");
     }
 }

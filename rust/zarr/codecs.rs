@@ -1,27 +1,23 @@
-//! Codec chains: what turns the bytes of a stored chunk back into its elements.
+//! How a stored chunk becomes elements: the codec chains (from the zarrs crate) and the one
+//! layout decision that is ours, whether the planner looks inside shards.
 //!
-//! A chunk is encoded by an array→bytes codec (`bytes`, or `sharding_indexed` whose inner
-//! chunks have chains of their own) followed by bytes→bytes codecs (`zstd`, `crc32c`).
-//! Decoding runs the bytes→bytes codecs in reverse, then undoes the byte order.
+//! When the first codec is `sharding_indexed`, the planner reads each shard's index and then
+//! only the inner chunks a batch needs; an inner chunk is decoded by the shard's inner chain
+//! (which may itself shard: nested shards decode whole). Otherwise the chunk file is read and
+//! decoded whole by the array's chain.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::num::NonZeroU64;
 use std::path::Path;
+use std::sync::Arc;
 
+use zarrs::array::{
+    ArrayToBytesCodecTraits, BytesRepresentation, CodecChain, CodecOptions, DataType, FillValue,
+};
 use zarrs_metadata::v3::MetadataV3;
-use zarrs_metadata::Endianness;
-use zarrs_metadata_ext::codec::bytes::BytesCodecConfiguration;
 use zarrs_metadata_ext::codec::sharding::{ShardingCodecConfiguration, ShardingIndexLocation};
 
-use super::dtype::DataType;
 use crate::error::{Error, Result};
-
-/// A bytes→bytes codec.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BytesCodec {
-    Zstd,
-    Crc32c,
-}
 
 /// Where a shard keeps its index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,308 +26,157 @@ pub enum IndexLocation {
     End,
 }
 
-/// The codecs of a chunk whose array→bytes codec is `bytes`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CodecChain {
-    /// Whether the stored byte order differs from this machine's.
-    pub swap_bytes: bool,
-    /// The bytes→bytes codecs in encoding order.
-    pub bytes_codecs: Vec<BytesCodec>,
-}
-
 /// How a `sharding_indexed` codec lays out a shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Sharding {
     /// The shape of an inner chunk, in elements.
     pub inner_shape: Vec<u64>,
     /// The codecs of each inner chunk.
-    pub inner: CodecChain,
-    /// The codecs of the index (`bytes` little-endian, usually followed by `crc32c`).
-    pub index: CodecChain,
+    pub inner: Arc<CodecChain>,
+    /// The codecs of the index: `[*inner chunks per shard, 2]` uint64 offsets and lengths.
+    pub index: Arc<CodecChain>,
+    /// The encoded size of the index in bytes.
+    pub index_len: u64,
     pub index_location: IndexLocation,
 }
 
-/// How a stored chunk (or shard) is encoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChunkEncoding {
-    Plain(CodecChain),
+/// How the planner treats stored chunks.
+#[derive(Clone, Debug)]
+pub enum ChunkLayout {
+    /// Each chunk file is read and decoded whole.
+    Whole(Arc<CodecChain>),
+    /// Shards whose inner chunks are read one by one through the shard index.
     Sharded(Sharding),
 }
 
-impl ChunkEncoding {
-    /// Builds the encoding from the `codecs` list of a `zarr.json`.
+fn codec_error(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::unsupported_because(path, format!("{what}: {e}"))
+}
+
+impl ChunkLayout {
+    /// Chooses the layout for `codecs`, the array's (v3, or converted from v2) codec list.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for codecs this engine does not decode, [`Error::InvalidMetadata`]
-    /// for configurations that do not parse.
-    pub fn from_metadata(path: &Path, codecs: &[MetadataV3], dtype: DataType) -> Result<Self> {
-        let Some((first, rest)) = codecs.split_first() else {
-            return Err(Error::invalid_metadata(path, "empty codec list"));
+    /// [`Error::Unsupported`] for a codec zarrs does not provide here, or a shard index whose
+    /// size is not fixed.
+    pub fn from_metadata(path: &Path, codecs: &[MetadataV3], chunk_shape: &[u64]) -> Result<Self> {
+        let Some(first) = codecs.first().filter(|c| c.name() == "sharding_indexed") else {
+            let chain =
+                CodecChain::from_metadata(codecs).map_err(|e| codec_error(path, "codecs", e))?;
+            return Ok(Self::Whole(Arc::new(chain)));
         };
-        match first.name() {
-            "sharding_indexed" => {
-                let config: ShardingCodecConfiguration = typed_config(path, first)?;
-                let ShardingCodecConfiguration::V1(config) = config else {
-                    return Err(Error::unsupported(path, "sharding_indexed configuration"));
-                };
-                if !rest.is_empty() {
-                    return Err(Error::unsupported(
-                        path,
-                        "codecs after sharding_indexed (compress inner chunks instead)",
-                    ));
-                }
-                if config.codecs.first().map(MetadataV3::name) == Some("sharding_indexed") {
-                    return Err(Error::unsupported(path, "codec: nested sharding_indexed"));
-                }
-                let index_location = match config.index_location {
-                    ShardingIndexLocation::Start => IndexLocation::Start,
-                    ShardingIndexLocation::End => IndexLocation::End,
-                    #[allow(unreachable_patterns)]
-                    _ => return Err(Error::unsupported(path, "shard index location")),
-                };
-                Ok(Self::Sharded(Sharding {
-                    inner_shape: config.chunk_shape.iter().map(|n| n.get()).collect(),
-                    inner: CodecChain::from_metadata(path, &config.codecs, dtype)?,
-                    index: CodecChain::from_metadata(path, &config.index_codecs, DataType::UInt64)?,
-                    index_location,
-                }))
-            }
-            _ => Ok(Self::Plain(CodecChain::from_metadata(path, codecs, dtype)?)),
+        let config: ShardingCodecConfiguration = first
+            .to_typed_configuration()
+            .map_err(|e| Error::invalid_metadata(path, format!("sharding_indexed: {e}")))?;
+        let ShardingCodecConfiguration::V1(config) = config else {
+            return Err(Error::unsupported(path, "sharding_indexed configuration"));
+        };
+        let inner_shape: Vec<u64> = config.chunk_shape.iter().map(|n| n.get()).collect();
+        let divides = inner_shape.len() == chunk_shape.len()
+            && inner_shape.iter().zip(chunk_shape).all(|(i, s)| s % i == 0);
+        if !divides {
+            return Err(Error::invalid_metadata(
+                path,
+                format!("inner chunk shape {inner_shape:?} does not divide the shard shape {chunk_shape:?}"),
+            ));
         }
-    }
-}
-
-fn typed_config<T: serde::de::DeserializeOwned>(path: &Path, codec: &MetadataV3) -> Result<T> {
-    codec.to_typed_configuration::<T>().map_err(|e| {
-        Error::invalid_metadata(
-            path,
-            format!("configuration of codec {}: {e}", codec.name()),
-        )
-    })
-}
-
-impl CodecChain {
-    /// Builds a chain from a codec list that starts with `bytes`.
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] for any other array→bytes or array→array codec, and for
-    /// bytes→bytes codecs other than `zstd` and `crc32c`.
-    pub fn from_metadata(path: &Path, codecs: &[MetadataV3], dtype: DataType) -> Result<Self> {
-        let Some((first, rest)) = codecs.split_first() else {
-            return Err(Error::invalid_metadata(path, "empty codec list"));
-        };
-        let swap_bytes = match first.name() {
-            "bytes" => {
-                let endian = if first.configuration_is_none_or_empty() {
-                    None
-                } else {
-                    let BytesCodecConfiguration::V1(config) = typed_config(path, first)? else {
-                        return Err(Error::unsupported(path, "bytes codec configuration"));
-                    };
-                    config.endian
-                };
-                match endian {
-                    None if dtype.size() > 1 => {
-                        return Err(Error::invalid_metadata(
-                            path,
-                            format!("codec bytes needs an endian for {}", dtype.name()),
-                        ))
-                    }
-                    None => false,
-                    Some(endian) => dtype.size() > 1 && endian != Endianness::native(),
-                }
-            }
-            "sharding_indexed" => {
-                return Err(Error::unsupported(path, "codec: nested sharding_indexed"))
-            }
-            other => return Err(Error::unsupported(path, format!("codec: {other}"))),
-        };
-        let bytes_codecs = rest
+        if codecs.len() > 1 {
+            // Codecs after sharding transform the whole shard: it can only be decoded whole.
+            let chain =
+                CodecChain::from_metadata(codecs).map_err(|e| codec_error(path, "codecs", e))?;
+            return Ok(Self::Whole(Arc::new(chain)));
+        }
+        let inner = CodecChain::from_metadata(&config.codecs)
+            .map_err(|e| codec_error(path, "codec (in sharding_indexed)", e))?;
+        let index = CodecChain::from_metadata(&config.index_codecs)
+            .map_err(|e| codec_error(path, "shard index codec", e))?;
+        let per_shard: Vec<u64> = chunk_shape
             .iter()
-            .map(|codec| match codec.name() {
-                "zstd" => Ok(BytesCodec::Zstd),
-                "crc32c" => Ok(BytesCodec::Crc32c),
-                other => Err(Error::unsupported(path, format!("codec: {other}"))),
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            swap_bytes,
-            bytes_codecs,
-        })
-    }
-
-    /// Decodes `encoded` into `out`, which must be exactly the decoded size.
-    ///
-    /// # Errors
-    /// A message saying what did not decode: a bad checksum, a bad compressed frame, a size
-    /// other than `out.len()`.
-    pub fn decode_into(
-        &self,
-        encoded: &[u8],
-        out: &mut [u8],
-        dtype: DataType,
-    ) -> Result<(), String> {
-        let mut current: Cow<[u8]> = Cow::Borrowed(encoded);
-        let mut written = false;
-        for (position, codec) in self.bytes_codecs.iter().enumerate().rev() {
-            match codec {
-                BytesCodec::Crc32c => {
-                    let n = current.len();
-                    if n < 4 {
-                        return Err(format!("crc32c: {n} bytes, shorter than a checksum"));
-                    }
-                    let stored = u32::from_le_bytes([
-                        current[n - 4],
-                        current[n - 3],
-                        current[n - 2],
-                        current[n - 1],
-                    ]);
-                    let actual = crc32c::crc32c(&current[..n - 4]);
-                    if stored != actual {
-                        return Err(format!(
-                            "crc32c mismatch: stored {stored:#010x}, computed {actual:#010x}"
-                        ));
-                    }
-                    current = match current {
-                        Cow::Borrowed(b) => Cow::Borrowed(&b[..n - 4]),
-                        Cow::Owned(mut v) => {
-                            v.truncate(n - 4);
-                            Cow::Owned(v)
-                        }
-                    };
-                }
-                BytesCodec::Zstd if position == 0 => {
-                    // The outermost codec decompresses straight into the output.
-                    let n = zstd_decompress_into(&current, out)?;
-                    if n != out.len() {
-                        return Err(format!("zstd: decoded {n} bytes, expected {}", out.len()));
-                    }
-                    written = true;
-                }
-                BytesCodec::Zstd => {
-                    current =
-                        Cow::Owned(zstd::decode_all(&*current).map_err(|e| format!("zstd: {e}"))?);
-                }
-            }
-        }
-        if !written {
-            if current.len() != out.len() {
-                return Err(format!(
-                    "decoded {} bytes, expected {}",
-                    current.len(),
-                    out.len()
-                ));
-            }
-            out.copy_from_slice(&current);
-        }
-        if self.swap_bytes {
-            swap_in_place(out, dtype.swap_unit());
-        }
-        Ok(())
-    }
-}
-
-thread_local! {
-    // One decompression context per thread, reused for every chunk it decodes.
-    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
-
-fn zstd_decompress_into(src: &[u8], out: &mut [u8]) -> Result<usize, String> {
-    ZSTD.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
-        }
-        let decompressor = slot.as_mut().ok_or("zstd: no context")?;
-        decompressor
-            .decompress_to_buffer(src, out)
-            .map_err(|e| format!("zstd: {e}"))
-    })
-}
-
-/// Reverses the byte order of every `unit`-sized group of bytes.
-pub fn swap_in_place(bytes: &mut [u8], unit: usize) {
-    if unit > 1 {
-        for element in bytes.chunks_exact_mut(unit) {
-            element.reverse();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn codecs(json: &str) -> Vec<MetadataV3> {
-        serde_json::from_str(json).unwrap()
-    }
-
-    #[test]
-    fn zstd_and_crc32c_round_trip() {
-        let data: Vec<u8> = (0..4000u32)
-            .flat_map(|i| (i as u16).to_le_bytes())
+            .zip(&inner_shape)
+            .map(|(s, i)| s / i)
             .collect();
-        let mut encoded = zstd::encode_all(&data[..], 3).unwrap();
-        encoded.extend_from_slice(&crc32c::crc32c(&encoded).to_le_bytes());
-        let chain = CodecChain::from_metadata(
-            Path::new("a"),
-            &codecs(r#"[{"name":"bytes","configuration":{"endian":"little"}},{"name":"zstd","configuration":{"level":3,"checksum":false}},{"name":"crc32c"}]"#),
-            DataType::UInt16,
-        )
-        .unwrap();
-        let mut out = vec![0u8; data.len()];
-        chain
-            .decode_into(&encoded, &mut out, DataType::UInt16)
-            .unwrap();
-        assert_eq!(out, data);
-
-        let last = encoded.len() - 1;
-        encoded[last] ^= 1;
-        let err = chain
-            .decode_into(&encoded, &mut out, DataType::UInt16)
-            .unwrap_err();
-        assert!(err.contains("crc32c mismatch"), "{err}");
-    }
-
-    #[test]
-    fn wrong_size_is_an_error() {
-        let chain = CodecChain {
-            swap_bytes: false,
-            bytes_codecs: vec![BytesCodec::Zstd],
+        let index_len = match index.encoded_representation(
+            &index_shape(&per_shard),
+            &zarrs::array::data_type::uint64(),
+            &index_fill(),
+        ) {
+            Ok(BytesRepresentation::FixedSize(n)) => n,
+            Ok(other) => {
+                return Err(Error::unsupported(
+                    path,
+                    format!("shard index codecs with {other}"),
+                ))
+            }
+            Err(e) => return Err(codec_error(path, "shard index codecs", e)),
         };
-        let encoded = zstd::encode_all(&[1u8; 10][..], 1).unwrap();
-        let mut out = vec![0u8; 12];
-        assert!(chain
-            .decode_into(&encoded, &mut out, DataType::UInt8)
-            .is_err());
-        assert!(chain
-            .decode_into(b"not zstd", &mut out, DataType::UInt8)
-            .is_err());
+        Ok(Self::Sharded(Sharding {
+            inner_shape,
+            inner: Arc::new(inner),
+            index: Arc::new(index),
+            index_len,
+            index_location: match config.index_location {
+                ShardingIndexLocation::Start => IndexLocation::Start,
+                _ => IndexLocation::End,
+            },
+        }))
     }
+}
 
-    #[test]
-    fn big_endian_is_swapped() {
-        let chain = CodecChain::from_metadata(
-            Path::new("a"),
-            &codecs(r#"[{"name":"bytes","configuration":{"endian":"big"}}]"#),
-            DataType::Int32,
-        )
-        .unwrap();
-        let mut out = [0u8; 4];
-        chain
-            .decode_into(&7i32.to_be_bytes(), &mut out, DataType::Int32)
-            .unwrap();
-        assert_eq!(i32::from_ne_bytes(out), 7);
-    }
+/// The shape of a shard index: one (offset, length) pair per inner chunk.
+fn index_shape(per_shard: &[u64]) -> Vec<NonZeroU64> {
+    per_shard
+        .iter()
+        .chain(&[2])
+        .map(|&n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
+        .collect()
+}
 
-    #[test]
-    fn unknown_codecs_are_refused_by_name() {
-        let err = ChunkEncoding::from_metadata(
-            Path::new("arr"),
-            &codecs(r#"[{"name":"bytes","configuration":{"endian":"little"}},{"name":"lzma"}]"#),
-            DataType::Int16,
+fn index_fill() -> FillValue {
+    FillValue::new(u64::MAX.to_ne_bytes().to_vec())
+}
+
+/// Decodes one stored chunk of `shape` into native-endian C-order elements.
+///
+/// # Errors
+/// The codec's message when the bytes do not decode (bad frame, checksum, size).
+pub fn decode_chunk<'a>(
+    chain: &CodecChain,
+    encoded: &'a [u8],
+    shape: &[NonZeroU64],
+    data_type: &DataType,
+    fill_value: &FillValue,
+) -> Result<Cow<'a, [u8]>, String> {
+    let options = CodecOptions::default();
+    let decoded = chain
+        .decode(
+            Cow::Borrowed(encoded),
+            shape,
+            data_type,
+            fill_value,
+            &options,
         )
-        .unwrap_err();
-        assert_eq!(err.to_string(), "arr: unsupported codec: lzma");
-    }
+        .map_err(|e| e.to_string())?;
+    decoded.into_fixed().map_err(|e| e.to_string())
+}
+
+/// Decodes a shard index into native-endian (offset, length) words.
+///
+/// # Errors
+/// The codec's message when the index does not decode (a bad checksum, a short shard).
+pub fn decode_index(
+    sharding: &Sharding,
+    encoded: &[u8],
+    per_shard: &[u64],
+) -> Result<Vec<u64>, String> {
+    let words = decode_chunk(
+        &sharding.index,
+        encoded,
+        &index_shape(per_shard),
+        &zarrs::array::data_type::uint64(),
+        &index_fill(),
+    )?;
+    Ok(words
+        .chunks_exact(8)
+        .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8])))
+        .collect())
 }

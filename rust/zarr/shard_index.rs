@@ -1,8 +1,5 @@
 //! The index of a shard: where each inner chunk's bytes lie in the shard file.
 
-use super::codecs::{BytesCodec, CodecChain};
-use super::dtype::DataType;
-
 /// Offset and length of each inner chunk in a shard, in C order of the inner chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardIndex {
@@ -21,44 +18,20 @@ pub enum Slot {
 }
 
 impl ShardIndex {
-    /// The encoded size in bytes of an index of `chunks` entries.
-    #[must_use]
-    pub fn encoded_len(chunks: u64, codecs: &CodecChain) -> u64 {
-        let checksums = codecs
-            .bytes_codecs
-            .iter()
-            .filter(|c| **c == BytesCodec::Crc32c)
-            .count();
-        16 * chunks + 4 * checksums as u64
-    }
-
-    /// A shard file that does not exist: every slot is empty.
-    #[must_use]
-    pub fn empty(chunks: u64) -> Self {
-        Self {
-            entries: vec![[u64::MAX; 2]; chunks as usize],
-        }
-    }
-
-    /// Decodes an index read from a shard of `shard_len` bytes.
+    /// Checks decoded index words (offset, length per inner chunk) against a shard of
+    /// `shard_len` bytes.
     ///
     /// # Errors
-    /// A message when the index does not decode or points outside the shard.
-    pub fn decode(
-        encoded: &[u8],
-        chunks: u64,
-        codecs: &CodecChain,
-        shard_len: u64,
-    ) -> Result<Self, String> {
-        let mut raw = vec![0u8; 16 * chunks as usize];
-        codecs.decode_into(encoded, &mut raw, DataType::UInt64)?;
-        let entries: Vec<[u64; 2]> = raw
-            .chunks_exact(16)
-            .map(|e| {
-                let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
-                [word(&e[..8]), word(&e[8..])]
-            })
-            .collect();
+    /// A message when the index has the wrong size or points outside the shard.
+    pub fn from_words(words: &[u64], chunks: u64, shard_len: u64) -> Result<Self, String> {
+        if words.len() as u64 != 2 * chunks {
+            return Err(format!(
+                "{} index words, expected {}",
+                words.len(),
+                2 * chunks
+            ));
+        }
+        let entries: Vec<[u64; 2]> = words.chunks_exact(2).map(|e| [e[0], e[1]]).collect();
         for (i, [offset, len]) in entries.iter().enumerate() {
             let empty = *offset == u64::MAX && *len == u64::MAX;
             if !empty && offset.checked_add(*len).is_none_or(|end| end > shard_len) {
@@ -87,29 +60,10 @@ impl ShardIndex {
 mod tests {
     use super::*;
 
-    fn index_bytes(entries: &[[u64; 2]]) -> Vec<u8> {
-        let mut out: Vec<u8> = entries
-            .iter()
-            .flatten()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
-    }
-
-    fn chain() -> CodecChain {
-        CodecChain {
-            swap_bytes: false,
-            bytes_codecs: vec![BytesCodec::Crc32c],
-        }
-    }
-
     #[test]
     fn decodes_slots_and_empties() {
-        let bytes = index_bytes(&[[0, 10], [u64::MAX, u64::MAX], [10, 5]]);
-        assert_eq!(ShardIndex::encoded_len(3, &chain()), bytes.len() as u64);
-        let index = ShardIndex::decode(&bytes, 3, &chain(), 100).unwrap();
+        let words = [0, 10, u64::MAX, u64::MAX, 10, 5];
+        let index = ShardIndex::from_words(&words, 3, 100).unwrap();
         assert_eq!(index.slot(0), Slot::Bytes { offset: 0, len: 10 });
         assert_eq!(index.slot(1), Slot::Empty);
         assert_eq!(index.slot(2), Slot::Bytes { offset: 10, len: 5 });
@@ -117,8 +71,10 @@ mod tests {
 
     #[test]
     fn entries_past_the_end_are_corrupt() {
-        let bytes = index_bytes(&[[90, 20]]);
-        let err = ShardIndex::decode(&bytes, 1, &chain(), 100).unwrap_err();
+        let err = ShardIndex::from_words(&[90, 20], 1, 100).unwrap_err();
         assert!(err.contains("outside the shard"), "{err}");
+        let err = ShardIndex::from_words(&[0, u64::MAX], 1, 100).unwrap_err();
+        assert!(err.contains("outside the shard"), "{err}");
+        assert!(ShardIndex::from_words(&[0, 1, 2], 2, 100).is_err());
     }
 }

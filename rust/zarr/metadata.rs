@@ -1,0 +1,129 @@
+//! Reading array metadata from disk: Zarr v3 `zarr.json`, Zarr v2 `.zarray` + `.zattrs`, and
+//! the consolidated metadata of a group (v2 `.zmetadata`, v3 `consolidated_metadata`).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use zarrs::array::{ArrayMetadata, ArrayMetadataV2, ArrayMetadataV3};
+
+use crate::error::{Error, Result};
+
+/// An array's metadata and, for v2 stores written by xarray, its `_ARRAY_DIMENSIONS`.
+#[derive(Clone, Debug)]
+pub struct StoredMetadata {
+    pub metadata: ArrayMetadata,
+    pub dimension_names: Option<Vec<Option<String>>>,
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::invalid_metadata(path, format!("not JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, "reading metadata", e)),
+    }
+}
+
+/// Reads the metadata of the array at `path`.
+///
+/// # Errors
+/// [`Error::NotFound`] when `path` holds no array metadata, [`Error::InvalidArgument`] when it
+/// is a group, [`Error::InvalidMetadata`] when the metadata does not parse.
+pub fn read_array_metadata(path: &Path) -> Result<StoredMetadata> {
+    if let Some(v3) = read_json(&path.join("zarr.json"))? {
+        return v3_metadata(path, v3);
+    }
+    if let Some(v2) = read_json(&path.join(".zarray"))? {
+        let attributes = read_json(&path.join(".zattrs"))?;
+        return v2_metadata(path, v2, attributes);
+    }
+    if path.join(".zgroup").exists() {
+        return Err(not_an_array(path));
+    }
+    let what = if path.exists() {
+        "no zarr.json or .zarray in this directory"
+    } else {
+        "path does not exist"
+    };
+    Err(Error::NotFound {
+        path: path.to_path_buf(),
+        what: what.into(),
+    })
+}
+
+/// Reads the metadata of array `name` in the group at `group`, from the group's consolidated
+/// metadata when it has some, else from the array's own files.
+///
+/// # Errors
+/// As [`read_array_metadata`], for the path `group/name`.
+pub fn read_group_member(group: &Path, name: &str) -> Result<(PathBuf, StoredMetadata)> {
+    let path = group.join(name);
+    if let Some(Value::Object(root)) = read_json(&group.join("zarr.json"))? {
+        let consolidated = root
+            .get("consolidated_metadata")
+            .and_then(|c| c.get("metadata"))
+            .and_then(|m| m.get(name));
+        if let Some(v3) = consolidated {
+            return Ok((path.clone(), v3_metadata(&path, v3.clone())?));
+        }
+    } else if let Some(consolidated) = read_json(&group.join(".zmetadata"))? {
+        let entries = consolidated.get("metadata");
+        let entry = |file: &str| {
+            entries
+                .and_then(|m| m.get(format!("{name}/{file}")))
+                .cloned()
+        };
+        if let Some(v2) = entry(".zarray") {
+            return Ok((path.clone(), v2_metadata(&path, v2, entry(".zattrs"))?));
+        }
+    }
+    Ok((path.clone(), read_array_metadata(&path)?))
+}
+
+fn not_an_array(path: &Path) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: is a Zarr group, not an array; name one of its arrays (variables=[...])",
+        path.display()
+    ))
+}
+
+fn v3_metadata(path: &Path, value: Value) -> Result<StoredMetadata> {
+    if value.get("node_type").and_then(Value::as_str) == Some("group") {
+        return Err(not_an_array(path));
+    }
+    let metadata: ArrayMetadataV3 = serde_json::from_value(value)
+        .map_err(|e| Error::invalid_metadata(path, format!("zarr.json: {e}")))?;
+    Ok(StoredMetadata {
+        dimension_names: metadata.dimension_names.clone(),
+        metadata: ArrayMetadata::V3(metadata),
+    })
+}
+
+fn v2_metadata(path: &Path, value: Value, attributes: Option<Value>) -> Result<StoredMetadata> {
+    if let Some(dtype @ Value::Array(_)) = value.get("dtype") {
+        return Err(Error::unsupported(
+            path,
+            format!("structured data type {dtype}"),
+        ));
+    }
+    let mut metadata: ArrayMetadataV2 = serde_json::from_value(value)
+        .map_err(|e| Error::invalid_metadata(path, format!(".zarray: {e}")))?;
+    let mut dimension_names = None;
+    if let Some(Value::Object(attributes)) = attributes {
+        dimension_names = attributes
+            .get("_ARRAY_DIMENSIONS")
+            .and_then(Value::as_array)
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            });
+        metadata.attributes = attributes;
+    }
+    Ok(StoredMetadata {
+        metadata: ArrayMetadata::V2(metadata),
+        dimension_names,
+    })
+}

@@ -122,6 +122,47 @@ fn unsharded_uint8() {
 }
 
 #[test]
+fn v2_blosc_bitshuffle_order_f_with_slash_keys() {
+    check(
+        "v2_blosc_order_f_float32.zarr",
+        |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        |i, j, k| (i * 100 + j) as f32 + k as f32 * 0.25,
+        0.5,
+    );
+}
+
+#[test]
+fn v2_dimension_names_come_from_array_dimensions() {
+    let array = ZarrArray::open(fixture("v2_blosc_order_f_float32.zarr")).unwrap();
+    assert_eq!(array.zarr_format, 2);
+    let names: Vec<_> = ["time", "y", "x"]
+        .iter()
+        .map(|n| Some(n.to_string()))
+        .collect();
+    assert_eq!(array.dimension_names, Some(names));
+}
+
+#[test]
+fn v3_transpose_big_endian_gzip_crc32c_with_dot_keys() {
+    check(
+        "v3_transpose_big_gzip_int16.zarr",
+        |b| i16::from_le_bytes([b[0], b[1]]),
+        |i, j, k| (i * 1000 + j * 10 + k) as i16,
+        -1,
+    );
+}
+
+#[test]
+fn v3_nested_shards() {
+    check(
+        "v3_nested_shards_uint8.zarr",
+        |b| b[0],
+        |i, j, k| ((i * 10 + j * 3 + k) % 256) as u8,
+        255,
+    );
+}
+
+#[test]
 fn an_origin_outside_the_array_is_refused_before_reading() {
     let err = read(
         &fixture("unsharded_uint8.zarr"),

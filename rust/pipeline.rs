@@ -25,7 +25,7 @@ use crate::plan::{plan_batch, ChunkTask};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
 use crate::zarr::array::ChunkLocation;
-use crate::zarr::codecs::{decode_chunk, decode_index, IndexLocation};
+use crate::zarr::codecs::{decode_index, IndexLocation};
 use crate::zarr::region::CopyLayout;
 use crate::zarr::shard_index::{ShardIndex, Slot};
 use crate::zarr::ZarrArray;
@@ -467,7 +467,13 @@ fn prepare(
     })
 }
 
-/// Decodes every chunk of a batch on the pool and copies its pieces into the output.
+thread_local! {
+    // Each decode thread's scratch chunk, reused for every chunk it decodes.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decodes every chunk of a batch on the pool and copies its pieces into the output. A
+/// chunk that fills one contiguous run of one crop is decoded straight into it.
 fn decode_batch(shared: &Shared, batch: &Batch, out: &OutBuffer) -> Result<()> {
     let array = &shared.array;
     (0..batch.tasks.len()).into_par_iter().try_for_each(|t| {
@@ -475,42 +481,75 @@ fn decode_batch(shared: &Shared, batch: &Batch, out: &OutBuffer) -> Result<()> {
             return Err(Error::Stopped("the engine was closed".into()));
         }
         let task = &batch.tasks[t];
-        match &batch.sources[t] {
-            Source::Fill => copy_targets(shared, task, &shared.fill_chunk, out),
-            Source::Encoded { file, bytes } => {
-                let decoded = decode_chunk(
-                    array.leaf_codecs(),
+        let Source::Encoded { file, bytes } = &batch.sources[t] else {
+            return copy_targets(shared, task, &shared.fill_chunk, out);
+        };
+        let corrupt = |reason: String| {
+            let what = if array.sharding().is_some() {
+                format!(
+                    "chunk {:?} (inner chunk {} of the shard)",
+                    task.chunk, batch.locations[t].inner
+                )
+            } else {
+                format!("chunk {:?}", task.chunk)
+            };
+            Error::corrupt(&batch.files[*file], what, reason)
+        };
+        let decode = |into: &mut [u8]| {
+            array
+                .leaf_codecs()
+                .decode_into(
                     bytes,
+                    into,
                     &shared.leaf_shape,
                     array.codec_data_type(),
                     array.codec_fill_value(),
                 )
-                .and_then(|chunk| {
-                    if chunk.len() == shared.leaf_bytes {
-                        Ok(chunk)
-                    } else {
-                        Err(format!(
-                            "decoded {} bytes, expected {}",
-                            chunk.len(),
-                            shared.leaf_bytes
-                        ))
-                    }
-                })
-                .map_err(|reason| {
-                    let what = if array.sharding().is_some() {
-                        format!(
-                            "chunk {:?} (inner chunk {} of the shard)",
-                            task.chunk, batch.locations[t].inner
-                        )
-                    } else {
-                        format!("chunk {:?}", task.chunk)
-                    };
-                    Error::corrupt(&batch.files[*file], what, reason)
-                })?;
-                copy_targets(shared, task, &decoded, out)
+                .map_err(corrupt)
+        };
+        if let Some(offset) = direct_offset(shared, task) {
+            if offset + shared.leaf_bytes <= out.len {
+                // SAFETY: `offset..offset + leaf_bytes` lies in the output (checked above),
+                // which is valid for writes while the batch runs (`OutBuffer::new`); no other
+                // task touches it, since each output element belongs to exactly one target of
+                // one chunk (plan_batch) and this chunk has just this one target.
+                let slot = unsafe {
+                    std::slice::from_raw_parts_mut(out.ptr.add(offset), shared.leaf_bytes)
+                };
+                return decode(slot);
             }
         }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.resize(shared.leaf_bytes, 0);
+            decode(&mut scratch)?;
+            copy_targets(shared, task, &scratch, out)
+        })
     })
+}
+
+/// Where a chunk goes in the output when it is exactly one contiguous run of one crop.
+fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
+    let [target] = task.targets.as_slice() else {
+        return None;
+    };
+    let layout = CopyLayout {
+        element_size: shared.array.dtype.size(),
+        region: &target.in_chunk.shape,
+        src_shape: shared.array.leaf_shape(),
+        src_start: &target.in_chunk.start,
+        dst_shape: &shared.crop,
+        dst_start: &target.in_crop,
+    };
+    let mut runs = 0;
+    let mut whole = None;
+    layout.for_each_run(|src, dst, len| {
+        runs += 1;
+        whole = (src == 0 && len == shared.leaf_bytes).then_some(dst);
+    });
+    whole
+        .filter(|_| runs == 1)
+        .map(|dst| target.crop * shared.crop_bytes + dst)
 }
 
 /// Copies each target's piece of a decoded chunk into its crop's place in the output.

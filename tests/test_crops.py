@@ -117,3 +117,27 @@ def test_zarr_reads_agree_with_fixture(arrays):
     """Guards the fixture itself: what zarr-python reads back is what was written."""
     written = arrays[("shard-index-start", "float64")]
     assert np.array_equal(zarr.open_array(written.path)[...], written.values)
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_chunks_that_fill_a_run_of_the_crop_decode_straight_into_it(tmp_path, sharded, backend):
+    """Chunks spanning the trailing dimensions are each one contiguous run of a crop: the
+    engine decodes them straight into the batch (and the rest through scratch)."""
+    values = (np.arange(9 * 6 * 5, dtype="int32").reshape(9, 6, 5) * 7) % 1000
+    values[3] = -1  # a missing chunk: the fill value
+    kwargs = {"shards": (3, 6, 5)} if sharded else {}
+    array = zarr.create_array(
+        tmp_path / "a.zarr",
+        shape=values.shape,
+        chunks=(1, 6, 5),
+        dtype="int32",
+        fill_value=-1,
+        **kwargs,
+    )
+    array[...] = values
+    origins = [(i, 0, 0) for i in range(7)] + [(2, 1, 1)]
+    out = lsio_torch.read_crops(tmp_path / "a.zarr", origins[:7], (3, 6, 5))
+    for origin, got in zip(origins, out, strict=False):
+        assert same_bits(got.numpy(), reference_crop(values, origin, (3, 6, 5)))
+    partial = lsio_torch.read_crops(tmp_path / "a.zarr", [origins[7]], (3, 5, 4))
+    assert same_bits(partial[0].numpy(), reference_crop(values, origins[7], (3, 5, 4)))

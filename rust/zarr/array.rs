@@ -5,11 +5,12 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use zarrs::array::{Array, ArrayMetadata, CodecChain, FillValue};
+use zarrs::array::{Array, ArrayMetadata, FillValue};
 use zarrs_metadata_ext::chunk_grid::regular::RegularChunkGridConfiguration;
 
 use super::codecs::{ChunkLayout, Sharding};
 use super::dtype::DataType;
+use super::leaf::LeafCodecs;
 use super::metadata::{read_array_metadata, read_group_member, StoredMetadata};
 use super::region::c_order_index;
 use crate::error::{Error, Result};
@@ -119,7 +120,7 @@ impl ZarrArray {
                 "chunk_shape and shape differ in length",
             ));
         }
-        let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape)?;
+        let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape, dtype.size())?;
         let fill_value = array.fill_value().as_ne_bytes().to_vec();
         if fill_value.len() != dtype.size() {
             return Err(Error::invalid_metadata(
@@ -175,7 +176,7 @@ impl ZarrArray {
 
     /// The codecs that decode a leaf chunk.
     #[must_use]
-    pub fn leaf_codecs(&self) -> &CodecChain {
+    pub fn leaf_codecs(&self) -> &LeafCodecs {
         match &self.layout {
             ChunkLayout::Whole(c) => c,
             ChunkLayout::Sharded(s) => &s.inner,

@@ -12,11 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use zarrs::array::{
-    ArrayToBytesCodecTraits, BytesRepresentation, CodecChain, CodecOptions, DataType, FillValue,
+    ArrayToBytesCodecTraits, BytesRepresentation, CodecChain, CodecOptions, FillValue,
 };
 use zarrs_metadata::v3::MetadataV3;
 use zarrs_metadata_ext::codec::sharding::{ShardingCodecConfiguration, ShardingIndexLocation};
 
+use super::leaf::LeafCodecs;
 use crate::error::{Error, Result};
 
 /// Where a shard keeps its index.
@@ -32,7 +33,7 @@ pub struct Sharding {
     /// The shape of an inner chunk, in elements.
     pub inner_shape: Vec<u64>,
     /// The codecs of each inner chunk.
-    pub inner: Arc<CodecChain>,
+    pub inner: Arc<LeafCodecs>,
     /// The codecs of the index: `[*inner chunks per shard, 2]` uint64 offsets and lengths.
     pub index: Arc<CodecChain>,
     /// The encoded size of the index in bytes.
@@ -44,7 +45,7 @@ pub struct Sharding {
 #[derive(Clone, Debug)]
 pub enum ChunkLayout {
     /// Each chunk file is read and decoded whole.
-    Whole(Arc<CodecChain>),
+    Whole(Arc<LeafCodecs>),
     /// Shards whose inner chunks are read one by one through the shard index.
     Sharded(Sharding),
 }
@@ -59,11 +60,23 @@ impl ChunkLayout {
     /// # Errors
     /// [`Error::Unsupported`] for a codec zarrs does not provide here, or a shard index whose
     /// size is not fixed.
-    pub fn from_metadata(path: &Path, codecs: &[MetadataV3], chunk_shape: &[u64]) -> Result<Self> {
-        let Some(first) = codecs.first().filter(|c| c.name() == "sharding_indexed") else {
+    pub fn from_metadata(
+        path: &Path,
+        codecs: &[MetadataV3],
+        chunk_shape: &[u64],
+        element_size: usize,
+    ) -> Result<Self> {
+        let whole = || -> Result<Self> {
             let chain =
                 CodecChain::from_metadata(codecs).map_err(|e| codec_error(path, "codecs", e))?;
-            return Ok(Self::Whole(Arc::new(chain)));
+            Ok(Self::Whole(Arc::new(LeafCodecs::new(
+                chain,
+                codecs,
+                element_size,
+            ))))
+        };
+        let Some(first) = codecs.first().filter(|c| c.name() == "sharding_indexed") else {
+            return whole();
         };
         let config: ShardingCodecConfiguration = first
             .to_typed_configuration()
@@ -82,9 +95,7 @@ impl ChunkLayout {
         }
         if codecs.len() > 1 {
             // Codecs after sharding transform the whole shard: it can only be decoded whole.
-            let chain =
-                CodecChain::from_metadata(codecs).map_err(|e| codec_error(path, "codecs", e))?;
-            return Ok(Self::Whole(Arc::new(chain)));
+            return whole();
         }
         let inner = CodecChain::from_metadata(&config.codecs)
             .map_err(|e| codec_error(path, "codec (in sharding_indexed)", e))?;
@@ -111,7 +122,7 @@ impl ChunkLayout {
         };
         Ok(Self::Sharded(Sharding {
             inner_shape,
-            inner: Arc::new(inner),
+            inner: Arc::new(LeafCodecs::new(inner, &config.codecs, element_size)),
             index: Arc::new(index),
             index_len,
             index_location: match config.index_location {
@@ -135,30 +146,6 @@ fn index_fill() -> FillValue {
     FillValue::new(u64::MAX.to_ne_bytes().to_vec())
 }
 
-/// Decodes one stored chunk of `shape` into native-endian C-order elements.
-///
-/// # Errors
-/// The codec's message when the bytes do not decode (bad frame, checksum, size).
-pub fn decode_chunk<'a>(
-    chain: &CodecChain,
-    encoded: &'a [u8],
-    shape: &[NonZeroU64],
-    data_type: &DataType,
-    fill_value: &FillValue,
-) -> Result<Cow<'a, [u8]>, String> {
-    let options = CodecOptions::default();
-    let decoded = chain
-        .decode(
-            Cow::Borrowed(encoded),
-            shape,
-            data_type,
-            fill_value,
-            &options,
-        )
-        .map_err(|e| e.to_string())?;
-    decoded.into_fixed().map_err(|e| e.to_string())
-}
-
 /// Decodes a shard index into native-endian (offset, length) words.
 ///
 /// # Errors
@@ -168,13 +155,18 @@ pub fn decode_index(
     encoded: &[u8],
     per_shard: &[u64],
 ) -> Result<Vec<u64>, String> {
-    let words = decode_chunk(
-        &sharding.index,
-        encoded,
-        &index_shape(per_shard),
-        &zarrs::array::data_type::uint64(),
-        &index_fill(),
-    )?;
+    let words = sharding
+        .index
+        .decode(
+            Cow::Borrowed(encoded),
+            &index_shape(per_shard),
+            &zarrs::array::data_type::uint64(),
+            &index_fill(),
+            &CodecOptions::default(),
+        )
+        .map_err(|e| e.to_string())?
+        .into_fixed()
+        .map_err(|e| e.to_string())?;
     Ok(words
         .chunks_exact(8)
         .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8])))

@@ -3,6 +3,7 @@
 pub mod array;
 pub mod codecs;
 pub mod dtype;
+pub mod leaf;
 pub mod metadata;
 pub mod region;
 pub mod shard_index;

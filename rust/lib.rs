@@ -5,6 +5,7 @@
 //! → the batch buffer, driven by [`pipeline::Engine`]. `python.rs` is the only file that
 //! knows about Python.
 
+pub mod bounds;
 pub mod error;
 pub mod io;
 pub mod pipeline;

@@ -95,15 +95,35 @@ struct Job {
 }
 
 /// What the engine shares between its threads.
-struct Shared {
-    array: Arc<ZarrArray>,
+pub(crate) struct Shared {
+    pub(crate) array: Arc<ZarrArray>,
     crop: Vec<u64>,
     crop_bytes: usize,
-    leaf_bytes: usize,
+    pub(crate) leaf_bytes: usize,
     /// A leaf chunk of fill values: missing chunks are copied from it like any other.
     fill_chunk: Vec<u8>,
-    leaf_shape: Vec<std::num::NonZeroU64>,
+    pub(crate) leaf_shape: Vec<std::num::NonZeroU64>,
     cancel: AtomicBool,
+}
+
+impl Shared {
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a crop that does not fit the array.
+    pub(crate) fn new(array: Arc<ZarrArray>, crop: Vec<u64>) -> Result<Self> {
+        check_crop(&array.shape, &crop)?;
+        let element = array.dtype.size();
+        let crop_bytes = crop.iter().product::<u64>() as usize * element;
+        let leaf_elements = array.leaf_shape().iter().product::<u64>() as usize;
+        Ok(Self {
+            fill_chunk: array.fill_value.repeat(leaf_elements),
+            leaf_bytes: leaf_elements * element,
+            leaf_shape: array.leaf_shape_nonzero(),
+            array,
+            crop,
+            crop_bytes,
+            cancel: AtomicBool::new(false),
+        })
+    }
 }
 
 /// A running engine for one array and one crop shape.
@@ -122,19 +142,7 @@ impl Engine {
     /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
     /// when threads or the ring cannot be created.
     pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
-        check_crop(&array.shape, &crop)?;
-        let element = array.dtype.size();
-        let crop_bytes = crop.iter().product::<u64>() as usize * element;
-        let leaf_elements = array.leaf_shape().iter().product::<u64>() as usize;
-        let shared = Arc::new(Shared {
-            fill_chunk: array.fill_value.repeat(leaf_elements),
-            leaf_bytes: leaf_elements * element,
-            leaf_shape: array.leaf_shape_nonzero(),
-            array,
-            crop,
-            crop_bytes,
-            cancel: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new(array, crop)?);
         let reader = new_reader(config.backend, config.io_threads)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
@@ -294,7 +302,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The bytes behind one leaf chunk.
-enum Source {
+pub(crate) enum Source {
     /// Never written: fill value.
     Fill,
     /// Encoded bytes read from `file` (an index into `Batch::files`).
@@ -302,10 +310,10 @@ enum Source {
 }
 
 /// A batch whose reads are done.
-struct Batch {
+pub(crate) struct Batch {
     tasks: Vec<ChunkTask>,
     locations: Vec<ChunkLocation>,
-    sources: Vec<Source>,
+    pub(crate) sources: Vec<Source>,
     files: Vec<PathBuf>,
 }
 
@@ -316,7 +324,7 @@ struct OpenFile {
 }
 
 #[derive(Default)]
-struct IndexCache {
+pub(crate) struct IndexCache {
     map: HashMap<Vec<u64>, Arc<ShardIndex>>,
     order: VecDeque<Vec<u64>>,
 }
@@ -334,12 +342,55 @@ impl IndexCache {
 }
 
 /// Plans a batch, reads the shard indexes it lacks, then reads every chunk it needs.
-fn prepare(
+///
+/// # Errors
+/// As [`plan_reads`] and [`read_planned`].
+pub(crate) fn prepare(
     shared: &Shared,
     reader: &mut dyn Reader,
     indexes: &mut IndexCache,
     origins: &[Vec<u64>],
 ) -> Result<Batch> {
+    let planned = plan_reads(shared, reader, indexes, origins)?;
+    read_planned(reader, planned)
+}
+
+/// One chunk read of a planned batch.
+pub(crate) struct PlannedRead {
+    pub(crate) task: usize,
+    /// An index into `Planned::files`.
+    pub(crate) file: usize,
+    pub(crate) offset: u64,
+    pub(crate) len: usize,
+}
+
+/// A batch whose files are open and whose shard indexes are read: what remains is reading
+/// its chunks.
+pub(crate) struct Planned {
+    tasks: Vec<ChunkTask>,
+    locations: Vec<ChunkLocation>,
+    files: Vec<OpenFile>,
+    sources: Vec<Source>,
+    pub(crate) reads: Vec<PlannedRead>,
+}
+
+impl Planned {
+    /// The path of the file a read is from.
+    pub(crate) fn path(&self, read: &PlannedRead) -> &std::path::Path {
+        &self.files[read.file].path
+    }
+}
+
+/// Plans a batch, opens its files and reads the shard indexes it lacks.
+///
+/// # Errors
+/// [`Error::Io`] or [`Error::Corrupt`] for a file or shard index that cannot be read.
+pub(crate) fn plan_reads(
+    shared: &Shared,
+    reader: &mut dyn Reader,
+    indexes: &mut IndexCache,
+    origins: &[Vec<u64>],
+) -> Result<Planned> {
     let array = &shared.array;
     let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
     let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
@@ -416,11 +467,10 @@ fn prepare(
 
     // Every chunk's bytes, read together.
     let mut sources: Vec<Source> = Vec::with_capacity(tasks.len());
-    let mut ops = Vec::new();
-    let mut op_task = Vec::new();
+    let mut reads = Vec::new();
     for (t, location) in locations.iter().enumerate() {
         let id = file_ids[location.file.as_slice()];
-        let Some((file, len)) = &files[id].file else {
+        let Some((_, len)) = &files[id].file else {
             sources.push(Source::Fill);
             continue;
         };
@@ -439,21 +489,53 @@ fn prepare(
                     file: id,
                     bytes: Vec::new(),
                 });
-                op_task.push(t);
-                ops.push(ReadOp {
-                    file,
+                reads.push(PlannedRead {
+                    task: t,
+                    file: id,
                     offset,
                     len: len as usize,
                 });
             }
         }
     }
-    for (t, result) in op_task.into_iter().zip(reader.read(&ops)) {
-        if let Source::Encoded { file, bytes } = &mut sources[t] {
+    Ok(Planned {
+        tasks,
+        locations,
+        files,
+        sources,
+        reads,
+    })
+}
+
+/// Reads every chunk a planned batch needs, together.
+///
+/// # Errors
+/// [`Error::Io`] naming the file and chunk of the first read that failed.
+pub(crate) fn read_planned(reader: &mut dyn Reader, planned: Planned) -> Result<Batch> {
+    let Planned {
+        tasks,
+        locations,
+        files,
+        mut sources,
+        reads,
+    } = planned;
+    let ops: Vec<ReadOp> = reads
+        .iter()
+        .filter_map(|r| {
+            let (file, _) = files[r.file].file.as_ref()?;
+            Some(ReadOp {
+                file,
+                offset: r.offset,
+                len: r.len,
+            })
+        })
+        .collect();
+    for (read, result) in reads.iter().zip(reader.read(&ops)) {
+        if let Source::Encoded { bytes, .. } = &mut sources[read.task] {
             *bytes = result.map_err(|e| {
                 Error::io(
-                    &files[*file].path,
-                    format!("reading chunk {:?}", tasks[t].chunk),
+                    &files[read.file].path,
+                    format!("reading chunk {:?}", tasks[read.task].chunk),
                     e,
                 )
             })?;

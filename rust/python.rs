@@ -11,7 +11,9 @@ use std::sync::Arc;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyIndexError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+use crate::bounds;
 use crate::error::Error;
 use crate::io::choose_backend;
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
@@ -259,6 +261,60 @@ impl Drop for Engine {
     }
 }
 
+fn measured(py: Python<'_>, m: bounds::Measured) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("seconds", m.seconds)?;
+    out.set_item("chunks", m.chunks)?;
+    out.set_item("encoded_bytes", m.encoded_bytes)?;
+    Ok(out)
+}
+
+/// The decode bound: each batch's chunks read first (untimed), then decoded on ``threads``
+/// threads with nothing else to do. Returns ``{"seconds", "chunks", "encoded_bytes"}``.
+#[pyfunction]
+fn decode_bound<'py>(
+    py: Python<'py>,
+    array: &Array,
+    crop: Vec<u64>,
+    batches: Vec<Vec<Vec<u64>>>,
+    threads: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let backend = choose_backend().map_err(to_py)?.backend;
+    let inner = Arc::clone(&array.inner);
+    let m = py
+        .detach(|| bounds::decode_bound(inner, crop, &batches, threads, backend))
+        .map_err(to_py)?;
+    measured(py, m)
+}
+
+/// The chunk byte ranges ``(path, offset, length)`` each batch of crops reads.
+#[pyfunction]
+fn chunk_ranges(
+    py: Python<'_>,
+    array: &Array,
+    crop: Vec<u64>,
+    batches: Vec<Vec<Vec<u64>>>,
+) -> PyResult<Vec<Vec<bounds::Range>>> {
+    let backend = choose_backend().map_err(to_py)?.backend;
+    let inner = Arc::clone(&array.inner);
+    py.detach(|| bounds::chunk_ranges(inner, crop, &batches, backend))
+        .map_err(to_py)
+}
+
+/// The disk bound: times reading ``ranges`` (from :func:`chunk_ranges`), a batch at a time.
+#[pyfunction]
+fn disk_bound<'py>(
+    py: Python<'py>,
+    ranges: Vec<Vec<bounds::Range>>,
+    threads: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let backend = choose_backend().map_err(to_py)?.backend;
+    let m = py
+        .detach(|| bounds::disk_bound(&ranges, threads, backend))
+        .map_err(to_py)?;
+    measured(py, m)
+}
+
 /// The I/O backend engines use in this process: ``"io_uring"`` or ``"pread"``.
 #[pyfunction]
 fn io_backend() -> PyResult<&'static str> {
@@ -278,6 +334,9 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_bound, m)?)?;
+    m.add_function(wrap_pyfunction!(chunk_ranges, m)?)?;
+    m.add_function(wrap_pyfunction!(disk_bound, m)?)?;
     m.add("LsioError", m.py().get_type::<LsioError>())?;
     Ok(())
 }

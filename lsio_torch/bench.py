@@ -1,0 +1,408 @@
+"""Measures lsio_torch against its peers and its ceilings, on the same crops, in one run.
+
+    python -m lsio_torch.bench [--data NAME|PATH ...] [--crop T,Y,X] [--batch 16] [--n 2000]
+                               [--threads N] [--systems lsio,zarr,...] [--small] [--cold] [--json]
+
+Generates (once, with zarr-python) and caches the standard datasets, then reads the same
+seeded crop origins with every system and prints crops/s, MB/s, the ratio to lsio_torch and
+the ratio to the ceiling (the decode bound on a warm cache; with ``--cold``, the disk bound).
+
+Systems:
+  lsio       ZarrCropDataset through a DataLoader (batch_size=None, num_workers=0)
+  zarr       zarr-python 3, crop by crop, in a DataLoader with one worker per core
+  zarrs      the same with the zarrs codec pipeline (``pip install zarrs``)
+  tensorstore  all crops of a batch in flight at once
+  decode     the decode bound: the same chunks, read first, decoded on all threads
+  disk       the disk bound (--cold only): the same byte ranges read, nothing decoded
+Peers that are not installed are reported missing. Every batch is touched (``.sum()``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lsio_torch import _lsio_torch
+from lsio_torch.dataset import ZarrCropDataset, _default_threads
+
+CACHE = Path(os.environ.get("LSIO_BENCH_CACHE", Path.home() / ".cache" / "lsio_torch" / "bench"))
+
+
+@dataclass(frozen=True)
+class Standard:
+    """A standard dataset (BENCHMARK.md)."""
+
+    zarr_format: int
+    shape: tuple[int, int, int]
+    dtype: str
+    chunks: tuple[int, int, int]  # the inner chunk when sharded
+    shards: tuple[int, int, int] | None
+    codec: str | None
+    crop: tuple[int, int, int]
+
+
+SAT_INNER, SAT_SHARD = (1, 256, 256), (16, 1024, 1024)
+STANDARD = {
+    "sat-zstd": Standard(
+        3, (256, 1024, 1024), "int16", SAT_INNER, SAT_SHARD, "zstd", (4, 256, 256)
+    ),
+    "sat-blosc": Standard(
+        3, (256, 1024, 1024), "float32", SAT_INNER, SAT_SHARD, "blosc", (4, 256, 256)
+    ),
+    "era-v2": Standard(2, (512, 721, 1440), "float32", (1, 721, 1440), None, "zstd", (4, 128, 128)),
+    "raw": Standard(3, (256, 1024, 1024), "uint16", SAT_INNER, SAT_SHARD, None, (4, 256, 256)),
+}
+
+
+def smooth_frame(t: int, shape: tuple[int, int], waves: np.ndarray, rng) -> np.ndarray:
+    """Drifting plane waves plus noise: a field that compresses like real data."""
+    y, x = np.ogrid[0 : shape[0], 0 : shape[1]]
+    field = np.zeros(shape, dtype=np.float32)
+    for ky, kx, speed, phase, amplitude in waves:
+        field += amplitude * np.sin(ky * y + kx * x + speed * t + phase, dtype=np.float32)
+    return field + rng.normal(0.0, 0.01, size=shape).astype(np.float32)
+
+
+def write_standard(path: Path, spec: Standard, frames: int) -> None:
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    rng = np.random.default_rng(0)
+    waves = np.stack(
+        [
+            rng.uniform(-0.03, 0.03, 12),
+            rng.uniform(-0.03, 0.03, 12),
+            rng.uniform(-0.3, 0.3, 12),
+            rng.uniform(0, 2 * np.pi, 12),
+            rng.uniform(0.1, 0.5, 12),
+        ],
+        axis=1,
+    )
+    shape = (frames, *spec.shape[1:])
+    if spec.zarr_format == 2:
+        import numcodecs
+
+        array = zarr.create_array(
+            path, shape=shape, chunks=spec.chunks, dtype=spec.dtype, zarr_format=2,
+            compressors=numcodecs.Zstd(level=3), fill_value=0, overwrite=True,
+        )  # fmt: skip
+    else:
+        compressors = {
+            "zstd": ZstdCodec(level=3),
+            "blosc": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+            None: None,
+        }[spec.codec]
+        array = zarr.create_array(
+            path, shape=shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype,
+            compressors=compressors, fill_value=0, overwrite=True,
+        )  # fmt: skip
+    step = spec.shards[0] if spec.shards else 16
+    for start in range(0, frames, step):
+        block = np.stack(
+            [
+                smooth_frame(t, shape[1:], waves, rng)
+                for t in range(start, min(start + step, frames))
+            ]
+        )
+        if np.dtype(spec.dtype).kind in "iu":
+            block = block * 2000 + 8000
+        array[start : start + len(block)] = block.astype(spec.dtype)
+        progress(f"writing {path.name}", min(start + step, frames), frames, "frames")
+    sys.stderr.write(f"\n  wrote {path}\n")
+
+
+def dataset(name: str, small: bool) -> tuple[Path, Standard | None]:
+    """The path of a standard dataset (written if missing), or of a user's array."""
+    if name not in STANDARD:
+        return Path(name), None
+    spec = STANDARD[name]
+    frames = spec.shape[0] // 8 if small else spec.shape[0]
+    path = CACHE / f"{name}{'-small' if small else ''}.zarr"
+    if not (path / ("zarr.json" if spec.zarr_format == 3 else ".zarray")).exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_standard(path, spec, frames)
+    return path, spec
+
+
+_last_draw = 0.0
+
+
+def progress(label: str, done: int, total: int, unit: str = "crops") -> None:
+    """A progress bar on a terminal (at most 10 redraws a second); nothing in a log."""
+    global _last_draw
+    now = time.monotonic()
+    if not sys.stderr.isatty() or (done < total and now - _last_draw < 0.1):
+        return
+    _last_draw = now
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(
+        f"\r  {label:<24} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}"
+    )
+    sys.stderr.flush()
+
+
+@dataclass
+class Result:
+    system: str
+    crops_per_s: float | None
+    mb_per_s: float | None
+    seconds: float | None
+    note: str = ""
+
+
+def batches_of(origins: list[list[int]], batch: int) -> list[list[list[int]]]:
+    return [origins[i : i + batch] for i in range(0, len(origins), batch)]
+
+
+def run_lsio(path, crop, origins, batch, threads, label) -> float:
+    ds = ZarrCropDataset(
+        path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads
+    )
+    loader = torch.utils.data.DataLoader(ds, batch_size=None)
+    done = 0
+    start = time.perf_counter()
+    for tensor in loader:
+        tensor.sum()
+        done += tensor.shape[0]
+        progress(label, done, len(origins))
+    return time.perf_counter() - start
+
+
+class _ZarrCrops(torch.utils.data.Dataset):
+    """Crop by crop with zarr-python, as training scripts do today."""
+
+    def __init__(self, path: str, origins, crop, pipeline: str | None) -> None:
+        self.path, self.origins, self.crop, self.pipeline = path, origins, crop, pipeline
+        self.array = None
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.array is None:
+            import zarr
+
+            if self.pipeline:
+                zarr.config.set({"codec_pipeline.path": self.pipeline})
+            self.array = zarr.open_array(self.path, mode="r")
+        region = tuple(slice(o, o + c) for o, c in zip(self.origins[i], self.crop, strict=True))
+        return torch.from_numpy(np.ascontiguousarray(self.array[region]))
+
+
+def run_zarr(path, crop, origins, batch, threads, label, pipeline=None) -> float:
+    ds = _ZarrCrops(str(path), origins, crop, pipeline)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=threads)
+    done = 0
+    start = time.perf_counter()
+    for tensor in loader:
+        tensor.sum()
+        done += tensor.shape[0]
+        progress(label, done, len(origins))
+    return time.perf_counter() - start
+
+
+def run_tensorstore(path, crop, origins, batch, threads, label) -> float:
+    import tensorstore as ts
+
+    driver = "zarr3" if (Path(path) / "zarr.json").exists() else "zarr"
+    context = ts.Context({"data_copy_concurrency": {"limit": threads}})
+    store = ts.open(
+        {"driver": driver, "kvstore": {"driver": "file", "path": str(path)}},
+        read=True,
+        context=context,
+    ).result()
+    done = 0
+    start = time.perf_counter()
+    for group in batches_of(origins, batch):
+        futures = [
+            store[tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True))].read()
+            for origin in group
+        ]
+        tensor = torch.from_numpy(np.stack([f.result() for f in futures]))
+        tensor.sum()
+        done += len(group)
+        progress(label, done, len(origins))
+    return time.perf_counter() - start
+
+
+def drop_caches() -> None:
+    """Empties the page cache (root only), so the next system reads from the disk."""
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        raise SystemExit(f"--cold needs root to drop the page cache: {e}") from None
+
+
+def warm(path: Path) -> None:
+    """Reads every file of the array once, so a warm run starts with it in the page cache."""
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
+def missing(module: str) -> str | None:
+    return None if importlib.util.find_spec(module) else f"not installed (pip install {module})"
+
+
+def measure(args, name: str) -> list[Result]:
+    path, spec = dataset(name, args.small)
+    array = _lsio_torch.Array(str(path))
+    crop = tuple(args.crop) if args.crop else (spec.crop if spec else tuple(array.chunk_shape))
+    sampler = _lsio_torch.Sampler(list(array.shape), list(crop), 0)
+    origins = sampler.origins(0, 0, args.n)
+    crop_mb = np.prod(crop) * np.dtype(array.dtype).itemsize / 1e6
+    threads = args.threads
+    batches = batches_of(origins, args.batch)
+
+    def result(system: str, seconds: float | None, note: str = "") -> Result:
+        if seconds is None:
+            return Result(system, None, None, None, note)
+        rate = len(origins) / seconds
+        return Result(system, rate, rate * crop_mb, seconds, note)
+
+    def cache_state() -> None:
+        if args.cold:
+            drop_caches()
+        else:
+            warm(path)
+
+    runners: dict[str, tuple[Callable[[], float], str | None]] = {
+        "lsio_torch": (
+            lambda: run_lsio(path, crop, origins, args.batch, threads, "lsio_torch"),
+            None,
+        ),
+        "zarr-python": (
+            lambda: run_zarr(path, crop, origins, args.batch, threads, "zarr-python"),
+            missing("zarr"),
+        ),
+        "zarr-python+zarrs": (
+            lambda: run_zarr(
+                path,
+                crop,
+                origins,
+                args.batch,
+                threads,
+                "zarr-python+zarrs",
+                pipeline="zarrs.ZarrsCodecPipeline",
+            ),
+            missing("zarr") or missing("zarrs"),
+        ),
+        "tensorstore": (
+            lambda: run_tensorstore(path, crop, origins, args.batch, threads, "tensorstore"),
+            missing("tensorstore"),
+        ),
+    }
+    keys = {"lsio": "lsio_torch", "zarr": "zarr-python", "zarrs": "zarr-python+zarrs"}
+    chosen = [keys.get(s, s) for s in args.systems.split(",")]
+    results = []
+    print(
+        f"\n{name}: {path} {tuple(array.shape)} {array.dtype}, chunks {tuple(array.chunk_shape)}"
+        f"{f', shards {tuple(array.shard_shape)}' if array.shard_shape else ''}; "
+        f"crop {crop}, batch {args.batch}, {len(origins)} crops, {threads} threads, "
+        f"{'cold' if args.cold else 'warm'} cache, I/O {_lsio_torch.io_backend()}",
+        file=sys.stderr,
+    )
+    for system, (run, absent) in runners.items():
+        if system not in chosen:
+            continue
+        if absent:
+            results.append(result(system, None, absent))
+            continue
+        cache_state()
+        seconds = run()
+        sys.stderr.write(f"\n" if sys.stderr.isatty() else f"  {system}: {seconds:.2f} s\n")
+        results.append(result(system, seconds))
+    if "decode" in chosen:
+        cache_state()
+        sys.stderr.write("  decode bound ...\n")
+        bound = _lsio_torch.decode_bound(array, list(crop), batches, threads)
+        results.append(result("decode bound", bound["seconds"], f"{bound['chunks']} chunk decodes"))
+    if args.cold and "disk" in chosen:
+        ranges = _lsio_torch.chunk_ranges(array, list(crop), batches)
+        drop_caches()
+        sys.stderr.write("  disk bound ...\n")
+        bound = _lsio_torch.disk_bound(ranges, threads)
+        note = f"{bound['chunks']} reads, {bound['encoded_bytes'] / 1e6:.0f} MB"
+        results.append(result("disk bound", bound["seconds"], note))
+    return results
+
+
+def table(name: str, results: list[Result], cold: bool) -> str:
+    ceiling_name = "disk bound" if cold else "decode bound"
+    lsio = next((r for r in results if r.system == "lsio_torch" and r.crops_per_s), None)
+    ceiling = next((r for r in results if r.system == ceiling_name and r.crops_per_s), None)
+    lines = [
+        f"### {name}",
+        "| system | crops/s | MB/s | vs lsio_torch | vs ceiling | |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if r.crops_per_s is None:
+            lines.append(f"| {r.system} | - | - | - | - | {r.note} |")
+            continue
+        vs_lsio = f"{r.crops_per_s / lsio.crops_per_s:.2f}" if lsio else "-"
+        vs_ceiling = f"{r.crops_per_s / ceiling.crops_per_s:.2f}" if ceiling else "-"
+        lines.append(
+            f"| {r.system} | {r.crops_per_s:,.0f} | {r.mb_per_s:,.0f} | {vs_lsio} | "
+            f"{vs_ceiling} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Linux {platform.release()}"
+
+
+def main(argv: Iterator[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", nargs="+", default=list(STANDARD), help="names or paths")
+    parser.add_argument("--crop", type=lambda s: [int(v) for v in s.split(",")])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--n", type=int, default=2000, help="crops per system")
+    parser.add_argument("--threads", type=int, default=_default_threads())
+    parser.add_argument("--systems", default="lsio,zarr,zarrs,tensorstore,decode,disk")
+    parser.add_argument("--small", action="store_true", help="1/8 of the time steps")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache (root)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args(argv)
+
+    report = {"machine": machine(), "threads": args.threads, "cold": args.cold, "data": {}}
+    for name in args.data:
+        report["data"][name] = [asdict(r) for r in measure(args, name)]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"\nlsio_torch bench on {report['machine']}; {args.threads} threads\n")
+    for name, results in report["data"].items():
+        print(table(name, [Result(**r) for r in results], args.cold) + "\n")
+
+
+if __name__ == "__main__":
+    main()

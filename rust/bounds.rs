@@ -1,0 +1,161 @@
+//! The ceilings `python -m lsio_torch.bench` compares the engine with, measured on the same
+//! crops: the decode bound (every chunk the crops touch, already in memory, decoded on all
+//! threads with nothing else to do) and the disk bound (the same byte ranges read through the
+//! reader, nothing decoded).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::io::{new_reader, Backend, ReadOp};
+use crate::pipeline::{plan_reads, prepare, IndexCache, Shared, Source};
+use crate::pool::build_pool;
+use crate::zarr::ZarrArray;
+
+/// What a ceiling measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Measured {
+    /// Time spent on the measured work only.
+    pub seconds: f64,
+    /// Chunks decoded (decode bound) or read (disk bound).
+    pub chunks: u64,
+    /// Compressed bytes read or decoded.
+    pub encoded_bytes: u64,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads each batch's chunks (untimed), then times decoding them, each chunk once per batch
+/// as the engine does, on `threads` threads.
+///
+/// # Errors
+/// The first read or decode error.
+pub fn decode_bound(
+    array: Arc<ZarrArray>,
+    crop: Vec<u64>,
+    batches: &[Vec<Vec<u64>>],
+    threads: usize,
+    backend: Backend,
+) -> Result<Measured> {
+    let shared = Shared::new(array, crop)?;
+    let mut reader = new_reader(backend, threads)?;
+    let mut indexes = IndexCache::default();
+    let (pool, exited) = build_pool("lsio-bound", threads)?;
+    let mut measured = Measured::default();
+    let mut elapsed = Duration::ZERO;
+    for origins in batches {
+        let batch = prepare(&shared, reader.as_mut(), &mut indexes, origins)?;
+        let encoded: Vec<&Vec<u8>> = batch
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Encoded { bytes, .. } => Some(bytes),
+                Source::Fill => None,
+            })
+            .collect();
+        measured.chunks += encoded.len() as u64;
+        measured.encoded_bytes += encoded.iter().map(|b| b.len() as u64).sum::<u64>();
+        let array = &shared.array;
+        let start = Instant::now();
+        pool.install(|| {
+            encoded.par_iter().try_for_each(|bytes| {
+                SCRATCH.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    scratch.resize(shared.leaf_bytes, 0);
+                    array
+                        .leaf_codecs()
+                        .decode_into(
+                            bytes,
+                            &mut scratch,
+                            &shared.leaf_shape,
+                            array.codec_data_type(),
+                            array.codec_fill_value(),
+                        )
+                        .map_err(|reason| Error::corrupt(&array.path, "chunk", reason))
+                })
+            })
+        })?;
+        elapsed += start.elapsed();
+    }
+    drop(pool);
+    exited.wait();
+    measured.seconds = elapsed.as_secs_f64();
+    Ok(measured)
+}
+
+/// One chunk read: file, offset, length.
+pub type Range = (PathBuf, u64, usize);
+
+/// The chunk byte ranges each batch reads (shard indexes are read here, not later).
+///
+/// # Errors
+/// A file or shard index that cannot be read.
+pub fn chunk_ranges(
+    array: Arc<ZarrArray>,
+    crop: Vec<u64>,
+    batches: &[Vec<Vec<u64>>],
+    backend: Backend,
+) -> Result<Vec<Vec<Range>>> {
+    let shared = Shared::new(array, crop)?;
+    let mut reader = new_reader(backend, 1)?;
+    let mut indexes = IndexCache::default();
+    batches
+        .iter()
+        .map(|origins| {
+            let planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+            Ok(planned
+                .reads
+                .iter()
+                .map(|r| (planned.path(r).to_path_buf(), r.offset, r.len))
+                .collect())
+        })
+        .collect()
+}
+
+/// Times reading `ranges`, one batch's ranges submitted together, as the engine reads them.
+/// Opening the files is not timed.
+///
+/// # Errors
+/// The first open or read that fails.
+pub fn disk_bound(ranges: &[Vec<Range>], threads: usize, backend: Backend) -> Result<Measured> {
+    let mut reader = new_reader(backend, threads)?;
+    let mut measured = Measured::default();
+    let mut elapsed = Duration::ZERO;
+    for batch in ranges {
+        let mut paths: Vec<&PathBuf> = batch.iter().map(|(p, _, _)| p).collect();
+        paths.sort();
+        paths.dedup();
+        let files = paths
+            .iter()
+            .map(|p| File::open(p).map_err(|e| Error::io(*p, "opening a chunk file", e)))
+            .collect::<Result<Vec<File>>>()?;
+        let ops: Vec<ReadOp> = batch
+            .iter()
+            .map(|(path, offset, len)| {
+                let i = paths.binary_search(&path).unwrap_or(0);
+                ReadOp {
+                    file: &files[i],
+                    offset: *offset,
+                    len: *len,
+                }
+            })
+            .collect();
+        let start = Instant::now();
+        let results = reader.read(&ops);
+        elapsed += start.elapsed();
+        for ((path, _, _), result) in batch.iter().zip(results) {
+            let bytes = result.map_err(|e| Error::io(path, "reading a chunk", e))?;
+            measured.encoded_bytes += bytes.len() as u64;
+            measured.chunks += 1;
+        }
+    }
+    measured.seconds = elapsed.as_secs_f64();
+    Ok(measured)
+}

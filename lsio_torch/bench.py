@@ -326,7 +326,7 @@ def measure(args, name: str) -> list[Result]:
             continue
         cache_state()
         seconds = run()
-        sys.stderr.write(f"\n" if sys.stderr.isatty() else f"  {system}: {seconds:.2f} s\n")
+        sys.stderr.write("\n" if sys.stderr.isatty() else f"  {system}: {seconds:.2f} s\n")
         results.append(result(system, seconds))
     if "decode" in chosen:
         cache_state()

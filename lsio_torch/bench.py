@@ -337,7 +337,7 @@ def measure(args, name: str) -> list[Result]:
         ranges = _lsio_torch.chunk_ranges(array, list(crop), batches)
         drop_caches()
         sys.stderr.write("  disk bound ...\n")
-        bound = _lsio_torch.disk_bound(ranges, threads)
+        bound = _lsio_torch.disk_bound(ranges)
         note = f"{bound['chunks']} reads, {bound['encoded_bytes'] / 1e6:.0f} MB"
         results.append(result("disk bound", bound["seconds"], note))
     return results

@@ -249,7 +249,7 @@ class ZarrCropDataset(IterableDataset):
         _log_backend_once()
         threads = self.threads or _default_threads()
         engines = {
-            name: _lsio_torch.Engine(array, list(self.crop), threads, threads)
+            name: _lsio_torch.Engine(array, list(self.crop), threads)
             for name, array in self._arrays.items()
         }
         epoch = self.epoch
@@ -319,7 +319,7 @@ def read_crops(
     )
     if starts.shape[0] == 0:
         return out
-    engine = _lsio_torch.Engine(array, list(crop), threads, threads)
+    engine = _lsio_torch.Engine(array, list(crop), threads)
     try:
         engine.submit(out, starts.tolist())
         return engine.next()

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp};
-use crate::pipeline::{plan_reads, prepare, IndexCache, Shared, Source};
+use crate::pipeline::{plan_reads, read_all, IndexCache, Shared};
 use crate::pool::build_pool;
 use crate::zarr::ZarrArray;
 
@@ -44,22 +44,15 @@ pub fn decode_bound(
     threads: usize,
     backend: Backend,
 ) -> Result<Measured> {
-    let shared = Shared::new(array, crop)?;
-    let mut reader = new_reader(backend, threads)?;
+    let shared = Shared::new(array, crop, backend)?;
+    let mut reader = new_reader(backend)?;
     let mut indexes = IndexCache::default();
     let (pool, exited) = build_pool("lsio-bound", threads)?;
     let mut measured = Measured::default();
     let mut elapsed = Duration::ZERO;
     for origins in batches {
-        let batch = prepare(&shared, reader.as_mut(), &mut indexes, origins)?;
-        let encoded: Vec<&Vec<u8>> = batch
-            .sources
-            .iter()
-            .filter_map(|s| match s {
-                Source::Encoded { bytes, .. } => Some(bytes),
-                Source::Fill => None,
-            })
-            .collect();
+        let planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+        let encoded = read_all(reader.as_mut(), &planned)?;
         measured.chunks += encoded.len() as u64;
         measured.encoded_bytes += encoded.iter().map(|b| b.len() as u64).sum::<u64>();
         let array = &shared.array;
@@ -103,8 +96,8 @@ pub fn chunk_ranges(
     batches: &[Vec<Vec<u64>>],
     backend: Backend,
 ) -> Result<Vec<Vec<Range>>> {
-    let shared = Shared::new(array, crop)?;
-    let mut reader = new_reader(backend, 1)?;
+    let shared = Shared::new(array, crop, backend)?;
+    let mut reader = new_reader(backend)?;
     let mut indexes = IndexCache::default();
     batches
         .iter()
@@ -119,13 +112,13 @@ pub fn chunk_ranges(
         .collect()
 }
 
-/// Times reading `ranges`, one batch's ranges submitted together, as the engine reads them.
+/// Times reading `ranges` on one thread, one batch's ranges submitted together.
 /// Opening the files is not timed.
 ///
 /// # Errors
 /// The first open or read that fails.
-pub fn disk_bound(ranges: &[Vec<Range>], threads: usize, backend: Backend) -> Result<Measured> {
-    let mut reader = new_reader(backend, threads)?;
+pub fn disk_bound(ranges: &[Vec<Range>], backend: Backend) -> Result<Measured> {
+    let mut reader = new_reader(backend)?;
     let mut measured = Measured::default();
     let mut elapsed = Duration::ZERO;
     for batch in ranges {

@@ -38,10 +38,8 @@ const QUEUED_JOBS: usize = 64;
 /// Threads and backend for an engine.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
-    /// Decode threads.
+    /// Threads that read and decode chunks; each has its own ring (or issues its own preads).
     pub threads: usize,
-    /// pread threads (the io_uring backend uses one ring on the I/O thread).
-    pub io_threads: usize,
     pub backend: Backend,
 }
 
@@ -103,13 +101,15 @@ pub(crate) struct Shared {
     /// A leaf chunk of fill values: missing chunks are copied from it like any other.
     fill_chunk: Vec<u8>,
     pub(crate) leaf_shape: Vec<std::num::NonZeroU64>,
+    /// The backend each engine thread opens its reader with.
+    backend: Backend,
     cancel: AtomicBool,
 }
 
 impl Shared {
     /// # Errors
     /// [`Error::InvalidArgument`] for a crop that does not fit the array.
-    pub(crate) fn new(array: Arc<ZarrArray>, crop: Vec<u64>) -> Result<Self> {
+    pub(crate) fn new(array: Arc<ZarrArray>, crop: Vec<u64>, backend: Backend) -> Result<Self> {
         check_crop(&array.shape, &crop)?;
         let element = array.dtype.size();
         let crop_bytes = crop.iter().product::<u64>() as usize * element;
@@ -121,6 +121,7 @@ impl Shared {
             array,
             crop,
             crop_bytes,
+            backend,
             cancel: AtomicBool::new(false),
         })
     }
@@ -142,15 +143,15 @@ impl Engine {
     /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
     /// when threads or the ring cannot be created.
     pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
-        let shared = Arc::new(Shared::new(array, crop)?);
-        let reader = new_reader(config.backend, config.io_threads)?;
+        let shared = Arc::new(Shared::new(array, crop, config.backend)?);
+        let reader = new_reader(config.backend)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
         let thread_shared = Arc::clone(&shared);
         let io_thread = std::thread::Builder::new()
-            .name("lsio-io".into())
+            .name("lsio-plan".into())
             .spawn(move || {
-                io_loop(&thread_shared, reader, &decode, &job_rx);
+                plan_loop(&thread_shared, reader, &decode, &job_rx);
                 drop(decode);
                 decode_exited.wait();
             })
@@ -246,11 +247,12 @@ impl Drop for Engine {
     }
 }
 
-/// The I/O thread: prepares each batch (plan and reads) and hands it to the decode pool.
-fn io_loop(
+/// The planning thread: plans each batch (files, shard indexes, byte ranges) and hands it to
+/// the pool, which reads and decodes it while the next batch is planned.
+fn plan_loop(
     shared: &Arc<Shared>,
     mut reader: Box<dyn Reader>,
-    decode: &rayon::ThreadPool,
+    pool: &rayon::ThreadPool,
     jobs: &Receiver<Job>,
 ) {
     let mut indexes = IndexCache::default();
@@ -261,31 +263,32 @@ fn io_loop(
                 .send(Err(Error::Stopped("the engine was closed".into())));
             continue;
         }
-        let prepared = catch_unwind(AssertUnwindSafe(|| {
-            prepare(shared, reader.as_mut(), &mut indexes, &job.origins)
+        let planned = catch_unwind(AssertUnwindSafe(|| {
+            plan_reads(shared, reader.as_mut(), &mut indexes, &job.origins)
         }))
         .unwrap_or_else(|panic| {
             Err(Error::Stopped(format!(
-                "I/O thread panicked: {}",
+                "planning thread panicked: {}",
                 panic_message(&panic)
             )))
         });
-        match prepared {
+        match planned {
             Err(e) => {
                 let _ = job.done.send(Err(e));
             }
-            Ok(batch) => {
+            Ok(planned) => {
                 let shared = Arc::clone(shared);
-                decode.spawn(move || {
+                pool.spawn(move || {
                     let result =
-                        catch_unwind(AssertUnwindSafe(|| decode_batch(&shared, &batch, &job.out)))
+                        catch_unwind(AssertUnwindSafe(|| run_batch(&shared, &planned, &job.out)))
                             .unwrap_or_else(|panic| {
                                 Err(Error::Stopped(format!(
-                                    "decode thread panicked: {}",
+                                    "engine thread panicked: {}",
                                     panic_message(&panic)
                                 )))
                             });
                     let _ = job.done.send(result);
+                    drop(planned); // closes the batch's files
                     drop(job);
                 });
             }
@@ -301,20 +304,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// The bytes behind one leaf chunk.
+/// Where one leaf chunk's elements come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
-    /// Never written: fill value.
+    /// Never written: the fill value.
     Fill,
-    /// Encoded bytes read from `file` (an index into `Batch::files`).
-    Encoded { file: usize, bytes: Vec<u8> },
-}
-
-/// A batch whose reads are done.
-pub(crate) struct Batch {
-    tasks: Vec<ChunkTask>,
-    locations: Vec<ChunkLocation>,
-    pub(crate) sources: Vec<Source>,
-    files: Vec<PathBuf>,
+    /// Stored bytes, read by one of the batch's `PlannedRead`s.
+    Encoded,
 }
 
 /// An opened chunk or shard file; `None` when it does not exist.
@@ -341,21 +337,8 @@ impl IndexCache {
     }
 }
 
-/// Plans a batch, reads the shard indexes it lacks, then reads every chunk it needs.
-///
-/// # Errors
-/// As [`plan_reads`] and [`read_planned`].
-pub(crate) fn prepare(
-    shared: &Shared,
-    reader: &mut dyn Reader,
-    indexes: &mut IndexCache,
-    origins: &[Vec<u64>],
-) -> Result<Batch> {
-    let planned = plan_reads(shared, reader, indexes, origins)?;
-    read_planned(reader, planned)
-}
-
 /// One chunk read of a planned batch.
+#[derive(Debug)]
 pub(crate) struct PlannedRead {
     pub(crate) task: usize,
     /// An index into `Planned::files`.
@@ -378,6 +361,11 @@ impl Planned {
     /// The path of the file a read is from.
     pub(crate) fn path(&self, read: &PlannedRead) -> &std::path::Path {
         &self.files[read.file].path
+    }
+
+    /// The open file a read is from.
+    fn file(&self, read: &PlannedRead) -> Option<&File> {
+        self.files[read.file].file.as_ref().map(|(file, _)| file)
     }
 }
 
@@ -485,10 +473,7 @@ pub(crate) fn plan_reads(
         match range {
             None => sources.push(Source::Fill),
             Some((offset, len)) => {
-                sources.push(Source::Encoded {
-                    file: id,
-                    bytes: Vec::new(),
-                });
+                sources.push(Source::Encoded);
                 reads.push(PlannedRead {
                     task: t,
                     file: id,
@@ -507,106 +492,170 @@ pub(crate) fn plan_reads(
     })
 }
 
-/// Reads every chunk a planned batch needs, together.
+/// Reads every chunk a planned batch needs, together, each into a buffer of its own (in the
+/// order of `planned.reads`).
 ///
 /// # Errors
 /// [`Error::Io`] naming the file and chunk of the first read that failed.
-pub(crate) fn read_planned(reader: &mut dyn Reader, planned: Planned) -> Result<Batch> {
-    let Planned {
-        tasks,
-        locations,
-        files,
-        mut sources,
-        reads,
-    } = planned;
-    let ops: Vec<ReadOp> = reads
+pub(crate) fn read_all(reader: &mut dyn Reader, planned: &Planned) -> Result<Vec<Vec<u8>>> {
+    let ops: Vec<ReadOp> = planned
+        .reads
         .iter()
         .filter_map(|r| {
-            let (file, _) = files[r.file].file.as_ref()?;
             Some(ReadOp {
-                file,
+                file: planned.file(r)?,
                 offset: r.offset,
                 len: r.len,
             })
         })
         .collect();
-    for (read, result) in reads.iter().zip(reader.read(&ops)) {
-        if let Source::Encoded { bytes, .. } = &mut sources[read.task] {
-            *bytes = result.map_err(|e| {
+    planned
+        .reads
+        .iter()
+        .zip(reader.read(&ops))
+        .map(|(read, result)| {
+            result.map_err(|e| {
                 Error::io(
-                    &files[read.file].path,
-                    format!("reading chunk {:?}", tasks[read.task].chunk),
+                    planned.path(read),
+                    format!("reading chunk {:?}", planned.tasks[read.task].chunk),
                     e,
                 )
-            })?;
-        }
-    }
-    Ok(Batch {
-        tasks,
-        locations,
-        sources,
-        files: files.into_iter().map(|f| f.path).collect(),
-    })
+            })
+        })
+        .collect()
+}
+
+/// Reads a batch's chunks per thread, this many at a time, then decodes them.
+const READS_PER_GROUP: usize = 8;
+
+/// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
+/// buffers, reused without being zeroed again.
+struct LocalIo {
+    reader: Box<dyn Reader>,
+    bufs: Vec<Vec<u8>>,
 }
 
 thread_local! {
-    // Each decode thread's scratch chunk, reused for every chunk it decodes.
+    static LOCAL_IO: std::cell::RefCell<Option<LocalIo>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a planned batch on the pool: chunks never written are copied from the fill chunk;
+/// the others are read by the thread that decodes them, a group at a time, and decoded into
+/// the output.
+fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
+    (0..planned.tasks.len())
+        .into_par_iter()
+        .try_for_each(|t| match planned.sources[t] {
+            Source::Fill => copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, out),
+            Source::Encoded { .. } => Ok(()),
+        })?;
+    planned
+        .reads
+        .par_chunks(READS_PER_GROUP)
+        .try_for_each(|group| {
+            if shared.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Stopped("the engine was closed".into()));
+            }
+            LOCAL_IO.with(|cell| {
+                let mut local = cell.borrow_mut();
+                if local.is_none() {
+                    *local = Some(LocalIo {
+                        reader: new_reader(shared.backend)?,
+                        bufs: Vec::new(),
+                    });
+                }
+                let Some(LocalIo { reader, bufs }) = local.as_mut() else {
+                    return Err(Error::Stopped("no reader on this thread".into()));
+                };
+                let ops = group
+                    .iter()
+                    .map(|read| {
+                        let file = planned.file(read).ok_or_else(|| {
+                            Error::Stopped(format!("internal error: no open file for {read:?}"))
+                        })?;
+                        Ok(ReadOp {
+                            file,
+                            offset: read.offset,
+                            len: read.len,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let results = reader.read_into(&ops, bufs);
+                for ((read, result), buf) in group.iter().zip(results).zip(bufs.iter()) {
+                    let task = &planned.tasks[read.task];
+                    let path = &planned.files[read.file].path;
+                    result.map_err(|e| {
+                        Error::io(path, format!("reading chunk {:?}", task.chunk), e)
+                    })?;
+                    decode_task(
+                        shared,
+                        task,
+                        &planned.locations[read.task],
+                        path,
+                        &buf[..read.len],
+                        out,
+                    )?;
+                }
+                Ok(())
+            })
+        })
+}
+
+thread_local! {
+    // Each engine thread's scratch chunk, reused for every chunk it decodes.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Decodes every chunk of a batch on the pool and copies its pieces into the output. A
-/// chunk that fills one contiguous run of one crop is decoded straight into it.
-fn decode_batch(shared: &Shared, batch: &Batch, out: &OutBuffer) -> Result<()> {
+/// Decodes one chunk and copies its pieces into the output; a chunk that fills one
+/// contiguous run of one crop is decoded straight into it.
+fn decode_task(
+    shared: &Shared,
+    task: &ChunkTask,
+    location: &ChunkLocation,
+    path: &std::path::Path,
+    bytes: &[u8],
+    out: &OutBuffer,
+) -> Result<()> {
     let array = &shared.array;
-    (0..batch.tasks.len()).into_par_iter().try_for_each(|t| {
-        if shared.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Stopped("the engine was closed".into()));
+    let corrupt = |reason: String| {
+        let what = if array.sharding().is_some() {
+            format!(
+                "chunk {:?} (inner chunk {} of the shard)",
+                task.chunk, location.inner
+            )
+        } else {
+            format!("chunk {:?}", task.chunk)
+        };
+        Error::corrupt(path, what, reason)
+    };
+    let decode = |into: &mut [u8]| {
+        array
+            .leaf_codecs()
+            .decode_into(
+                bytes,
+                into,
+                &shared.leaf_shape,
+                array.codec_data_type(),
+                array.codec_fill_value(),
+            )
+            .map_err(corrupt)
+    };
+    if let Some(offset) = direct_offset(shared, task) {
+        if offset + shared.leaf_bytes <= out.len {
+            // SAFETY: `offset..offset + leaf_bytes` lies in the output (checked above), which
+            // is valid for writes while the batch runs (`OutBuffer::new`); no other task
+            // touches it, since each output element belongs to exactly one target of one chunk
+            // (plan_batch) and this chunk has just this one target.
+            let slot =
+                unsafe { std::slice::from_raw_parts_mut(out.ptr.add(offset), shared.leaf_bytes) };
+            return decode(slot);
         }
-        let task = &batch.tasks[t];
-        let Source::Encoded { file, bytes } = &batch.sources[t] else {
-            return copy_targets(shared, task, &shared.fill_chunk, out);
-        };
-        let corrupt = |reason: String| {
-            let what = if array.sharding().is_some() {
-                format!(
-                    "chunk {:?} (inner chunk {} of the shard)",
-                    task.chunk, batch.locations[t].inner
-                )
-            } else {
-                format!("chunk {:?}", task.chunk)
-            };
-            Error::corrupt(&batch.files[*file], what, reason)
-        };
-        let decode = |into: &mut [u8]| {
-            array
-                .leaf_codecs()
-                .decode_into(
-                    bytes,
-                    into,
-                    &shared.leaf_shape,
-                    array.codec_data_type(),
-                    array.codec_fill_value(),
-                )
-                .map_err(corrupt)
-        };
-        if let Some(offset) = direct_offset(shared, task) {
-            if offset + shared.leaf_bytes <= out.len {
-                // SAFETY: `offset..offset + leaf_bytes` lies in the output (checked above),
-                // which is valid for writes while the batch runs (`OutBuffer::new`); no other
-                // task touches it, since each output element belongs to exactly one target of
-                // one chunk (plan_batch) and this chunk has just this one target.
-                let slot = unsafe {
-                    std::slice::from_raw_parts_mut(out.ptr.add(offset), shared.leaf_bytes)
-                };
-                return decode(slot);
-            }
-        }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.resize(shared.leaf_bytes, 0);
-            decode(&mut scratch)?;
-            copy_targets(shared, task, &scratch, out)
-        })
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.resize(shared.leaf_bytes, 0);
+        decode(&mut scratch)?;
+        copy_targets(shared, task, &scratch, out)
     })
 }
 

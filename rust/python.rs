@@ -167,18 +167,11 @@ fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyRes
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (array, crop, threads, io_threads))]
-    fn new(
-        py: Python<'_>,
-        array: &Array,
-        crop: Vec<u64>,
-        threads: usize,
-        io_threads: usize,
-    ) -> PyResult<Self> {
+    #[pyo3(signature = (array, crop, threads))]
+    fn new(py: Python<'_>, array: &Array, crop: Vec<u64>, threads: usize) -> PyResult<Self> {
         let choice = choose_backend().map_err(to_py)?;
         let config = EngineConfig {
             threads,
-            io_threads,
             backend: choice.backend,
         };
         let inner = Arc::clone(&array.inner);
@@ -303,14 +296,10 @@ fn chunk_ranges(
 
 /// The disk bound: times reading ``ranges`` (from :func:`chunk_ranges`), a batch at a time.
 #[pyfunction]
-fn disk_bound<'py>(
-    py: Python<'py>,
-    ranges: Vec<Vec<bounds::Range>>,
-    threads: usize,
-) -> PyResult<Bound<'py, PyDict>> {
+fn disk_bound(py: Python<'_>, ranges: Vec<Vec<bounds::Range>>) -> PyResult<Bound<'_, PyDict>> {
     let backend = choose_backend().map_err(to_py)?.backend;
     let m = py
-        .detach(|| bounds::disk_bound(&ranges, threads, backend))
+        .detach(|| bounds::disk_bound(&ranges, backend))
         .map_err(to_py)?;
     measured(py, m)
 }

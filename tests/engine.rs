@@ -42,7 +42,6 @@ fn read(
     let element = array.dtype.size();
     let config = EngineConfig {
         threads: 2,
-        io_threads: 2,
         backend,
     };
     let engine = Engine::start(array, crop.to_vec(), config)?;

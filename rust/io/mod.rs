@@ -22,8 +22,43 @@ pub struct ReadOp<'a> {
 /// Reads batches of byte ranges. A short read is resumed; a read past the end of the file is
 /// an `UnexpectedEof` error for that op alone.
 pub trait Reader: Send {
-    /// Reads every op; the result at `i` belongs to `ops[i]`.
-    fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>>;
+    /// Reads `ops[i]` into `bufs[i][..ops[i].len]`; the result at `i` belongs to `ops[i]`.
+    /// `bufs` grows to `ops.len()` buffers, each at least as long as its op; buffers from an
+    /// earlier call are reused as they are (grown, never zeroed again), so a caller that keeps
+    /// `bufs` allocates nothing in the steady state.
+    fn read_into(
+        &mut self,
+        ops: &[ReadOp<'_>],
+        bufs: &mut Vec<Vec<u8>>,
+    ) -> Vec<std::io::Result<()>>;
+
+    /// Reads every op into a buffer of its own.
+    fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>> {
+        let mut bufs = Vec::new();
+        let results = self.read_into(ops, &mut bufs);
+        results
+            .into_iter()
+            .zip(bufs)
+            .zip(ops)
+            .map(|((result, mut buf), op)| {
+                result?;
+                buf.truncate(op.len);
+                Ok(buf)
+            })
+            .collect()
+    }
+}
+
+/// Grows `bufs` to `ops.len()` buffers, each at least its op's length.
+pub(crate) fn fit_buffers(ops: &[ReadOp<'_>], bufs: &mut Vec<Vec<u8>>) {
+    if bufs.len() < ops.len() {
+        bufs.resize_with(ops.len(), Vec::new);
+    }
+    for (buf, op) in bufs.iter_mut().zip(ops) {
+        if buf.len() < op.len {
+            buf.resize(op.len, 0);
+        }
+    }
 }
 
 /// Which kernel interface the reads go through.
@@ -94,15 +129,15 @@ fn uring_probe() -> Result<(), String> {
     PROBE.get_or_init(uring::probe).clone()
 }
 
-/// A reader for `backend` with `threads` I/O threads (the pread pool size; io_uring uses
-/// one ring).
+/// A reader for `backend`, for the calling thread: one io_uring ring, or plain `pread`s.
+/// The engine gives each of its threads one, so its threads are its I/O threads.
 ///
 /// # Errors
-/// [`Error::Stopped`] when the ring or the thread pool cannot be created.
-pub fn new_reader(backend: Backend, threads: usize) -> Result<Box<dyn Reader>> {
+/// [`Error::Stopped`] when the kernel refuses a ring.
+pub fn new_reader(backend: Backend) -> Result<Box<dyn Reader>> {
     Ok(match backend {
         Backend::IoUring => Box::new(uring::UringReader::new()?),
-        Backend::Pread => Box::new(pread::PreadReader::new(threads)?),
+        Backend::Pread => Box::new(pread::PreadReader),
     })
 }
 
@@ -167,6 +202,16 @@ pub(crate) mod tests {
             let start = i * 37;
             assert_eq!(result.unwrap(), &data[start..start + 13]);
         }
+        // Reused buffers, longer than the ops and holding older bytes, read the same.
+        let mut bufs = vec![vec![0xEE; 40]; 3];
+        for round in 0..2 {
+            for (i, result) in reader.read_into(&ops, &mut bufs).into_iter().enumerate() {
+                result.unwrap();
+                let start = i * 37;
+                assert_eq!(&bufs[i][..13], &data[start..start + 13], "round {round}");
+            }
+        }
+        assert_eq!(bufs.len(), 2000);
     }
 
     #[test]

@@ -1,55 +1,24 @@
-//! The fallback backend: positional reads (`pread`) on a small pool of threads.
+//! The fallback backend: positional reads (`pread`) in the calling thread. The engine's
+//! threads each read their own chunks, so together they are a pread thread pool.
 
 use std::os::unix::fs::FileExt;
 
-use rayon::prelude::*;
+use super::{fit_buffers, ReadOp, Reader};
 
-use super::{ReadOp, Reader};
-use crate::error::Result;
-use crate::pool::{build_pool, ExitLatch};
-
-/// Runs each op as one `read_exact_at` on a dedicated rayon pool.
-pub struct PreadReader {
-    pool: Option<rayon::ThreadPool>,
-    exited: ExitLatch,
-}
-
-impl PreadReader {
-    /// # Errors
-    /// [`Error::Stopped`] when the threads cannot be started.
-    pub fn new(threads: usize) -> Result<Self> {
-        let (pool, exited) = build_pool("lsio-pread", threads)?;
-        Ok(Self {
-            pool: Some(pool),
-            exited,
-        })
-    }
-}
+/// Runs each op as one `read_exact_at`.
+pub struct PreadReader;
 
 impl Reader for PreadReader {
-    fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>> {
-        let Some(pool) = &self.pool else {
-            return ops
-                .iter()
-                .map(|_| Err(std::io::Error::other("pread pool stopped")))
-                .collect();
-        };
-        pool.install(|| {
-            ops.par_iter()
-                .map(|op| {
-                    let mut buf = vec![0u8; op.len];
-                    op.file.read_exact_at(&mut buf, op.offset)?;
-                    Ok(buf)
-                })
-                .collect()
-        })
-    }
-}
-
-impl Drop for PreadReader {
-    fn drop(&mut self) {
-        drop(self.pool.take());
-        self.exited.wait();
+    fn read_into(
+        &mut self,
+        ops: &[ReadOp<'_>],
+        bufs: &mut Vec<Vec<u8>>,
+    ) -> Vec<std::io::Result<()>> {
+        fit_buffers(ops, bufs);
+        ops.iter()
+            .zip(bufs.iter_mut())
+            .map(|(op, buf)| op.file.read_exact_at(&mut buf[..op.len], op.offset))
+            .collect()
     }
 }
 
@@ -57,7 +26,6 @@ impl Drop for PreadReader {
 mod tests {
     #[test]
     fn reads_ranges() {
-        let mut reader = super::PreadReader::new(2).unwrap();
-        crate::io::tests::check_reader(&mut reader);
+        crate::io::tests::check_reader(&mut super::PreadReader);
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::io::AsRawFd;
 
 use io_uring::{opcode, types, IoUring};
 
-use super::{ReadOp, Reader};
+use super::{fit_buffers, ReadOp, Reader};
 use crate::error::{Error, Result};
 
 /// Submission queue size; also the most reads in flight at once.
@@ -47,17 +47,20 @@ impl UringReader {
 
 /// Progress of one op.
 struct OpState {
-    buf: Vec<u8>,
     filled: usize,
     result: Option<std::io::Result<()>>,
 }
 
 impl Reader for UringReader {
-    fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>> {
+    fn read_into(
+        &mut self,
+        ops: &[ReadOp<'_>],
+        bufs: &mut Vec<Vec<u8>>,
+    ) -> Vec<std::io::Result<()>> {
+        fit_buffers(ops, bufs);
         let mut states: Vec<OpState> = ops
             .iter()
             .map(|op| OpState {
-                buf: vec![0u8; op.len],
                 filled: 0,
                 result: if op.len == 0 { Some(Ok(())) } else { None },
             })
@@ -73,10 +76,11 @@ impl Reader for UringReader {
                 let op = &ops[i];
                 let state = &mut states[i];
                 let remaining = (op.len - state.filled).min(u32::MAX as usize);
-                // SAFETY: the pointer stays inside `state.buf`, whose heap allocation is
-                // neither freed nor moved until this op's completion has been reaped below
-                // (or, if the ring fails, the buffers are leaked rather than freed).
-                let ptr = unsafe { state.buf.as_mut_ptr().add(state.filled) };
+                // SAFETY: `bufs[i]` holds at least `op.len` bytes (`fit_buffers`), so the
+                // pointer stays inside it; its heap allocation is neither freed nor moved until
+                // this op's completion has been reaped below (if the ring fails, the buffers
+                // are leaked rather than freed).
+                let ptr = unsafe { bufs[i].as_mut_ptr().add(state.filled) };
                 let sqe = opcode::Read::new(types::Fd(op.file.as_raw_fd()), ptr, remaining as u32)
                     .offset(op.offset + state.filled as u64)
                     .build()
@@ -96,7 +100,7 @@ impl Reader for UringReader {
                     // The kernel may still write into buffers in flight: leak them rather than
                     // free memory that a late completion could touch.
                     let message = format!("io_uring_enter: {e}");
-                    std::mem::forget(states);
+                    std::mem::forget(std::mem::take(bufs));
                     return ops
                         .iter()
                         .map(|_| Err(std::io::Error::other(message.clone())))
@@ -137,10 +141,9 @@ impl Reader for UringReader {
         }
         states
             .into_iter()
-            .map(|s| match s.result {
-                Some(Ok(())) => Ok(s.buf),
-                Some(Err(e)) => Err(e),
-                None => Err(std::io::Error::other("io_uring: read never completed")),
+            .map(|s| {
+                s.result
+                    .unwrap_or_else(|| Err(std::io::Error::other("io_uring: read never completed")))
             })
             .collect()
     }

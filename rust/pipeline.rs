@@ -547,7 +547,7 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
         .into_par_iter()
         .try_for_each(|t| match planned.sources[t] {
             Source::Fill => copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, out),
-            Source::Encoded { .. } => Ok(()),
+            Source::Encoded => Ok(()),
         })?;
     planned
         .reads

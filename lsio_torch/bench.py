@@ -14,7 +14,10 @@ Systems:
   tensorstore  all crops of a batch in flight at once
   decode     the decode bound: the same chunks, read first, decoded on all threads
   disk       the disk bound (--cold only): the same byte ranges read, nothing decoded
-Peers that are not installed are reported missing. Every batch is touched (``.sum()``).
+Peers that are not installed are reported missing. Every system's every batch is touched
+the same way: each of its bytes read once (``view(uint8).max()``), on one torch thread, so
+the consumer costs little and the same for all (a ``.sum()`` of int16 would first cast the
+batch to int64, and torch's thread pool would compete for the cores being measured).
 """
 
 from __future__ import annotations
@@ -163,6 +166,11 @@ class Result:
     note: str = ""
 
 
+def touch(batch: torch.Tensor) -> None:
+    """Reads every byte of a batch, so that nothing can be skipped lazily."""
+    batch.view(torch.uint8).max()
+
+
 def batches_of(origins: list[list[int]], batch: int) -> list[list[list[int]]]:
     return [origins[i : i + batch] for i in range(0, len(origins), batch)]
 
@@ -175,7 +183,7 @@ def run_lsio(path, crop, origins, batch, threads, label) -> float:
     done = 0
     start = time.perf_counter()
     for tensor in loader:
-        tensor.sum()
+        touch(tensor)
         done += tensor.shape[0]
         progress(label, done, len(origins))
     return time.perf_counter() - start
@@ -208,7 +216,7 @@ def run_zarr(path, crop, origins, batch, threads, label, pipeline=None) -> float
     done = 0
     start = time.perf_counter()
     for tensor in loader:
-        tensor.sum()
+        touch(tensor)
         done += tensor.shape[0]
         progress(label, done, len(origins))
     return time.perf_counter() - start
@@ -232,7 +240,7 @@ def run_tensorstore(path, crop, origins, batch, threads, label) -> float:
             for origin in group
         ]
         tensor = torch.from_numpy(np.stack([f.result() for f in futures]))
-        tensor.sum()
+        touch(tensor)
         done += len(group)
         progress(label, done, len(origins))
     return time.perf_counter() - start
@@ -392,6 +400,7 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--cold", action="store_true", help="drop the page cache (root)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the consumer: see the module docstring
 
     report = {"machine": machine(), "threads": args.threads, "cold": args.cold, "data": {}}
     for name in args.data:

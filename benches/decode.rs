@@ -1,10 +1,12 @@
-//! Decoding one chunk: the zarrs codec chain we use, against the hand-written floor (zstd's
-//! bulk decompressor into a reused buffer), on a chunk that compresses like real imagery.
+//! Decoding one chunk: the zarrs codec chain, our leaf decoder writing into a slot of a batch,
+//! and the floor (zstd's bulk decompressor into a reused buffer), on a chunk that compresses
+//! like real imagery.
 
 use std::borrow::Cow;
 use std::num::NonZeroU64;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lsio_torch::zarr::leaf::LeafCodecs;
 use zarrs::array::{ArrayToBytesCodecTraits, CodecChain, CodecOptions, FillValue};
 use zarrs_metadata::v3::MetadataV3;
 
@@ -50,6 +52,20 @@ fn decode(c: &mut Criterion) {
                         .decode(Cow::Borrowed(encoded), &shape, &data_type, &fill, &options)
                         .unwrap();
                     std::hint::black_box(out.into_fixed().unwrap().len())
+                });
+            },
+        );
+        let leaf = LeafCodecs::new(CodecChain::from_metadata(&codecs).unwrap(), &codecs, 2);
+        let mut slot = vec![0u8; raw.len() * 2];
+        group.bench_with_input(
+            BenchmarkId::new("LeafCodecs::decode_into a slot", side),
+            &encoded,
+            |b, encoded| {
+                b.iter(|| {
+                    let into = &mut slot[raw.len()..];
+                    leaf.decode_into(encoded, into, &shape, &data_type, &fill)
+                        .unwrap();
+                    std::hint::black_box(into[0])
                 });
             },
         );

@@ -351,6 +351,49 @@ def measure(args, name: str) -> list[Result]:
     return results
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory(args, name: str) -> dict:
+    """Peak RSS above the pre-iteration baseline, and time to first batch, per epoch."""
+    path, spec = dataset(name, args.small)
+    array = _lsio_torch.Array(str(path))
+    crop = tuple(args.crop) if args.crop else (spec.crop if spec else tuple(array.chunk_shape))
+    prefetch = 2
+    ds = ZarrCropDataset(
+        path, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
+        threads=args.threads,
+    )  # fmt: skip
+    batch_bytes = args.batch * int(np.prod(crop)) * np.dtype(array.dtype).itemsize
+    warm(path)
+    baseline = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5\n")  # resets VmHWM to the current RSS
+    epochs = []
+    for epoch in range(args.epochs):
+        ds.set_epoch(epoch)
+        start = time.perf_counter()
+        batches = iter(torch.utils.data.DataLoader(ds, batch_size=None))
+        touch(next(batches))
+        first = time.perf_counter() - start
+        for batch in batches:
+            touch(batch)
+        peak = (_status_kb("VmHWM") - baseline) / 1024
+        epochs.append({"epoch": epoch, "first_batch_s": first, "peak_rss_mb": peak})
+        progress(f"memory {name}", epoch + 1, args.epochs, "epochs")
+    sys.stderr.write("\n")
+    return {
+        "data": name,
+        "batch_mb": batch_bytes / 2**20,
+        "budget_mb": 1.5 * prefetch * batch_bytes / 2**20 + 200,
+        "baseline_rss_mb": baseline / 1024,
+        "epochs": epochs,
+    }
+
+
 def table(name: str, results: list[Result], cold: bool) -> str:
     ceiling_name = "disk bound" if cold else "decode bound"
     lsio = next((r for r in results if r.system == "lsio_torch" and r.crops_per_s), None)
@@ -399,9 +442,28 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="1/8 of the time steps")
     parser.add_argument("--cold", action="store_true", help="drop the page cache (root)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--memory", action="store_true", help="lsio_torch only: RSS and first batch per epoch"
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="epochs for --memory")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the consumer: see the module docstring
 
+    if args.memory:
+        reports = [memory(args, name) for name in args.data]
+        if args.json:
+            print(json.dumps(reports, indent=2))
+            return
+        for r in reports:
+            peaks = [e["peak_rss_mb"] for e in r["epochs"]]
+            firsts = [e["first_batch_s"] for e in r["epochs"]]
+            print(
+                f"{r['data']}: batch {r['batch_mb']:.0f} MB, budget {r['budget_mb']:.0f} MB "
+                f"above a baseline of {r['baseline_rss_mb']:.0f} MB; peak RSS above baseline "
+                f"after epoch 1 {peaks[0]:.0f} MB, after epoch {len(peaks)} {peaks[-1]:.0f} MB; "
+                f"first batch {min(firsts) * 1000:.0f}-{max(firsts) * 1000:.0f} ms"
+            )
+        return
     report = {"machine": machine(), "threads": args.threads, "cold": args.cold, "data": {}}
     for name in args.data:
         report["data"][name] = [asdict(r) for r in measure(args, name)]

@@ -32,8 +32,12 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Reads each batch's chunks (untimed), then times decoding them, each chunk once per batch
-/// as the engine does, on `threads` threads.
+/// Compressed bytes held in memory at once by the decode bound.
+const DECODE_BOUND_BYTES: u64 = 512 << 20;
+
+/// Reads the batches' chunks (untimed) until [`DECODE_BOUND_BYTES`] are in memory, then times
+/// decoding all of them in one parallel pass on `threads` threads, and so on to the last
+/// batch. Each chunk is decoded once per batch that touches it, as the engine decodes it.
 ///
 /// # Errors
 /// The first read or decode error.
@@ -50,15 +54,13 @@ pub fn decode_bound(
     let (pool, exited) = build_pool("lsio-bound", threads)?;
     let mut measured = Measured::default();
     let mut elapsed = Duration::ZERO;
-    for origins in batches {
-        let planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
-        let encoded = read_all(reader.as_mut(), &planned)?;
-        measured.chunks += encoded.len() as u64;
-        measured.encoded_bytes += encoded.iter().map(|b| b.len() as u64).sum::<u64>();
-        let array = &shared.array;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut held_bytes = 0u64;
+    let array = &shared.array;
+    let mut decode_held = |held: &mut Vec<Vec<u8>>| -> Result<()> {
         let start = Instant::now();
         pool.install(|| {
-            encoded.par_iter().try_for_each(|bytes| {
+            held.par_iter().try_for_each(|bytes| {
                 SCRATCH.with(|scratch| {
                     let mut scratch = scratch.borrow_mut();
                     scratch.resize(shared.leaf_bytes, 0);
@@ -76,7 +78,23 @@ pub fn decode_bound(
             })
         })?;
         elapsed += start.elapsed();
+        held.clear();
+        Ok(())
+    };
+    for origins in batches {
+        let planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+        let encoded = read_all(reader.as_mut(), &planned)?;
+        measured.chunks += encoded.len() as u64;
+        let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
+        measured.encoded_bytes += bytes;
+        held_bytes += bytes;
+        held.extend(encoded);
+        if held_bytes >= DECODE_BOUND_BYTES {
+            decode_held(&mut held)?;
+            held_bytes = 0;
+        }
     }
+    decode_held(&mut held)?;
     drop(pool);
     exited.wait();
     measured.seconds = elapsed.as_secs_f64();

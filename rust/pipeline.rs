@@ -652,10 +652,15 @@ fn decode_task(
         }
     }
     SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        scratch.resize(shared.leaf_bytes, 0);
-        decode(&mut scratch)?;
-        copy_targets(shared, task, &scratch, out)
+        array.leaf_codecs().decode_then(
+            bytes,
+            &mut scratch.borrow_mut(),
+            &shared.leaf_shape,
+            array.codec_data_type(),
+            array.codec_fill_value(),
+            |chunk| copy_targets(shared, task, chunk, out),
+            corrupt,
+        )
     })
 }
 

@@ -111,6 +111,57 @@ impl LeafCodecs {
     }
 }
 
+impl LeafCodecs {
+    /// Decodes `encoded` and hands the chunk's elements to `then`: from `scratch` on the fast
+    /// path, straight from zarrs' decoded buffer otherwise (no copy into scratch).
+    ///
+    /// # Errors
+    /// The codec's message, or `then`'s error.
+    // The chunk's shape, type and fill are the codecs' own arguments, passed through as is.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_then<E>(
+        &self,
+        encoded: &[u8],
+        scratch: &mut Vec<u8>,
+        shape: &[NonZeroU64],
+        data_type: &DataType,
+        fill_value: &FillValue,
+        then: impl FnOnce(&[u8]) -> Result<(), E>,
+        on_error: impl FnOnce(String) -> E,
+    ) -> Result<(), E> {
+        let len = shape.iter().map(|n| n.get() as usize).product::<usize>()
+            * data_type.fixed_size().unwrap_or(1);
+        if self.fast.is_some() {
+            scratch.resize(len, 0);
+            self.decode_into(encoded, scratch, shape, data_type, fill_value)
+                .map_err(on_error)?;
+            return then(scratch);
+        }
+        let decoded = match self
+            .chain
+            .decode(
+                Cow::Borrowed(encoded),
+                shape,
+                data_type,
+                fill_value,
+                &CodecOptions::default(),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|d| d.into_fixed().map_err(|e| e.to_string()))
+        {
+            Ok(decoded) if decoded.len() == len => decoded,
+            Ok(decoded) => {
+                return Err(on_error(format!(
+                    "decoded {} bytes, expected {len}",
+                    decoded.len()
+                )))
+            }
+            Err(e) => return Err(on_error(e)),
+        };
+        then(&decoded)
+    }
+}
+
 fn copy_exact(decoded: &[u8], out: &mut [u8]) -> Result<(), String> {
     if decoded.len() != out.len() {
         return Err(format!(

@@ -161,7 +161,7 @@ class ZarrCropDataset(IterableDataset):
             inside DataLoader workers, where the DataLoader's own ``pin_memory`` applies).
         prefetch: batches being read while the consumer works on the current one.
         return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
-        threads: decode threads; ``None`` is one per available core.
+        threads: engine threads (each reads and decodes); ``None`` is one per core.
 
     Raises:
         FileNotFoundError: no array at ``source``.
@@ -296,7 +296,7 @@ def read_crops(
         path: a Zarr array (v2 or v3).
         origins: ``[N, ndim]`` crop starts: a list of tuples, a numpy array or a tensor.
         crop: the crop shape, as a tuple or a mapping by dimension name.
-        threads: decode threads; ``None`` is one per available core.
+        threads: engine threads (each reads and decodes); ``None`` is one per core.
         pin_memory: allocate the result in pinned memory (needs CUDA).
 
     Returns:

@@ -175,18 +175,22 @@ def batches_of(origins: list[list[int]], batch: int) -> list[list[list[int]]]:
     return [origins[i : i + batch] for i in range(0, len(origins), batch)]
 
 
+def consume(batches, label: str, total: int) -> float:
+    """Touches every batch; returns the seconds from the first request to the last batch."""
+    done = 0
+    start = time.perf_counter()
+    for tensor in batches:
+        touch(tensor)
+        done += tensor.shape[0]
+        progress(label, done, total)
+    return time.perf_counter() - start
+
+
 def run_lsio(path, crop, origins, batch, threads, label) -> float:
     ds = ZarrCropDataset(
         path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads
     )
-    loader = torch.utils.data.DataLoader(ds, batch_size=None)
-    done = 0
-    start = time.perf_counter()
-    for tensor in loader:
-        touch(tensor)
-        done += tensor.shape[0]
-        progress(label, done, len(origins))
-    return time.perf_counter() - start
+    return consume(torch.utils.data.DataLoader(ds, batch_size=None), label, len(origins))
 
 
 class _ZarrCrops(torch.utils.data.Dataset):
@@ -213,13 +217,7 @@ class _ZarrCrops(torch.utils.data.Dataset):
 def run_zarr(path, crop, origins, batch, threads, label, pipeline=None) -> float:
     ds = _ZarrCrops(str(path), origins, crop, pipeline)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=threads)
-    done = 0
-    start = time.perf_counter()
-    for tensor in loader:
-        touch(tensor)
-        done += tensor.shape[0]
-        progress(label, done, len(origins))
-    return time.perf_counter() - start
+    return consume(loader, label, len(origins))
 
 
 def run_tensorstore(path, crop, origins, batch, threads, label) -> float:

@@ -71,19 +71,10 @@ impl LeafCodecs {
         fill_value: &FillValue,
     ) -> Result<(), String> {
         let Some(FastPath::Plain { zstd, crc32c }) = self.fast else {
-            let decoded = self
-                .chain
-                .decode(
-                    Cow::Borrowed(encoded),
-                    shape,
-                    data_type,
-                    fill_value,
-                    &CodecOptions::default(),
-                )
-                .map_err(|e| e.to_string())?
-                .into_fixed()
-                .map_err(|e| e.to_string())?;
-            return copy_exact(&decoded, out);
+            return copy_exact(
+                &self.zarrs_decode(encoded, shape, data_type, fill_value)?,
+                out,
+            );
         };
         let payload = if crc32c {
             verify_crc32c(encoded)?
@@ -137,18 +128,7 @@ impl LeafCodecs {
                 .map_err(on_error)?;
             return then(scratch);
         }
-        let decoded = match self
-            .chain
-            .decode(
-                Cow::Borrowed(encoded),
-                shape,
-                data_type,
-                fill_value,
-                &CodecOptions::default(),
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|d| d.into_fixed().map_err(|e| e.to_string()))
-        {
+        let decoded = match self.zarrs_decode(encoded, shape, data_type, fill_value) {
             Ok(decoded) if decoded.len() == len => decoded,
             Ok(decoded) => {
                 return Err(on_error(format!(
@@ -159,6 +139,29 @@ impl LeafCodecs {
             Err(e) => return Err(on_error(e)),
         };
         then(&decoded)
+    }
+}
+
+impl LeafCodecs {
+    /// Decodes through the zarrs chain, into a buffer zarrs allocates.
+    fn zarrs_decode<'a>(
+        &self,
+        encoded: &'a [u8],
+        shape: &[NonZeroU64],
+        data_type: &DataType,
+        fill_value: &FillValue,
+    ) -> Result<Cow<'a, [u8]>, String> {
+        self.chain
+            .decode(
+                Cow::Borrowed(encoded),
+                shape,
+                data_type,
+                fill_value,
+                &CodecOptions::default(),
+            )
+            .map_err(|e| e.to_string())?
+            .into_fixed()
+            .map_err(|e| e.to_string())
     }
 }
 

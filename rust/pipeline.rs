@@ -677,15 +677,10 @@ fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
         dst_shape: &shared.crop,
         dst_start: &target.in_crop,
     };
-    let mut runs = 0;
-    let mut whole = None;
-    layout.for_each_run(|src, dst, len| {
-        runs += 1;
-        whole = (src == 0 && len == shared.leaf_bytes).then_some(dst);
-    });
-    whole
-        .filter(|_| runs == 1)
-        .map(|dst| target.crop * shared.crop_bytes + dst)
+    match layout.single_run()? {
+        (0, dst, len) if len == shared.leaf_bytes => Some(target.crop * shared.crop_bytes + dst),
+        _ => None,
+    }
 }
 
 /// Copies each target's piece of a decoded chunk into its crop's place in the output.

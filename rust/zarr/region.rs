@@ -118,6 +118,39 @@ pub struct CopyLayout<'a> {
 }
 
 impl CopyLayout<'_> {
+    /// `(inner, run_bytes)`: dimensions `[inner, n)` form one contiguous run of `run_bytes`
+    /// bytes; the dimensions before `inner` are iterated. For a non-empty region of n ≥ 1
+    /// dimensions.
+    fn merged_run(&self) -> (usize, usize) {
+        let mut inner = self.region.len();
+        let mut run_bytes = self.element_size;
+        loop {
+            inner -= 1;
+            run_bytes *= self.region[inner] as usize;
+            let whole = self.region[inner] == self.src_shape[inner]
+                && self.region[inner] == self.dst_shape[inner];
+            if inner == 0 || !whole {
+                return (inner, run_bytes);
+            }
+        }
+    }
+
+    /// The copy's `(src_offset, dst_offset, run_bytes)` when it is one contiguous run, without
+    /// walking it; `None` when it has several runs (or none).
+    #[must_use]
+    pub fn single_run(&self) -> Option<(usize, usize, usize)> {
+        if self.region.is_empty() || self.region.contains(&0) {
+            return None;
+        }
+        let (inner, _) = self.merged_run();
+        if self.region[..inner].iter().any(|&n| n != 1) {
+            return None;
+        }
+        let mut first = None;
+        self.for_each_run(|src, dst, len| first = Some((src, dst, len)));
+        first
+    }
+
     /// Calls `run(src_offset, dst_offset, run_bytes)` for each contiguous run of the copy, with
     /// byte offsets into the two buffers. Trailing dimensions that are whole in all three
     /// shapes merge into one run.
@@ -132,18 +165,7 @@ impl CopyLayout<'_> {
         }
         let src_strides = strides(self.src_shape, self.element_size);
         let dst_strides = strides(self.dst_shape, self.element_size);
-        // Dimensions [inner, n) form one contiguous run.
-        let mut inner = n;
-        let mut run_bytes = self.element_size;
-        loop {
-            inner -= 1;
-            run_bytes *= self.region[inner] as usize;
-            let whole = self.region[inner] == self.src_shape[inner]
-                && self.region[inner] == self.dst_shape[inner];
-            if inner == 0 || !whole {
-                break;
-            }
-        }
+        let (inner, run_bytes) = self.merged_run();
         let base = |strides: &[usize], start: &[u64]| -> usize {
             start
                 .iter()
@@ -274,6 +296,30 @@ mod tests {
             }
             assert_eq!(dst, expected, "region {region:?}");
         }
+    }
+
+    #[test]
+    fn single_run_is_told_without_walking_the_copy() {
+        let shape = [3u64, 4, 5];
+        let mut layout = CopyLayout {
+            element_size: 2,
+            region: &[1, 4, 5],
+            src_shape: &shape,
+            src_start: &[2, 0, 0],
+            dst_shape: &[6, 4, 5],
+            dst_start: &[3, 0, 0],
+        };
+        assert_eq!(layout.single_run(), Some((80, 120, 40)));
+        layout.region = &[2, 4, 5];
+        layout.src_start = &[1, 0, 0];
+        assert_eq!(layout.single_run(), Some((40, 120, 80)));
+        // Three whole rows of one plane are contiguous too.
+        layout.region = &[1, 3, 5];
+        assert_eq!(layout.single_run(), Some((40, 120, 30)));
+        layout.region = &[1, 3, 4];
+        assert_eq!(layout.single_run(), None);
+        layout.region = &[2, 4, 4];
+        assert_eq!(layout.single_run(), None);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub fn decode_bound(
     threads: usize,
     backend: Backend,
 ) -> Result<Measured> {
-    let shared = Shared::new(array, crop, backend)?;
+    let shared = Shared::new(array, crop, backend, None)?;
     let mut reader = new_reader(backend)?;
     let mut indexes = IndexCache::default();
     let (pool, exited) = build_pool("lsio-bound", threads)?;
@@ -114,7 +114,7 @@ pub fn chunk_ranges(
     batches: &[Vec<Vec<u64>>],
     backend: Backend,
 ) -> Result<Vec<Vec<Range>>> {
-    let shared = Shared::new(array, crop, backend)?;
+    let shared = Shared::new(array, crop, backend, None)?;
     let mut reader = new_reader(backend)?;
     let mut indexes = IndexCache::default();
     batches

@@ -6,6 +6,7 @@
 //! knows about Python.
 
 pub mod bounds;
+pub mod cast;
 pub mod error;
 pub mod io;
 pub mod pipeline;

@@ -11,14 +11,16 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::sync::WaitGroup;
 use rayon::prelude::*;
 
+use crate::cast::Cast;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp, Reader};
 use crate::plan::{plan_batch, ChunkTask};
@@ -41,6 +43,8 @@ pub struct EngineConfig {
     /// Threads that read and decode chunks; each has its own ring (or issues its own preads).
     pub threads: usize,
     pub backend: Backend,
+    /// The output's element type and normalisation; `None` writes the array's own type.
+    pub cast: Option<Cast>,
 }
 
 /// Memory the caller lends the engine for one batch: `[crops, *crop]` elements, C order.
@@ -82,6 +86,95 @@ impl Ticket {
             .recv()
             .unwrap_or_else(|_| Err(Error::Stopped("the batch was dropped unfinished".into())))
     }
+
+    /// Like [`Ticket::wait`], but gives up after `timeout`: `None` when the batch is not
+    /// finished yet (the caller may wait again).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<()>> {
+        match self.done.recv_timeout(timeout) {
+            Ok(result) => Some(result),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::Stopped(
+                "the batch was dropped unfinished".into(),
+            ))),
+        }
+    }
+}
+
+/// What an engine has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Batches written.
+    pub batches: u64,
+    /// Chunk bytes read from files (shard indexes included).
+    pub bytes_read: u64,
+    /// Chunks decoded (or copied from the fill value, for chunks never written).
+    pub chunks_decoded: u64,
+    /// Seconds the engine had no batch to work on: waiting for the consumer.
+    pub engine_wait_s: f64,
+}
+
+/// The engine's counters, updated by its threads.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    bytes_read: AtomicU64,
+    chunks_decoded: AtomicU64,
+    /// Batches submitted and not finished.
+    in_flight: AtomicUsize,
+    idle: Mutex<Idle>,
+}
+
+/// Time with no batch in flight.
+struct Idle {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self {
+            since: Some(Instant::now()),
+            total: Duration::ZERO,
+        }
+    }
+}
+
+impl Counters {
+    fn batch_started(&self) {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(since) = idle.since.take() {
+                idle.total += since.elapsed();
+            }
+        }
+    }
+
+    fn batch_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            idle.since = Some(Instant::now());
+        }
+    }
+
+    fn snapshot(&self) -> Stats {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let waited = idle.total + idle.since.map_or(Duration::ZERO, |s| s.elapsed());
+        Stats {
+            batches: self.batches.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            chunks_decoded: self.chunks_decoded.load(Ordering::Relaxed),
+            engine_wait_s: waited.as_secs_f64(),
+        }
+    }
 }
 
 struct Job {
@@ -96,7 +189,10 @@ struct Job {
 pub(crate) struct Shared {
     pub(crate) array: Arc<ZarrArray>,
     crop: Vec<u64>,
+    /// Bytes of one crop in the output (of the output's element type).
     crop_bytes: usize,
+    cast: Option<Cast>,
+    counters: Counters,
     pub(crate) leaf_bytes: usize,
     /// A leaf chunk of fill values: missing chunks are copied from it like any other.
     fill_chunk: Vec<u8>,
@@ -109,10 +205,16 @@ pub(crate) struct Shared {
 impl Shared {
     /// # Errors
     /// [`Error::InvalidArgument`] for a crop that does not fit the array.
-    pub(crate) fn new(array: Arc<ZarrArray>, crop: Vec<u64>, backend: Backend) -> Result<Self> {
+    pub(crate) fn new(
+        array: Arc<ZarrArray>,
+        crop: Vec<u64>,
+        backend: Backend,
+        cast: Option<Cast>,
+    ) -> Result<Self> {
         check_crop(&array.shape, &crop)?;
         let element = array.dtype.size();
-        let crop_bytes = crop.iter().product::<u64>() as usize * element;
+        let out_element = cast.map_or(element, |c| c.to().size());
+        let crop_bytes = crop.iter().product::<u64>() as usize * out_element;
         let leaf_elements = array.leaf_shape().iter().product::<u64>() as usize;
         Ok(Self {
             fill_chunk: array.fill_value.repeat(leaf_elements),
@@ -121,6 +223,8 @@ impl Shared {
             array,
             crop,
             crop_bytes,
+            cast,
+            counters: Counters::default(),
             backend,
             cancel: AtomicBool::new(false),
         })
@@ -143,7 +247,7 @@ impl Engine {
     /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
     /// when threads or the ring cannot be created.
     pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
-        let shared = Arc::new(Shared::new(array, crop, config.backend)?);
+        let shared = Arc::new(Shared::new(array, crop, config.backend, config.cast)?);
         let reader = new_reader(config.backend)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
@@ -182,6 +286,20 @@ impl Engine {
         self.shared.crop_bytes
     }
 
+    /// The output's element type: the cast's, or the array's own.
+    #[must_use]
+    pub fn out_dtype(&self) -> &'static str {
+        self.shared
+            .cast
+            .map_or(self.shared.array.dtype.name(), |c| c.to().name())
+    }
+
+    /// Counters since the engine started.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
     /// Queues a batch of crops at `origins`, to be written into `out`.
     ///
     /// # Errors
@@ -216,14 +334,17 @@ impl Engine {
             return Err(Error::Stopped("the engine is closed".into()));
         };
         let (done, done_rx) = crossbeam_channel::bounded(1);
+        self.shared.counters.batch_started();
         let job = Job {
             origins,
             out,
             done,
             _in_use: in_use.clone(),
         };
-        jobs.send(job)
-            .map_err(|_| Error::Stopped("the I/O thread has exited".into()))?;
+        jobs.send(job).map_err(|_| {
+            self.shared.counters.batch_finished();
+            Error::Stopped("the I/O thread has exited".into())
+        })?;
         Ok(Ticket { done: done_rx })
     }
 
@@ -258,6 +379,7 @@ fn plan_loop(
     let mut indexes = IndexCache::default();
     while let Ok(job) = jobs.recv() {
         if shared.cancel.load(Ordering::Relaxed) {
+            shared.counters.batch_finished();
             let _ = job
                 .done
                 .send(Err(Error::Stopped("the engine was closed".into())));
@@ -274,6 +396,7 @@ fn plan_loop(
         });
         match planned {
             Err(e) => {
+                shared.counters.batch_finished();
                 let _ = job.done.send(Err(e));
             }
             Ok(planned) => {
@@ -287,6 +410,10 @@ fn plan_loop(
                                     panic_message(&panic)
                                 )))
                             });
+                    if result.is_ok() {
+                        shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared.counters.batch_finished();
                     let _ = job.done.send(result);
                     drop(planned); // closes the batch's files
                     drop(job);
@@ -443,6 +570,10 @@ pub(crate) fn plan_reads(
         for ((coords, id), result) in wanted.into_iter().zip(reader.read(&ops)) {
             let path = &files[id].path;
             let bytes = result.map_err(|e| Error::io(path, "reading the shard index", e))?;
+            shared
+                .counters
+                .bytes_read
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let shard_len = files[id].file.as_ref().map_or(0, |(_, len)| *len);
             let index = decode_index(sharding, &bytes, &per_shard_shape)
                 .and_then(|words| ShardIndex::from_words(&words, per_shard, shard_len))
@@ -546,7 +677,13 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
     (0..planned.tasks.len())
         .into_par_iter()
         .try_for_each(|t| match planned.sources[t] {
-            Source::Fill => copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, out),
+            Source::Fill => {
+                shared
+                    .counters
+                    .chunks_decoded
+                    .fetch_add(1, Ordering::Relaxed);
+                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, out)
+            }
             Source::Encoded => Ok(()),
         })?;
     planned
@@ -587,6 +724,11 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                     result.map_err(|e| {
                         Error::io(path, format!("reading chunk {:?}", task.chunk), e)
                     })?;
+                    let counters = &shared.counters;
+                    counters
+                        .bytes_read
+                        .fetch_add(read.len as u64, Ordering::Relaxed);
+                    counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
                     decode_task(
                         shared,
                         task,
@@ -666,6 +808,9 @@ fn decode_task(
 
 /// Where a chunk goes in the output when it is exactly one contiguous run of one crop.
 fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
+    if shared.cast.is_some() {
+        return None;
+    }
     let [target] = task.targets.as_slice() else {
         return None;
     };
@@ -687,6 +832,9 @@ fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
 fn copy_targets(shared: &Shared, task: &ChunkTask, chunk: &[u8], out: &OutBuffer) -> Result<()> {
     let element = shared.array.dtype.size();
     let leaf_shape = shared.array.leaf_shape();
+    if let Some(cast) = &shared.cast {
+        return cast_targets(shared, cast, task, chunk, out);
+    }
     for target in &task.targets {
         let crop_base = target.crop * shared.crop_bytes;
         let layout = CopyLayout {
@@ -711,6 +859,51 @@ fn copy_targets(shared: &Shared, task: &ChunkTask, chunk: &[u8], out: &OutBuffer
             unsafe {
                 std::ptr::copy_nonoverlapping(chunk.as_ptr().add(src), out.ptr.add(dst), len);
             }
+        });
+        if !in_bounds {
+            return Err(Error::Stopped(format!(
+                "internal error: a copy for chunk {:?} left its buffers",
+                task.chunk
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Like [`copy_targets`], converting each run to the output type on the way.
+fn cast_targets(
+    shared: &Shared,
+    cast: &Cast,
+    task: &ChunkTask,
+    chunk: &[u8],
+    out: &OutBuffer,
+) -> Result<()> {
+    let in_size = shared.array.dtype.size();
+    let out_size = cast.to().size();
+    for target in &task.targets {
+        let crop_base = target.crop * shared.crop_bytes;
+        // Runs in elements: each side scales them by its own element size.
+        let layout = CopyLayout {
+            element_size: 1,
+            region: &target.in_chunk.shape,
+            src_shape: shared.array.leaf_shape(),
+            src_start: &target.in_chunk.start,
+            dst_shape: &shared.crop,
+            dst_start: &target.in_crop,
+        };
+        let mut in_bounds = true;
+        layout.for_each_run(|src, dst, count| {
+            let (src, dst) = (src * in_size, crop_base + dst * out_size);
+            if src + count * in_size > chunk.len() || dst + count * out_size > out.len {
+                in_bounds = false;
+                return;
+            }
+            // SAFETY: `dst..dst + count * out_size` lies in the output buffer (checked just
+            // above), which is valid for writes while the batch runs (`OutBuffer::new`); no
+            // other task writes this run: each output element is covered by exactly one
+            // target of one chunk (plan_batch).
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(dst), count * out_size) };
+            cast.convert(&chunk[src..], dst, count);
         });
         if !in_bounds {
             return Err(Error::Stopped(format!(

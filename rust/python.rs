@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyIndexError, PyValueError};
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::bounds;
+use crate::cast::{Cast, OutType};
 use crate::error::Error;
 use crate::io::choose_backend;
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
@@ -116,10 +118,21 @@ struct Sampler {
 
 #[pymethods]
 impl Sampler {
+    /// Origins are multiples of ``step`` (default 1 per dimension); with ``valid``, a list
+    /// of starts of the leading dimensions, only those starts are drawn.
     #[new]
-    fn new(shape: Vec<u64>, crop: Vec<u64>, seed: u64) -> PyResult<Self> {
+    #[pyo3(signature = (shape, crop, seed, step=None, valid=None))]
+    fn new(
+        shape: Vec<u64>,
+        crop: Vec<u64>,
+        seed: u64,
+        step: Option<Vec<u64>>,
+        valid: Option<Vec<Vec<u64>>>,
+    ) -> PyResult<Self> {
+        let step = step.unwrap_or_else(|| vec![1; shape.len()]);
         Ok(Self {
-            inner: sampler::Sampler::new(&shape, &crop, seed).map_err(to_py)?,
+            inner: sampler::Sampler::restricted(&shape, &crop, seed, &step, valid.as_deref())
+                .map_err(to_py)?,
         })
     }
 
@@ -139,7 +152,12 @@ struct Engine {
     engine: Option<pipeline::Engine>,
     /// Submitted batches in order: their tickets and the tensors being written.
     pending: VecDeque<(Ticket, Py<PyAny>)>,
+    /// Time spent in :meth:`next` waiting for a batch.
+    consumer_wait: Duration,
 }
+
+/// How often a wait for a batch looks for a signal (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(20);
 
 /// Checks that `tensor` is a contiguous CPU tensor of `dtype` and `nbytes`; returns its data.
 fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyResult<OutBuffer> {
@@ -166,13 +184,39 @@ fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyRes
 
 #[pymethods]
 impl Engine {
+    /// ``dtype`` (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``) casts the
+    /// output, computing ``(x - mean) / std`` on the way; ``None`` keeps the array's type.
     #[new]
-    #[pyo3(signature = (array, crop, threads))]
-    fn new(py: Python<'_>, array: &Array, crop: Vec<u64>, threads: usize) -> PyResult<Self> {
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0))]
+    fn new(
+        py: Python<'_>,
+        array: &Array,
+        crop: Vec<u64>,
+        threads: usize,
+        dtype: Option<&str>,
+        mean: f64,
+        std: f64,
+    ) -> PyResult<Self> {
         let choice = choose_backend().map_err(to_py)?;
+        let cast = match dtype {
+            None if mean == 0.0 && std == 1.0 => None,
+            None => {
+                return Err(PyValueError::new_err(
+                    "mean and std need a floating dtype to write the normalised values in",
+                ))
+            }
+            Some(name) => {
+                let to = OutType::from_name(name).map_err(to_py)?;
+                let cast = Cast::new(array.inner.dtype, to, mean, std).map_err(|e| {
+                    PyValueError::new_err(format!("{}: {e}", array.inner.path.display()))
+                })?;
+                Some(cast)
+            }
+        };
         let config = EngineConfig {
             threads,
             backend: choice.backend,
+            cast,
         };
         let inner = Arc::clone(&array.inner);
         let engine = py
@@ -181,7 +225,26 @@ impl Engine {
         Ok(Self {
             engine: Some(engine),
             pending: VecDeque::new(),
+            consumer_wait: Duration::ZERO,
         })
+    }
+
+    /// The output's element type name (``"float32"``...): the cast's or the array's.
+    #[getter]
+    fn dtype(&self) -> PyResult<&'static str> {
+        Ok(self.running()?.out_dtype())
+    }
+
+    /// ``{"batches", "bytes_read", "chunks_decoded", "engine_wait_s", "consumer_wait_s"}``.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.running()?.stats();
+        let out = PyDict::new(py);
+        out.set_item("batches", s.batches)?;
+        out.set_item("bytes_read", s.bytes_read)?;
+        out.set_item("chunks_decoded", s.chunks_decoded)?;
+        out.set_item("engine_wait_s", s.engine_wait_s)?;
+        out.set_item("consumer_wait_s", self.consumer_wait.as_secs_f64())?;
+        Ok(out)
     }
 
     /// ``"io_uring"`` or ``"pread"``.
@@ -210,18 +273,31 @@ impl Engine {
             })
             .collect::<PyResult<Vec<_>>>()?;
         let nbytes = origins.len() * engine.crop_bytes();
-        let buffer = tensor_memory(&out, engine_dtype(engine), nbytes)?;
+        let buffer = tensor_memory(&out, engine.out_dtype(), nbytes)?;
         let ticket = engine.submit(origins, buffer).map_err(to_py)?;
         self.pending.push_back((ticket, out.unbind()));
         Ok(())
     }
 
-    /// Waits (without the GIL) for the oldest batch and returns its tensor.
+    /// Waits (without the GIL) for the oldest batch and returns its tensor. A signal
+    /// (Ctrl-C) raises its exception while waiting; the batch stays pending.
     fn next(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let Some((ticket, tensor)) = self.pending.pop_front() else {
+        let Some((ticket, _)) = self.pending.front() else {
             return Err(PyValueError::new_err("no batch was submitted"));
         };
-        py.detach(|| ticket.wait()).map_err(to_py)?;
+        let started = Instant::now();
+        let result = loop {
+            if let Some(result) = py.detach(|| ticket.wait_timeout(SIGNAL_CHECK)) {
+                break result;
+            }
+            if let Err(signal) = py.check_signals() {
+                self.consumer_wait += started.elapsed();
+                return Err(signal);
+            }
+        };
+        self.consumer_wait += started.elapsed();
+        let (_, tensor) = self.pending.pop_front().expect("checked above");
+        result.map_err(to_py)?;
         Ok(tensor)
     }
 
@@ -240,10 +316,6 @@ impl Engine {
             .as_ref()
             .ok_or_else(|| LsioError::new_err("engine stopped: the engine is closed"))
     }
-}
-
-fn engine_dtype(engine: &pipeline::Engine) -> &'static str {
-    engine.array().dtype.name()
 }
 
 impl Drop for Engine {

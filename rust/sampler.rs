@@ -1,5 +1,9 @@
 //! Random crop origins: a pure function of (seed, epoch, sample index), so any split of an
 //! epoch's samples over workers and ranks sees the same crops as one process would.
+//!
+//! Origins may be restricted to a lattice (multiples of `step` per dimension, so a window
+//! maps exactly onto arrays on coarser grids) and, along the leading dimensions, to a list of
+//! valid starts (e.g. the time steps that have data).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -9,8 +13,11 @@ use crate::error::{Error, Result};
 /// Draws uniform crop origins for an array shape and a crop shape.
 #[derive(Clone, Debug)]
 pub struct Sampler {
-    /// The largest valid origin per dimension.
-    max_origin: Vec<u64>,
+    /// The largest origin per dimension, in steps.
+    max_steps: Vec<u64>,
+    step: Vec<u64>,
+    /// Allowed starts of the leading `valid[0].len()` dimensions; `None` allows every one.
+    valid: Option<Vec<Vec<u64>>>,
     seed: u64,
 }
 
@@ -19,9 +26,64 @@ impl Sampler {
     /// [`Error::InvalidArgument`] when the crop has another rank than the array, a zero extent,
     /// or does not fit in the array.
     pub fn new(shape: &[u64], crop: &[u64], seed: u64) -> Result<Self> {
+        Self::restricted(shape, crop, seed, &vec![1; shape.len()], None)
+    }
+
+    /// A sampler whose origins are multiples of `step` and, when `valid` is given, whose
+    /// leading dimensions start only at one of its entries (entries whose crop would leave
+    /// the array, or off the lattice, are dropped).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a crop that does not fit, a zero step, `valid` entries
+    /// of mixed or too many dimensions, or no valid start left.
+    pub fn restricted(
+        shape: &[u64],
+        crop: &[u64],
+        seed: u64,
+        step: &[u64],
+        valid: Option<&[Vec<u64>]>,
+    ) -> Result<Self> {
         check_crop(shape, crop)?;
+        if step.len() != shape.len() || step.contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "origin steps {step:?} must be one positive integer per dimension of {shape:?}"
+            )));
+        }
+        let max_origin: Vec<u64> = shape.iter().zip(crop).map(|(s, c)| s - c).collect();
+        let valid = valid
+            .map(|starts| {
+                let dims = starts.first().map_or(0, Vec::len);
+                if dims == 0 || dims > shape.len() || starts.iter().any(|s| s.len() != dims) {
+                    return Err(Error::InvalidArgument(format!(
+                        "valid starts must all have the same number (1..={}) of leading dimensions",
+                        shape.len()
+                    )));
+                }
+                let mut kept: Vec<Vec<u64>> = starts
+                    .iter()
+                    .filter(|s| {
+                        s.iter()
+                            .zip(&max_origin)
+                            .zip(step)
+                            .all(|((&o, &m), &k)| o <= m && o % k == 0)
+                    })
+                    .cloned()
+                    .collect();
+                kept.sort_unstable();
+                kept.dedup();
+                if kept.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "none of the {} valid starts leaves room for the crop {crop:?} in {shape:?}",
+                        starts.len()
+                    )));
+                }
+                Ok(kept)
+            })
+            .transpose()?;
         Ok(Self {
-            max_origin: shape.iter().zip(crop).map(|(s, c)| s - c).collect(),
+            max_steps: max_origin.iter().zip(step).map(|(m, k)| m / k).collect(),
+            step: step.to_vec(),
+            valid,
             seed,
         })
     }
@@ -34,10 +96,15 @@ impl Sampler {
         key[8..16].copy_from_slice(&epoch.to_le_bytes());
         key[16..24].copy_from_slice(&sample.to_le_bytes());
         let mut rng = ChaCha8Rng::from_seed(key);
-        self.max_origin
+        let lead: &[u64] = match &self.valid {
+            Some(valid) => &valid[rng.random_range(0..valid.len())],
+            None => &[],
+        };
+        let rest = self.max_steps[lead.len()..]
             .iter()
-            .map(|&m| rng.random_range(0..=m))
-            .collect()
+            .zip(&self.step[lead.len()..])
+            .map(|(&m, &k)| rng.random_range(0..=m) * k);
+        lead.iter().copied().chain(rest).collect()
     }
 }
 
@@ -83,6 +150,28 @@ mod tests {
             .map(|i| s.origin(0, i)[0])
             .fold((false, false), |(lo, hi), v| (lo || v == 0, hi || v == 7));
         assert_eq!(hits_both_ends, (true, true));
+    }
+
+    #[test]
+    fn origins_stay_on_the_lattice_and_at_valid_starts() {
+        let valid = vec![vec![2], vec![5], vec![8], vec![9], vec![3]];
+        let s =
+            Sampler::restricted(&[10, 64, 64], &[2, 16, 16], 7, &[1, 4, 4], Some(&valid)).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..400 {
+            let o = s.origin(0, i);
+            // 9 is dropped: a crop of 2 from 9 leaves the array.
+            assert!([2, 3, 5, 8].contains(&o[0]), "{o:?}");
+            assert!(
+                o[1] % 4 == 0 && o[2] % 4 == 0 && o[1] <= 48 && o[2] <= 48,
+                "{o:?}"
+            );
+            seen.insert(o[0]);
+            seen.insert(100 + o[1]);
+        }
+        assert!(seen.contains(&2) && seen.contains(&8) && seen.contains(&148));
+        assert!(Sampler::restricted(&[10, 4], &[2, 4], 0, &[1, 1], Some(&[vec![9]])).is_err());
+        assert!(Sampler::restricted(&[10, 4], &[2, 4], 0, &[0, 1], None).is_err());
     }
 
     #[test]

@@ -43,6 +43,7 @@ fn read(
     let config = EngineConfig {
         threads: 2,
         backend,
+        cast: None,
     };
     let engine = Engine::start(array, crop.to_vec(), config)?;
     let mut out = vec![0u8; origins.len() * engine.crop_bytes()];

@@ -32,15 +32,33 @@ class Array:
 class Sampler:
     """Draws crop origins: a pure function of (seed, epoch, sample index)."""
 
-    def __init__(self, shape: list[int], crop: list[int], seed: int) -> None: ...
+    def __init__(
+        self,
+        shape: list[int],
+        crop: list[int],
+        seed: int,
+        step: list[int] | None = None,
+        valid: list[list[int]] | None = None,
+    ) -> None: ...
     def origins(self, epoch: int, first: int, count: int) -> list[list[int]]: ...
 
 class Engine:
     """A running engine for one array and crop shape: its threads start when it is created."""
 
-    def __init__(self, array: Array, crop: list[int], threads: int) -> None: ...
+    def __init__(
+        self,
+        array: Array,
+        crop: list[int],
+        threads: int,
+        dtype: str | None = None,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ) -> None: ...
     @property
     def backend(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    def stats(self) -> dict[str, float]: ...
     @property
     def pending(self) -> int: ...
     def submit(self, out: torch.Tensor, origins: list[list[int]]) -> None: ...

@@ -1,7 +1,7 @@
 """The torch-facing side: `ZarrCropDataset` and `read_crops`.
 
 Python decides *which* crops and allocates the output tensors; the Rust engine reads,
-decodes and writes every byte of them with the GIL released.
+decodes, casts and writes every byte of them with the GIL released.
 """
 
 from __future__ import annotations
@@ -9,35 +9,33 @@ from __future__ import annotations
 import logging
 import math
 import os
+import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from lsio_torch import _lsio_torch
+from lsio_torch._sources import (
+    TORCH_DTYPES,
+    Source,
+    check_crop_on_lattice,
+    crop_shape,
+    joint_grid,
+    per_key,
+)
+from lsio_torch._split import current_share
 
 log = logging.getLogger("lsio_torch")
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "bool": torch.bool,
-    "int8": torch.int8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "uint8": torch.uint8,
-    "uint16": torch.uint16,
-    "uint32": torch.uint32,
-    "uint64": torch.uint64,
-    "float16": torch.float16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "complex64": torch.complex64,
-    "complex128": torch.complex128,
-}
+__all__ = ["TORCH_DTYPES", "ZarrCropDataset", "read_crops"]
 
 _fallback_logged = False
+
+#: What `ZarrCropDataset.stats` counts.
+_COUNTERS = ("batches", "bytes_read", "chunks_decoded", "consumer_wait_s", "engine_wait_s")
 
 
 def _log_backend_once() -> None:
@@ -65,151 +63,271 @@ def _positive(name: str, value: int | None, *, allow_none: bool = False) -> int 
     return value
 
 
-def _checked(array: _lsio_torch.Array) -> _lsio_torch.Array:
-    if array.dtype not in TORCH_DTYPES:
-        raise ValueError(f"{array.path}: data type {array.dtype} has no torch equivalent")
-    return array
+def _dtype(value: Any) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+        return getattr(torch, value)
+    raise ValueError(f"dtype must be a torch.dtype or its name, got {value!r}")
 
 
-def _open(path: str | os.PathLike[str]) -> _lsio_torch.Array:
-    return _checked(_lsio_torch.Array(os.fspath(path)))
+def _origins_tensor(origins: Any, ndim: int) -> torch.Tensor:
+    starts = torch.as_tensor(origins, dtype=torch.int64)
+    if starts.numel() == 0:
+        starts = starts.reshape(0, ndim)
+    if starts.ndim != 2 or starts.shape[1] != ndim:
+        raise ValueError(f"origins must have shape [N, {ndim}], got {tuple(starts.shape)}")
+    return starts
 
 
-def _open_variables(
-    group: str | os.PathLike[str], variables: Sequence[str]
-) -> dict[str, _lsio_torch.Array]:
-    """Opens arrays of a group by name; they must share one shape (one crop fits all)."""
-    if isinstance(variables, str) or not variables:
-        raise ValueError(f"variables must be a non-empty list of array names, got {variables!r}")
-    arrays = {
-        name: _checked(_lsio_torch.Array.in_group(os.fspath(group), name)) for name in variables
-    }
-    shapes = {name: tuple(a.shape) for name, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"{os.fspath(group)}: variables differ in shape: {shapes}")
-    return arrays
-
-
-def _crop_shape(
-    array: _lsio_torch.Array, crop: Sequence[int] | Mapping[str, int]
-) -> tuple[int, ...]:
-    """The crop as one extent per dimension. A mapping names dimensions (``dimension_names``
-    or xarray's ``_ARRAY_DIMENSIONS``); dimensions it leaves out are taken whole."""
-    shape = tuple(array.shape)
-    if isinstance(crop, Mapping):
-        names = array.dimension_names
-        if not names or any(n is None for n in names):
+def _valid_starts(valid: Any, shape: tuple[int, ...]) -> list[list[int]]:
+    """``valid`` as a list of allowed starts of the leading dimensions: from a boolean mask
+    over them, or from a list of indices (ints for the first dimension, tuples for more)."""
+    if str(getattr(valid, "dtype", "")) in ("bool", "torch.bool"):  # numpy or torch mask
+        mask = torch.as_tensor(valid)
+        if mask.ndim == 0 or tuple(mask.shape) != shape[: mask.ndim]:
             raise ValueError(
-                f"{array.path}: the array has no dimension names {names}; give crop as a tuple"
+                f"valid mask of shape {tuple(mask.shape)} must match the leading dimensions "
+                f"of the array {shape}"
             )
-        unknown = set(crop) - set(names)
-        if unknown:
-            raise ValueError(
-                f"{array.path}: crop names {sorted(unknown)}, not dimensions of the array {names}"
-            )
-        crop = tuple(crop.get(n, s) for n, s in zip(names, shape, strict=True))
-    try:
-        crop = tuple(int(c) for c in crop)
-    except TypeError:
-        raise TypeError(f"crop must be a sequence of ints or a mapping, got {crop!r}") from None
-    if len(crop) != len(shape):
+        return mask.nonzero().tolist()
+    starts = torch.as_tensor(valid, dtype=torch.int64)
+    if starts.ndim == 1:
+        starts = starts.reshape(-1, 1)
+    if starts.ndim != 2 or starts.shape[0] == 0 or not 1 <= starts.shape[1] <= len(shape):
         raise ValueError(
-            f"{array.path}: crop {crop} has {len(crop)} dimensions, "
-            f"the array {shape} has {len(shape)}"
+            f"valid must be a boolean mask or a non-empty list of start indices, got {valid!r}"
         )
-    for d, (c, s) in enumerate(zip(crop, shape, strict=True)):
-        if not 1 <= c <= s:
-            raise ValueError(
-                f"{array.path}: crop {crop} is larger than the array {shape} "
-                f"(dimension {d}: {c} > {s})"
-                if c > s
-                else f"{array.path}: crop {crop} has a non-positive extent in dimension {d}"
-            )
-    return crop
-
-
-def _split() -> tuple[int, int, bool]:
-    """This process's share of an epoch: (index, count, in a DataLoader worker)."""
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    info = get_worker_info()
-    if info is None:
-        return rank, world, False
-    return rank * info.num_workers + info.id, world * info.num_workers, True
+    if (starts < 0).any():
+        raise ValueError("valid start indices must not be negative")
+    return starts.tolist()
 
 
 class ZarrCropDataset(IterableDataset):
-    """Batches of random crops from a Zarr array (v2 or v3), as torch tensors.
+    """Batches of random crops from Zarr arrays (v2 or v3), as torch tensors.
 
-    Each item is a whole batch, ``[batch_size, *crop]`` in the array's dtype, so wrap it in
+    Each item is a whole batch, ``[batch_size, *crop]``, so wrap it in
     ``DataLoader(ds, batch_size=None)``. The engine's threads start on the first iteration
-    in the process that iterates (a dataset made before ``fork`` works in the child).
+    in the process that iterates (a dataset made before ``fork`` works in the child) and stop
+    when the iteration ends, is abandoned, or fails.
 
     Args:
-        source: path of a Zarr array (the directory holding ``zarr.json`` or ``.zarray``), or
-            of a group when ``variables`` names arrays in it.
+        source: path of a Zarr array (the directory holding ``zarr.json`` or ``.zarray``); or
+            of a group when ``variables`` names arrays in it; or a mapping ``{name: path}``
+            of arrays cropped jointly: one origin per sample, the same window on every array,
+            a dict of tensors per batch.
         crop: the crop shape: one int per dimension, or a mapping by dimension name
             (``{"time": 4, "lat": 128, "lon": 128}``) where a dimension left out is taken whole.
-        variables: names of arrays in the group ``source``, all of one shape; each batch is
-            then a dict of tensors, one per name, cropped at the same origins.
+        variables: names of arrays in the group ``source``, cropped jointly.
+        scale: for joint arrays on coarser grids, the integer factor per dimension by which
+            each array's grid is coarser (``{"nwp": (1, 4, 4)}``): the window, in units of the
+            finest grid, maps onto ``crop // scale`` elements at ``origin // scale``. Origins
+            are then drawn on multiples of the factors.
         batch_size: crops per batch.
-        samples_per_epoch: crops per epoch; ``None`` streams without end. The last batch of
-            an epoch may be smaller.
+        samples_per_epoch: crops per epoch; ``None`` streams without end (or, with an explicit
+            list of ``origins``, its length). The last batch of an epoch may be smaller.
         seed: with the epoch and the sample's index, decides every crop's origin.
+        origins: instead of uniform random origins: an ``[N, ndim]`` list (the epoch is these
+            crops, in order) or a callable ``origins(epoch, index) -> origin`` (deterministic,
+            so that workers, ranks and resumed runs agree).
+        valid: where crops may start along the leading dimensions: a boolean mask over them
+            (``valid=has_data`` for a ``[time]`` mask) or a list of start indices.
+        dtype: the output type (``torch.float32``, ``float16``, ``bfloat16``, ``float64``),
+            cast in the engine; one for all arrays or a mapping by name. ``None`` keeps each
+            array's own type.
+        mean, std: with ``dtype``, write ``(x - mean) / std``; a number, or a mapping by name.
         pin_memory: pin the batches; ``None`` pins exactly when CUDA is available (never
             inside DataLoader workers, where the DataLoader's own ``pin_memory`` applies).
         prefetch: batches being read while the consumer works on the current one.
         return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
+        rank, world_size: this process's place among distributed ranks; ``None`` takes them
+            from ``torch.distributed`` when it is initialised.
 
     Raises:
         FileNotFoundError: no array at ``source``.
-        ValueError: a crop that does not fit, unsupported codecs or dtypes.
+        ValueError: a crop that does not fit, arrays that do not line up, unsupported codecs
+            or dtypes.
     """
 
     def __init__(
         self,
-        source: str | os.PathLike[str],
+        source: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
         crop: Sequence[int] | Mapping[str, int],
         *,
         variables: Sequence[str] | None = None,
+        scale: Mapping[str, Sequence[int]] | None = None,
         batch_size: int = 1,
         samples_per_epoch: int | None = None,
         seed: int = 0,
+        origins: Any = None,
+        valid: Any = None,
+        dtype: torch.dtype | str | Mapping[str, torch.dtype | str] | None = None,
+        mean: float | Mapping[str, float] | None = None,
+        std: float | Mapping[str, float] | None = None,
         pin_memory: bool | None = None,
         prefetch: int = 2,
         return_origins: bool = False,
         threads: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__()
-        if variables is None:
-            self._arrays = {None: _open(source)}
+        if isinstance(source, Mapping):
+            if variables is not None:
+                raise ValueError("give either a mapping of arrays or a group with variables")
+            if not source:
+                raise ValueError("source mapping is empty")
+            places = {str(k): (os.fspath(p), None) for k, p in source.items()}
+            self.path = None
+        elif variables is not None:
+            if isinstance(variables, str) or not variables:
+                raise ValueError(
+                    f"variables must be a non-empty list of array names, got {variables!r}"
+                )
+            places = {v: (os.fspath(source), v) for v in variables}
+            self.path = os.fspath(source)
         else:
-            self._arrays = _open_variables(source, variables)
-        first = next(iter(self._arrays.values()))
-        self.path = os.fspath(source)
-        self.variables = None if variables is None else list(variables)
-        self.shape = tuple(first.shape)
-        self.crop = _crop_shape(first, crop)
-        self.dtype = TORCH_DTYPES[first.dtype] if variables is None else None
+            places = {None: (os.fspath(source), None)}
+            self.path = os.fspath(source)
+        keys = list(places)
+        if scale is not None and None in keys:
+            raise ValueError("scale applies to joint arrays: give source as a mapping")
+        scales = per_key("scale", scale or {}, keys)
+        dtypes = per_key("dtype", dtype, keys)
+        means = per_key("mean", mean, keys)
+        stds = per_key("std", std, keys)
+        self._sources = []
+        for k, (path, name) in places.items():
+            self._sources.append(
+                Source(
+                    k,
+                    path,
+                    name,
+                    None if scales[k] is None else tuple(scales[k]),
+                    _dtype(dtypes[k]),
+                    0.0 if means[k] is None else float(means[k]),
+                    1.0 if stds[k] is None else float(stds[k]),
+                )
+            )
+        self.shape, self._step = joint_grid(self._sources)
+        reference = next((s for s in self._sources if all(f == 1 for f in s.scale)), None)
+        if isinstance(crop, Mapping) and reference is None:
+            raise ValueError("a crop by dimension name needs an array with scale 1")
+        self.crop = crop_shape(reference.array if reference else _Grid(self.shape), crop)
+        check_crop_on_lattice(self.crop, self._step, self._sources)
+        self.variables = None if keys == [None] else keys
+        self.dtype = self._sources[0].out_dtype if self.variables is None else None
+
         self.batch_size = _positive("batch_size", batch_size)
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
         self.prefetch = _positive("prefetch", prefetch)
         self.threads = _positive("threads", threads, allow_none=True)
-        if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = seed
         self.pin_memory = pin_memory
         self.return_origins = return_origins
+        self.rank, self.world_size = rank, world_size
+        if (rank is None) != (world_size is None):
+            raise ValueError("give rank and world_size together")
         self.epoch = 0
-        self._sampler = _lsio_torch.Sampler(list(self.shape), list(self.crop), seed)
+
+        self._origin_list: torch.Tensor | None = None
+        self._origin_fn: Callable[[int, int], Sequence[int]] | None = None
+        if origins is not None and valid is not None:
+            raise ValueError("valid restricts random origins; with origins= choose them yourself")
+        if callable(origins):
+            self._origin_fn = origins
+        elif origins is not None:
+            self._origin_list = _origins_tensor(origins, len(self.shape))
+            self._check_origins(self._origin_list.tolist(), "origins")
+            n = len(self._origin_list)
+            if self.samples_per_epoch is None:
+                self.samples_per_epoch = n
+            elif self.samples_per_epoch > n:
+                raise ValueError(f"samples_per_epoch={samples_per_epoch} but only {n} origins")
+        self._valid = None if valid is None else _valid_starts(valid, self.shape)
+        self._sampler = self._make_sampler()
+
+        self._position = 0  # rank position of the next batch of the live iteration
+        self._resume: int | None = None  # from load_state_dict, for the next iteration
+        self._inherited_share: tuple[int, int] | None = None
+        self._stats = dict.fromkeys(_COUNTERS, 0)
+        self._iterators: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._engines: weakref.WeakSet[_Engines] = weakref.WeakSet()
+        self._backend: str | None = None
+
+    def _make_sampler(self) -> _lsio_torch.Sampler:
+        return _lsio_torch.Sampler(
+            list(self.shape), list(self.crop), self.seed, list(self._step), self._valid
+        )
+
+    def _check_origins(self, origins: list[list[int]], what: str) -> None:
+        for origin in origins:
+            if len(origin) != len(self.shape) or any(
+                o < 0 or o + c > s for o, c, s in zip(origin, self.crop, self.shape, strict=True)
+            ):
+                raise IndexError(
+                    f"{what}: crop {self.crop} at {origin} leaves the arrays' grid {self.shape}"
+                )
+            if any(o % k for o, k in zip(origin, self._step, strict=True)):
+                raise ValueError(
+                    f"{what}: origin {origin} is not a multiple of the arrays' scales {self._step}"
+                )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_sampler"], state["_iterators"], state["_engines"]
+        # A process that unpickles (a DataLoader worker under spawn) has no process group:
+        # it takes the rank this process has.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            state["_inherited_share"] = (
+                torch.distributed.get_rank(),
+                torch.distributed.get_world_size(),
+            )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._sampler = self._make_sampler()
+        self._iterators = weakref.WeakSet()
+        self._engines = weakref.WeakSet()
 
     def set_epoch(self, epoch: int) -> None:
-        """Chooses the epoch whose crops the next iteration yields."""
-        if not isinstance(epoch, int) or epoch < 0:
+        """Chooses the epoch whose crops the next iteration yields (and forgets a position
+        loaded by :meth:`load_state_dict`)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self.epoch = epoch
+        self._position = 0
+        self._resume = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this process is in the epoch: ``{"epoch", "batch", ...}``, ``batch`` being
+        the number of this rank's batches already yielded. In a DataLoader worker it is that
+        worker's position (what torchdata's ``StatefulDataLoader`` collects per worker)."""
+        return {
+            "epoch": self.epoch,
+            "batch": self._position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "samples_per_epoch": self.samples_per_epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Makes the next iteration continue from ``state`` (from :meth:`state_dict`, or
+        ``{"epoch": e, "batch": k}`` when ``k`` batches of epoch ``e`` are done)."""
+        for key in ("seed", "batch_size", "samples_per_epoch"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"state is for {key}={state[key]!r}, this dataset has {getattr(self, key)!r}"
+                )
+        epoch, batch = state["epoch"], state["batch"]
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+            raise ValueError(f"state batch must be a non-negative int, got {batch!r}")
+        self.set_epoch(epoch)
+        self._position = self._resume = batch
 
     def __len__(self) -> int:
         """Batches per epoch (all ranks and workers together)."""
@@ -218,68 +336,143 @@ class ZarrCropDataset(IterableDataset):
         return math.ceil(self.samples_per_epoch / self.batch_size)
 
     def __repr__(self) -> str:
-        arrays = ", ".join(
-            f"{name + ': ' if name else ''}{a.dtype} chunks={tuple(a.chunk_shape)}"
-            f"{f' shards={tuple(a.shard_shape)}' if a.shard_shape else ''} v{a.zarr_format}"
-            for name, a in self._arrays.items()
+        arrays = "".join(
+            f"\n    {s.key + ': ' if s.key else ''}{s.describe()}," for s in self._sources
         )
+        if self._origin_list is not None:
+            sampling = f"origins=<{len(self._origin_list)} given>"
+        elif self._origin_fn is not None:
+            sampling = f"origins={getattr(self._origin_fn, '__name__', 'callable')}"
+        else:
+            sampling = f"seed={self.seed}" + (
+                f", valid=<{len(self._valid)} starts>" if self._valid is not None else ""
+            )
         return (
-            f"ZarrCropDataset({self.path!r}, shape={self.shape}, {arrays}, crop={self.crop}, "
-            f"batch_size={self.batch_size}, samples_per_epoch={self.samples_per_epoch}, "
-            f"seed={self.seed}, epoch={self.epoch})"
+            f"ZarrCropDataset({arrays}\n    crop={self.crop}, batch_size={self.batch_size}, "
+            f"samples_per_epoch={self.samples_per_epoch}, {sampling}, epoch={self.epoch},\n)"
         )
 
-    def _batches(self, share: int, shares: int) -> Iterator[tuple[int, int]]:
-        """(first sample, count) of each batch this process yields."""
-        n = self.samples_per_epoch
-        k = share
-        while n is None or k * self.batch_size < n:
-            first = k * self.batch_size
-            count = self.batch_size if n is None else min(self.batch_size, n - first)
-            yield first, count
-            k += shares
+    def stats(self) -> dict[str, Any]:
+        """What this process's iterations have done: batches yielded, bytes read, chunks
+        decoded, seconds the consumer waited for a batch, seconds the engine waited for the
+        consumer; and the I/O backend. DataLoader workers count in their own processes."""
+        out: dict[str, Any] = dict(self._stats)
+        for engines in list(self._engines):
+            for name, value in _engine_stats(engines).items():
+                out[name] += value
+        out["backend"] = self._backend or _lsio_torch.io_backend()
+        return out
+
+    def close(self) -> None:
+        """Stops every iteration of this dataset still running in this process."""
+        for iterator in list(self._iterators):
+            iterator.close()
+
+    def _origins(self, epoch: int, first: int, count: int) -> list[list[int]]:
+        if self._origin_list is not None:
+            return self._origin_list[first : first + count].tolist()
+        if self._origin_fn is not None:
+            origins = [
+                [int(o) for o in self._origin_fn(epoch, i)] for i in range(first, first + count)
+            ]
+            self._check_origins(origins, f"origins({epoch}, {first}..)")
+            return origins
+        return self._sampler.origins(epoch, first, count)
 
     def __iter__(self) -> Iterator[Any]:
-        share, shares, in_worker = _split()
+        iterator = self._iterate()
+        self._iterators.add(iterator)
+        return iterator
+
+    def _iterate(self) -> Iterator[Any]:
+        share = current_share(self.rank, self.world_size, self._inherited_share)
         pin = self.pin_memory
         if pin is None:
-            pin = torch.cuda.is_available() and not in_worker
-        elif in_worker:
+            pin = torch.cuda.is_available() and not share.in_worker
+        elif share.in_worker:
             pin = False
         _log_backend_once()
         threads = self.threads or _default_threads()
-        engines = {
-            name: _lsio_torch.Engine(array, list(self.crop), threads)
-            for name, array in self._arrays.items()
-        }
-        epoch = self.epoch
-        batches = self._batches(share, shares)
-        origins_queue: deque[torch.Tensor] = deque()
+        start = self._resume or 0
+        self._resume = None
+        self._position = start
+        total = None if self.samples_per_epoch is None else len(self)
+        n, epoch = self.samples_per_epoch, self.epoch
+        batches = share.batches(total, start)
+        engines = _Engines({s.key: s.engine(self.crop, threads) for s in self._sources})
+        self._backend = next(iter(engines.values())).backend
+        sources = {s.key: s for s in self._sources}
+        pending: deque[tuple[int, torch.Tensor]] = deque()
 
         def submit_next() -> None:
             batch = next(batches, None)
             if batch is None:
                 return
-            first, count = batch
-            origins = self._sampler.origins(epoch, first, count)
-            for name, engine in engines.items():
-                dtype = TORCH_DTYPES[self._arrays[name].dtype]
-                out = torch.empty((count, *self.crop), dtype=dtype, pin_memory=pin)
-                engine.submit(out, origins)
-            origins_queue.append(torch.tensor(origins, dtype=torch.int64))
+            g, position = batch
+            first = g * self.batch_size
+            count = self.batch_size if n is None else min(self.batch_size, n - first)
+            origins = self._origins(epoch, first, count)
+            for key, engine in engines.items():
+                source = sources[key]
+                out = torch.empty(
+                    (count, *source.own_crop(self.crop)), dtype=source.out_dtype, pin_memory=pin
+                )
+                engine.submit(out, source.own_origins(origins))
+            pending.append((position, torch.tensor(origins, dtype=torch.int64)))
 
+        self._engines.add(engines)
         try:
             for _ in range(self.prefetch):
                 submit_next()
-            while origins_queue:
-                outs = {name: engine.next() for name, engine in engines.items()}
-                origins = origins_queue.popleft()
+            while pending:
+                outs = {key: engine.next() for key, engine in engines.items()}
+                position, origins = pending.popleft()
                 submit_next()
+                self._position = position
+                self._stats["batches"] += 1
                 batch = outs[None] if self.variables is None else outs
                 yield (batch, origins) if self.return_origins else batch
         finally:
+            self._engines.discard(engines)
+            for name, value in _engine_stats(engines).items():
+                if name != "batches":
+                    self._stats[name] += value
             for engine in engines.values():
                 engine.close()
+
+
+class _Engines(dict):
+    """One iteration's engines by array key (a dict that a WeakSet can hold)."""
+
+    __hash__ = object.__hash__  # by identity: each iteration's own
+    __eq__ = object.__eq__
+
+
+def _engine_stats(engines: Mapping[Any, _lsio_torch.Engine]) -> dict[str, float]:
+    """The counters of one iteration's engines; batches count once, and the engines waited
+    only while all of them did."""
+    out = dict.fromkeys(_COUNTERS, 0)
+    waits = []
+    for engine in engines.values():
+        try:
+            s = engine.stats()
+        except _lsio_torch.LsioError:  # closed
+            continue
+        out["bytes_read"] += s["bytes_read"]
+        out["chunks_decoded"] += s["chunks_decoded"]
+        out["consumer_wait_s"] += s["consumer_wait_s"]
+        waits.append(s["engine_wait_s"])
+    out["engine_wait_s"] = min(waits, default=0)
+    return out
+
+
+class _Grid:
+    """Stands in for an array when every array is on a coarser grid: just a shape."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.path = "the joint grid"
+        self.dimension_names = None
 
 
 def read_crops(
@@ -289,6 +482,9 @@ def read_crops(
     *,
     threads: int | None = None,
     pin_memory: bool = False,
+    dtype: torch.dtype | str | None = None,
+    mean: float = 0.0,
+    std: float = 1.0,
 ) -> torch.Tensor:
     """Reads crops of shape ``crop`` at explicit ``origins`` with the same engine.
 
@@ -298,28 +494,23 @@ def read_crops(
         crop: the crop shape, as a tuple or a mapping by dimension name.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
         pin_memory: allocate the result in pinned memory (needs CUDA).
+        dtype, mean, std: as for :class:`ZarrCropDataset`.
 
     Returns:
-        A tensor ``[N, *crop]`` of the array's dtype.
+        A tensor ``[N, *crop]`` of the array's dtype, or of ``dtype``.
 
     Raises:
         IndexError: an origin whose crop leaves the array.
     """
-    array = _open(path)
-    crop = _crop_shape(array, crop)
-    starts = torch.as_tensor(origins, dtype=torch.int64)
-    if starts.numel() == 0:
-        starts = starts.reshape(0, len(crop))
-    if starts.ndim != 2 or starts.shape[1] != len(crop):
-        raise ValueError(f"origins must have shape [N, {len(crop)}], got {tuple(starts.shape)}")
+    source = Source(None, os.fspath(path), None, None, _dtype(dtype), float(mean), float(std))
+    crop = crop_shape(source.array, crop)
+    starts = _origins_tensor(origins, len(crop))
     threads = _positive("threads", threads, allow_none=True) or _default_threads()
     _log_backend_once()
-    out = torch.empty(
-        (starts.shape[0], *crop), dtype=TORCH_DTYPES[array.dtype], pin_memory=pin_memory
-    )
+    out = torch.empty((starts.shape[0], *crop), dtype=source.out_dtype, pin_memory=pin_memory)
     if starts.shape[0] == 0:
         return out
-    engine = _lsio_torch.Engine(array, list(crop), threads)
+    engine = source.engine(crop, threads)
     try:
         engine.submit(out, starts.tolist())
         return engine.next()

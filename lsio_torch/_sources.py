@@ -1,0 +1,214 @@
+"""The arrays a dataset reads: opening them, their crops on their own grids, output types."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lsio_torch import _lsio_torch
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
+    "uint16": torch.uint16,
+    "uint32": torch.uint32,
+    "uint64": torch.uint64,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "complex64": torch.complex64,
+    "complex128": torch.complex128,
+}
+
+#: Output types the engine casts to.
+CAST_DTYPES: dict[torch.dtype, str] = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+}
+
+
+def checked(array: _lsio_torch.Array) -> _lsio_torch.Array:
+    if array.dtype not in TORCH_DTYPES:
+        raise ValueError(f"{array.path}: data type {array.dtype} has no torch equivalent")
+    return array
+
+
+def open_array(path: str | os.PathLike[str], name: str | None = None) -> _lsio_torch.Array:
+    """The array at ``path``, or array ``name`` of the group at ``path``."""
+    if name is None:
+        return checked(_lsio_torch.Array(os.fspath(path)))
+    return checked(_lsio_torch.Array.in_group(os.fspath(path), name))
+
+
+def crop_shape(
+    array: _lsio_torch.Array, crop: Sequence[int] | Mapping[str, int]
+) -> tuple[int, ...]:
+    """The crop as one extent per dimension. A mapping names dimensions (``dimension_names``
+    or xarray's ``_ARRAY_DIMENSIONS``); dimensions it leaves out are taken whole."""
+    shape = tuple(array.shape)
+    if isinstance(crop, Mapping):
+        names = array.dimension_names
+        if not names or any(n is None for n in names):
+            raise ValueError(
+                f"{array.path}: the array has no dimension names {names}; give crop as a tuple"
+            )
+        unknown = set(crop) - set(names)
+        if unknown:
+            raise ValueError(
+                f"{array.path}: crop names {sorted(unknown)}, not dimensions of the array {names}"
+            )
+        crop = tuple(crop.get(n, s) for n, s in zip(names, shape, strict=True))
+    try:
+        crop = tuple(int(c) for c in crop)
+    except TypeError:
+        raise TypeError(f"crop must be a sequence of ints or a mapping, got {crop!r}") from None
+    if len(crop) != len(shape):
+        raise ValueError(
+            f"{array.path}: crop {crop} has {len(crop)} dimensions, "
+            f"the array {shape} has {len(shape)}"
+        )
+    for d, (c, s) in enumerate(zip(crop, shape, strict=True)):
+        if not 1 <= c <= s:
+            raise ValueError(
+                f"{array.path}: crop {crop} is larger than the array {shape} "
+                f"(dimension {d}: {c} > {s})"
+                if c > s
+                else f"{array.path}: crop {crop} has a non-positive extent in dimension {d}"
+            )
+    return crop
+
+
+def per_key(name: str, value: Any, keys: Sequence[str | None]) -> dict[str | None, Any]:
+    """A per-array option: one value for all arrays, or a mapping by array name."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(keys)
+        if unknown:
+            raise ValueError(f"{name} names {sorted(unknown)}, not among the arrays {list(keys)}")
+        return {k: value.get(k) for k in keys}
+    return dict.fromkeys(keys, value)
+
+
+@dataclass
+class Source:
+    """One array of a dataset and how it is cropped and written.
+
+    ``scale`` is the array's grid step in units of the dataset's grid: an array at 1/4 of the
+    resolution in the last two dimensions has scale ``(1, 4, 4)``; its crop and origins are
+    the dataset's divided by it.
+    """
+
+    key: str | None
+    path: str
+    name: str | None
+    scale: tuple[int, ...] | None = None
+    dtype: torch.dtype | None = None
+    mean: float = 0.0
+    std: float = 1.0
+    array: _lsio_torch.Array = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.open()
+
+    def open(self) -> None:
+        self.array = open_array(self.path, self.name)
+        if self.scale is None:
+            self.scale = (1,) * len(self.array.shape)
+        if len(self.scale) != len(self.array.shape) or any(
+            isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in self.scale
+        ):
+            raise ValueError(
+                f"{self.label}: scale {self.scale} must be one positive int per dimension "
+                f"of {tuple(self.array.shape)}"
+            )
+        if self.dtype is None:
+            if (self.mean, self.std) != (0.0, 1.0):
+                raise ValueError(f"{self.label}: mean and std need a floating dtype=")
+        elif self.dtype not in CAST_DTYPES:
+            raise ValueError(
+                f"{self.label}: dtype {self.dtype} is not an output type; "
+                f"use one of {[str(d) for d in CAST_DTYPES]}"
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["array"]  # reopened from its path in the process that unpickles
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.open()
+
+    @property
+    def label(self) -> str:
+        return self.path if self.name is None else f"{self.path}/{self.name}"
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The array's shape in units of the dataset's grid."""
+        return tuple(s * f for s, f in zip(self.array.shape, self.scale, strict=True))
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return self.dtype if self.dtype is not None else TORCH_DTYPES[self.array.dtype]
+
+    def own_crop(self, crop: Sequence[int]) -> tuple[int, ...]:
+        return tuple(c // f for c, f in zip(crop, self.scale, strict=True))
+
+    def own_origins(self, origins: list[list[int]]) -> list[list[int]]:
+        if all(f == 1 for f in self.scale):
+            return origins
+        return [[o // f for o, f in zip(origin, self.scale, strict=True)] for origin in origins]
+
+    def engine(self, crop: Sequence[int], threads: int) -> _lsio_torch.Engine:
+        cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
+        return _lsio_torch.Engine(
+            self.array, list(self.own_crop(crop)), threads, cast, self.mean, self.std
+        )
+
+    def describe(self) -> str:
+        a = self.array
+        shards = f", shards={tuple(a.shard_shape)}" if a.shard_shape else ""
+        cast = "" if self.dtype is None else f" -> {str(self.dtype).removeprefix('torch.')}"
+        norm = "" if (self.mean, self.std) == (0.0, 1.0) else f" (x-{self.mean})/{self.std}"
+        scale = "" if all(f == 1 for f in self.scale) else f", scale={self.scale}"
+        return (
+            f"{self.label!r} v{a.zarr_format} {tuple(a.shape)} {a.dtype}{cast}{norm}"
+            f", chunks={tuple(a.chunk_shape)}{shards}{scale}"
+        )
+
+
+def joint_grid(sources: Sequence[Source]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shape of the grid all arrays share, and the step origins must keep so that every
+    array's window starts on one of its own elements."""
+    grids = {s.label: s.grid_shape for s in sources}
+    if len(set(grids.values())) > 1:
+        raise ValueError(
+            "arrays do not line up (shape times scale, per array): "
+            + ", ".join(f"{label}: {g}" for label, g in grids.items())
+        )
+    grid = next(iter(grids.values()))
+    step = tuple(math.lcm(*dims) for dims in zip(*(s.scale for s in sources), strict=True))
+    return grid, step
+
+
+def check_crop_on_lattice(
+    crop: tuple[int, ...], step: tuple[int, ...], sources: Sequence[Source]
+) -> None:
+    for d, (c, k) in enumerate(zip(crop, step, strict=True)):
+        if c % k:
+            scaled = [s.label for s in sources if s.scale[d] > 1]
+            raise ValueError(
+                f"crop {crop}: dimension {d} ({c}) is not a multiple of {k}, "
+                f"the scale of {scaled} there"
+            )

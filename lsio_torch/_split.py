@@ -1,10 +1,10 @@
 """Which batches of an epoch a process yields, over ranks and DataLoader workers; resuming.
 
 An epoch is a sequence of batches ``0, 1, 2, ...`` (batch ``g`` holds samples
-``g * batch_size ...``). Ranks and workers take them in turn: with ``W`` workers per rank,
-share ``rank * W + worker`` takes batches ``share, share + world * W, ...``. A DataLoader
-yields its workers' batches in turn, so each rank sees its batches in increasing order; a
-*position* counts the batches a rank has yielded, which is what a checkpoint records.
+``g * batch_size ...``). Ranks take them in turn (rank ``r`` of ``R``: batches ``r, r + R,
+...``, its *stream*), and a rank's DataLoader workers take turns along its stream. A
+DataLoader asks its workers in turn, so each rank yields its stream in order whatever its
+number of workers; a *position* in the stream is what a checkpoint records.
 """
 
 from __future__ import annotations
@@ -28,16 +28,21 @@ class Share:
     in_worker: bool = False
 
     def batches(self, total: int | None, start: int = 0) -> Iterator[tuple[int, int]]:
-        """``(global batch, position after it)`` for each batch this share yields from rank
-        position ``start`` on; ``total`` batches per epoch, ``None`` without end."""
+        """``(global batch, resume point after it)`` for each batch this share yields, from
+        rank position ``start`` on; ``total`` batches per epoch, ``None`` without end.
+
+        Worker ``w`` takes positions ``start + w, start + w + workers, ...``, so a DataLoader
+        (which asks worker 0 first) yields positions ``start, start + 1, ...`` in order. The
+        resume point is the ``start`` from which this worker would take its next position.
+        """
         w, nw = self.worker, self.workers
-        j = max(0, -(-(start - w) // nw))  # this worker's first batch at or after `start`
+        p = start + w
         while True:
-            g = j * self.world * nw + self.rank * nw + w
+            g = p * self.world + self.rank
             if total is not None and g >= total:
                 return
-            yield g, (j + 1) * nw + w
-            j += 1
+            yield g, p + nw - w
+            p += nw
 
 
 def current_share(

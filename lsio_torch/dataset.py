@@ -250,7 +250,7 @@ class ZarrCropDataset(IterableDataset):
         self._valid = None if valid is None else _valid_starts(valid, self.shape)
         self._sampler = self._make_sampler()
 
-        self._position = 0  # rank position of the next batch of the live iteration
+        self._position = 0  # where the live iteration would resume (`Share.batches`)
         self._resume: int | None = None  # from load_state_dict, for the next iteration
         self._inherited_share: tuple[int, int] | None = None
         self._stats = dict.fromkeys(_COUNTERS, 0)
@@ -306,7 +306,8 @@ class ZarrCropDataset(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         """Where this process is in the epoch: ``{"epoch", "batch", ...}``, ``batch`` being
         the number of this rank's batches already yielded. In a DataLoader worker it is that
-        worker's position (what torchdata's ``StatefulDataLoader`` collects per worker)."""
+        worker's own resume point, for the same worker (torchdata's ``StatefulDataLoader``
+        saves and restores one per worker)."""
         return {
             "epoch": self.epoch,
             "batch": self._position,

@@ -22,8 +22,10 @@ use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
 use crate::zarr::ZarrArray;
 
+// Named by the package users import it from, so that it pickles (an error raised in a
+// DataLoader worker travels to the main process as this type).
 create_exception!(
-    _lsio_torch,
+    lsio_torch,
     LsioError,
     PyException,
     "A read or decode failed: a corrupt chunk, an I/O error, a stopped engine."

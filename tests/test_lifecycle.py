@@ -1,0 +1,163 @@
+"""Starting and stopping: abandoned loops, exceptions, Ctrl-C, many epochs; and what a
+dataset tells about itself (stats, repr), and that it pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import smooth_field
+from test_engine import engine_threads
+from torch.utils.data import DataLoader
+
+import lsio_torch
+
+
+def threads_and_fds() -> tuple[int, int]:
+    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class StepFailed(Exception):
+    pass
+
+
+def _train_until_it_fails(ds) -> None:
+    for i, _ in enumerate(ds):
+        if i == 1:
+            raise StepFailed("the training step failed")
+
+
+def _abandon(path, way: int) -> None:
+    """Starts an iteration and leaves it one of five ways."""
+    ds = lsio_torch.ZarrCropDataset(path, (2, 8, 8), batch_size=4, threads=2)
+    if way == 0:  # break out of the loop
+        for i, _ in enumerate(ds):
+            if i == 2:
+                break
+    elif way == 1:  # drop the iterator mid-stream
+        it = iter(ds)
+        next(it)
+        del it
+    elif way == 2:  # an exception in the training step, caught further up
+        with pytest.raises(StepFailed):
+            _train_until_it_fails(ds)
+    elif way == 3:  # close() stops iterations still referenced
+        it = iter(ds)
+        next(it)
+        assert engine_threads() != []
+        ds.close()
+        assert engine_threads() == []
+        with pytest.raises(StopIteration):
+            next(it)
+    else:  # a DataLoader with a worker process, abandoned
+        loader_it = iter(DataLoader(ds, batch_size=None, num_workers=1))
+        next(loader_it)
+        del loader_it
+
+
+def test_200_abandoned_iterations_leave_no_thread_or_file(arrays):
+    written = arrays[("shard-index-end", "float32")]
+    for way in range(5):  # whatever torch starts once per process, started before counting
+        _abandon(written.path, way)
+    baseline = threads_and_fds()
+    for cycle in range(200):
+        _abandon(written.path, cycle % 5)
+        assert engine_threads() == [], cycle
+    assert threads_and_fds() == baseline
+
+
+def test_ctrl_c_while_waiting_for_a_batch_stops_the_engine(arrays):
+    written = arrays[("unsharded", "float64")]
+    ds = lsio_torch.ZarrCropDataset(written.path, (13, 50, 37), batch_size=64, threads=1)
+    before = threads_and_fds()
+    main = threading.get_ident()
+    timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in ds:  # endless: only the signal stops it
+            pass
+    assert time.monotonic() - started < 5
+    timer.join()
+    assert engine_threads() == []
+    assert threads_and_fds() == before
+
+
+def test_memory_is_flat_over_20_epochs(tmp_path):
+    values = smooth_field((32, 256, 256), "int16", 0)
+    array = zarr.create_array(
+        tmp_path / "a.zarr",
+        shape=values.shape,
+        dtype="int16",
+        chunks=(1, 64, 64),
+        shards=(8, 256, 256),
+    )
+    array[...] = values
+    ds = lsio_torch.ZarrCropDataset(
+        tmp_path / "a.zarr", (4, 96, 96), batch_size=16, samples_per_epoch=256, dtype=torch.float32
+    )
+    rss = []
+    for epoch in range(20):
+        ds.set_epoch(epoch)
+        for batch in ds:
+            assert batch.shape == (16, 4, 96, 96)
+        rss.append(rss_bytes())
+    assert max(rss) <= 1.10 * rss[0], [f"{r / 2**20:.0f} MiB" for r in rss]
+
+
+def test_stats_count_what_was_read_and_decoded(tmp_path):
+    values = smooth_field((6, 40, 40), "uint16", 0)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=values.shape, dtype="uint16", chunks=(2, 10, 10)
+    )
+    array[...] = values
+    ds = lsio_torch.ZarrCropDataset(
+        tmp_path / "a.zarr", (3, 12, 12), batch_size=4, samples_per_epoch=20, seed=3
+    )
+    assert ds.stats()["batches"] == 0
+    list(ds)
+    stats = ds.stats()
+    origins = [ds._sampler.origins(0, first, 4) for first in range(0, 20, 4)]
+    arr = lsio_torch._lsio_torch.Array(str(tmp_path / "a.zarr"))
+    ranges = lsio_torch._lsio_torch.chunk_ranges(arr, [3, 12, 12], origins)
+    assert stats["batches"] == 5
+    assert stats["chunks_decoded"] == sum(len(r) for r in ranges)
+    assert stats["bytes_read"] == sum(n for r in ranges for _, _, n in r)
+    assert stats["consumer_wait_s"] >= 0 and stats["engine_wait_s"] > 0
+    assert stats["backend"] == lsio_torch.io_backend()
+
+
+def test_repr_shows_arrays_shapes_dtypes_chunking_and_crop(arrays):
+    written = arrays[("shard-index-start", "int16")]
+    ds = lsio_torch.ZarrCropDataset(
+        {"a": written.path, "b": written.path}, (2, 8, 8), dtype={"b": torch.float16}
+    )
+    text = repr(ds)
+    assert (
+        f"a: '{written.path}' v3 (13, 50, 37) int16, chunks=(4, 16, 10), shards=(8, 32, 20)" in text
+    )
+    assert "b: " in text and "int16 -> float16" in text
+    assert "crop=(2, 8, 8)" in text and "seed=0" in text
+
+
+def test_a_pickled_dataset_yields_the_same_batches(arrays):
+    written = arrays[("shard-index-end", "uint8")]
+    valid = np.array([True, False] * 6 + [True])
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, (1, 8, 8), valid=valid, batch_size=3, samples_per_epoch=9, seed=9
+    )
+    ds.set_epoch(3)
+    again = pickle.loads(pickle.dumps(ds))
+    assert all(torch.equal(a, b) for a, b in zip(ds, again, strict=True))

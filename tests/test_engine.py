@@ -151,14 +151,21 @@ def test_abandoned_loops_leave_no_threads_or_files(arrays):
     assert len(os.listdir("/proc/self/fd")) <= fds_before
 
 
-def test_pinned_batches_copy_to_cuda_correctly(arrays):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pinned_batches_copy_to_cuda_correctly(arrays, workers):
     if not torch.cuda.is_available():
         pytest.skip("CUDA is not available on this machine: pinned memory needs it")
     written = arrays[("shard-index-start", "float32")]
     ds = lsio_torch.ZarrCropDataset(
         written.path, (3, 20, 17), batch_size=8, samples_per_epoch=64, return_origins=True
     )
-    for batch, origins in torch.utils.data.DataLoader(ds, batch_size=None):
+    # In workers the dataset does not pin (CUDA cannot start in a forked child): the
+    # DataLoader's own pin_memory does.
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=workers, pin_memory=workers > 0
+    )
+    n = 0
+    for batch, origins in loader:
         assert batch.is_pinned()
         on_gpu = batch.to("cuda", non_blocking=True)
         torch.cuda.synchronize()
@@ -166,3 +173,5 @@ def test_pinned_batches_copy_to_cuda_correctly(arrays):
             assert same_bits(
                 got.numpy(), reference_crop(written.values, origin.tolist(), (3, 20, 17))
             )
+            n += 1
+    assert n == 64

@@ -103,8 +103,9 @@ impl LeafCodecs {
 }
 
 impl LeafCodecs {
-    /// Decodes `encoded` and hands the chunk's elements to `then`: from `scratch` on the fast
-    /// path, straight from zarrs' decoded buffer otherwise (no copy into scratch).
+    /// Decodes `encoded` and hands the chunk's elements to `then`: the stored bytes themselves
+    /// when they are not compressed, from `scratch` on the zstd fast path, straight from
+    /// zarrs' decoded buffer otherwise (no copy into scratch).
     ///
     /// # Errors
     /// The codec's message, or `then`'s error.
@@ -122,6 +123,21 @@ impl LeafCodecs {
     ) -> Result<(), E> {
         let len = shape.iter().map(|n| n.get() as usize).product::<usize>()
             * data_type.fixed_size().unwrap_or(1);
+        if let Some(FastPath::Plain { zstd: false, crc32c }) = self.fast {
+            // Stored as they are: the elements are the payload itself, no copy.
+            let payload = if crc32c {
+                verify_crc32c(encoded).map_err(on_error)?
+            } else {
+                encoded
+            };
+            if payload.len() != len {
+                return Err(on_error(format!(
+                    "chunk holds {} bytes, expected {len}",
+                    payload.len()
+                )));
+            }
+            return then(payload);
+        }
         if self.fast.is_some() {
             scratch.resize(len, 0);
             self.decode_into(encoded, scratch, shape, data_type, fill_value)

@@ -125,10 +125,14 @@ impl LeafCodecs {
             * data_type.fixed_size().unwrap_or(1);
         if let Some(FastPath::Plain { zstd: false, crc32c }) = self.fast {
             // Stored as they are: the elements are the payload itself, no copy.
-            let payload = if crc32c {
-                verify_crc32c(encoded).map_err(on_error)?
+            let checked = if crc32c {
+                verify_crc32c(encoded)
             } else {
-                encoded
+                Ok(encoded)
+            };
+            let payload = match checked {
+                Ok(payload) => payload,
+                Err(reason) => return Err(on_error(reason)),
             };
             if payload.len() != len {
                 return Err(on_error(format!(

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::cast::Cast;
 use crate::error::{Error, Result};
-use crate::io::{new_reader, Backend, ReadOp, Reader};
+use crate::io::{new_reader, Backend, ReadOp, Reader, ScatterOp};
 use crate::plan::{plan_batch, ChunkTask};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
@@ -192,6 +192,9 @@ pub(crate) struct Shared {
     /// Bytes of one crop in the output (of the output's element type).
     crop_bytes: usize,
     cast: Option<Cast>,
+    /// Chunks are stored as their elements and written as they are: each crop's rows are read
+    /// straight into the batch.
+    scatter: bool,
     counters: Counters,
     pub(crate) leaf_bytes: usize,
     /// A leaf chunk of fill values: missing chunks are copied from it like any other.
@@ -220,6 +223,7 @@ impl Shared {
             fill_chunk: array.fill_value.repeat(leaf_elements),
             leaf_bytes: leaf_elements * element,
             leaf_shape: array.leaf_shape_nonzero(),
+            scatter: cast.is_none() && array.leaf_codecs().is_stored_as_is(),
             array,
             crop,
             crop_bytes,
@@ -704,6 +708,9 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 let Some(LocalIo { reader, bufs }) = local.as_mut() else {
                     return Err(Error::Stopped("no reader on this thread".into()));
                 };
+                if shared.scatter {
+                    return read_straight(shared, planned, group, reader.as_mut(), out);
+                }
                 let ops = group
                     .iter()
                     .map(|read| {
@@ -741,6 +748,122 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 Ok(())
             })
         })
+}
+
+thread_local! {
+    // Where a thread's scattered reads put the bytes between the rows crops need.
+    static SINK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads chunks stored as their elements straight into the batch: for each crop a chunk
+/// overlaps, one scattered read of the bytes from its first row to its last, the rows laid
+/// into the crop and the bytes between them into a sink.
+fn read_straight(
+    shared: &Shared,
+    planned: &Planned,
+    group: &[PlannedRead],
+    reader: &mut dyn Reader,
+    out: &OutBuffer,
+) -> Result<()> {
+    SINK.with(|sink| {
+        let mut sink = sink.borrow_mut();
+        if sink.len() < shared.leaf_bytes {
+            sink.resize(shared.leaf_bytes, 0);
+        }
+        let sink_ptr = sink.as_mut_ptr();
+        let mut ops = Vec::new();
+        let mut owners = Vec::new();
+        for read in group {
+            let task = &planned.tasks[read.task];
+            let path = &planned.files[read.file].path;
+            if read.len != shared.leaf_bytes {
+                return Err(Error::corrupt(
+                    path,
+                    format!("chunk {:?}", task.chunk),
+                    format!(
+                        "an uncompressed chunk of {} bytes, expected {}",
+                        read.len, shared.leaf_bytes
+                    ),
+                ));
+            }
+            let file = planned.file(read).ok_or_else(|| {
+                Error::Stopped(format!("internal error: no open file for {read:?}"))
+            })?;
+            for target in &task.targets {
+                let crop_base = target.crop * shared.crop_bytes;
+                let layout = CopyLayout {
+                    element_size: shared.array.dtype.size(),
+                    region: &target.in_chunk.shape,
+                    src_shape: shared.array.leaf_shape(),
+                    src_start: &target.in_chunk.start,
+                    dst_shape: &shared.crop,
+                    dst_start: &target.in_crop,
+                };
+                let mut iov = Vec::new();
+                let mut start = None;
+                let mut cursor = 0usize;
+                let mut in_bounds = true;
+                layout.for_each_run(|src, dst, len| {
+                    let dst = crop_base + dst;
+                    if src < cursor || src + len > read.len || dst + len > out.len {
+                        in_bounds = false;
+                        return;
+                    }
+                    if start.is_none() {
+                        start = Some(src);
+                    } else if src > cursor {
+                        iov.push(libc::iovec {
+                            iov_base: sink_ptr.cast(),
+                            iov_len: src - cursor,
+                        });
+                    }
+                    // SAFETY: `dst..dst + len` lies in the output (checked above); only the
+                    // pointer is formed here, the kernel writes through it in `read_scattered`.
+                    let base = unsafe { out.ptr.add(dst) };
+                    iov.push(libc::iovec {
+                        iov_base: base.cast(),
+                        iov_len: len,
+                    });
+                    cursor = src + len;
+                });
+                if !in_bounds {
+                    return Err(Error::Stopped(format!(
+                        "internal error: a read for chunk {:?} left its buffers",
+                        task.chunk
+                    )));
+                }
+                let Some(start) = start else { continue };
+                ops.push(ScatterOp {
+                    file,
+                    offset: read.offset + start as u64,
+                    iov,
+                });
+                owners.push(read);
+            }
+        }
+        let bytes: u64 = ops.iter().map(|op| op.len() as u64).sum();
+        // SAFETY: each iovec points either into the output, at runs that belong to this
+        // chunk's target alone (plan_batch: each output element is covered by exactly one
+        // target of one chunk) and stay valid while the batch runs (`OutBuffer::new`), or into
+        // this thread's sink, whose bytes nobody reads; both outlive the call.
+        let results = unsafe { reader.read_scattered(&mut ops) };
+        for (read, result) in owners.iter().zip(results) {
+            let task = &planned.tasks[read.task];
+            result.map_err(|e| {
+                Error::io(
+                    &planned.files[read.file].path,
+                    format!("reading chunk {:?}", task.chunk),
+                    e,
+                )
+            })?;
+        }
+        let counters = &shared.counters;
+        counters.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+        counters
+            .chunks_decoded
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        Ok(())
+    })
 }
 
 thread_local! {

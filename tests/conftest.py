@@ -11,7 +11,14 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
 DTYPES = ["uint8", "int16", "uint16", "int32", "float32", "float64"]
-LAYOUTS = ["shard-index-end", "shard-index-start", "unsharded"]
+# "-raw": chunks stored uncompressed, which the engine reads straight into the batch.
+LAYOUTS = [
+    "shard-index-end",
+    "shard-index-start",
+    "unsharded",
+    "shard-index-end-raw",
+    "unsharded-raw",
+]
 
 SHAPE = (13, 50, 37)  # not a multiple of any chunk shape: edge chunks are partial
 INNER = (4, 16, 10)
@@ -48,14 +55,15 @@ def write_array(path: Path, layout: str, dtype: str, seed: int = 0) -> Written:
     values[0:4, 16:32, 0:10] = FILL  # one whole inner chunk
     values[8:13, :, :] = FILL  # the last row of shards along axis 0
     common = dict(shape=SHAPE, dtype=dtype, fill_value=FILL, overwrite=True, zarr_format=3)
-    if layout == "unsharded":
-        array = zarr.create_array(path, chunks=INNER, compressors=ZstdCodec(level=3), **common)
+    compressed = [] if layout.endswith("-raw") else [ZstdCodec(level=3)]
+    if layout.startswith("unsharded"):
+        array = zarr.create_array(path, chunks=INNER, compressors=compressed or None, **common)
     else:
         sharding = ShardingCodec(
             chunk_shape=INNER,
-            codecs=[BytesCodec(endian="little"), ZstdCodec(level=3)],
+            codecs=[BytesCodec(endian="little"), *compressed],
             index_codecs=[BytesCodec(endian="little"), Crc32cCodec()],
-            index_location="end" if layout == "shard-index-end" else "start",
+            index_location="start" if layout == "shard-index-start" else "end",
         )
         array = zarr.create_array(
             path, chunks=SHARD, serializer=sharding, compressors=None, filters=None, **common

@@ -38,7 +38,7 @@ def test_fill_value_where_nothing_was_written(arrays, layout):
     out = lsio_torch.read_crops(written.path, [(0, 16, 0), (9, 0, 0)], (4, 16, 10))
     assert (out == 7).all()
     chunks = written.path / "c"
-    if layout == "unsharded":
+    if layout.startswith("unsharded"):
         assert not (chunks / "0/1/0").exists() and not (chunks / "2/0/0").exists()
         assert (chunks / "0/0/0").exists()
     else:
@@ -46,7 +46,7 @@ def test_fill_value_where_nothing_was_written(arrays, layout):
         # The shard's index marks inner chunk (0, 1, 0) -- position 2 of 2x2x2 -- as empty.
         shard = (chunks / "0/0/0").read_bytes()
         index_len = 8 * 16 + 4
-        raw = shard[-index_len:] if layout == "shard-index-end" else shard[:index_len]
+        raw = shard[-index_len:] if layout.startswith("shard-index-end") else shard[:index_len]
         entries = np.frombuffer(raw[:-4], dtype="<u8").reshape(8, 2)
         assert (entries[2] == 2**64 - 1).all() and (entries[0] != 2**64 - 1).all()
 

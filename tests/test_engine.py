@@ -7,6 +7,8 @@ import os
 import shutil
 import threading
 
+import google_crc32c
+import numpy as np
 import pytest
 import torch
 import zarr
@@ -113,6 +115,26 @@ def test_truncated_chunk_is_an_error_not_zeros(tmp_path, backend):
     chunk.write_bytes(chunk.read_bytes()[:-20])
     with pytest.raises(lsio_torch.LsioError, match=r"c/1/0/0: corrupt chunk \[1, 0, 0\]: zstd"):
         lsio_torch.read_crops(written.path, [(4, 0, 0)], (2, 2, 2))
+
+
+@pytest.mark.parametrize("layout", ["unsharded-raw", "shard-index-end-raw"])
+def test_truncated_uncompressed_chunk_is_an_error_not_zeros(tmp_path, backend, layout):
+    written = write_array(tmp_path / "a.zarr", layout, "float32")
+    if layout == "unsharded-raw":
+        chunk = written.path / "c/1/0/0"
+        chunk.write_bytes(chunk.read_bytes()[:-20])
+        where = r"c/1/0/0: corrupt chunk \[1, 0, 0\]"
+    else:  # an inner chunk's slot made shorter in the shard index
+        shard = written.path / "c/0/0/0"
+        data = bytearray(shard.read_bytes())
+        index = np.frombuffer(data[-(4 + 16 * 8) : -4], dtype="<u8").copy()
+        index[1] -= 8  # the first inner chunk's length
+        data[-(4 + 16 * 8) : -4] = index.tobytes()
+        data[-4:] = google_crc32c.value(bytes(data[-(4 + 16 * 8) : -4])).to_bytes(4, "little")
+        shard.write_bytes(bytes(data))
+        where = r"c/0/0/0: corrupt chunk \[0, 0, 0\]"
+    with pytest.raises(lsio_torch.LsioError, match=where + ".*uncompressed chunk of"):
+        lsio_torch.read_crops(written.path, [(4, 0, 0), (0, 0, 0)], (2, 2, 2))
 
 
 def test_truncated_shard_is_an_error_not_zeros(tmp_path, backend):

@@ -19,9 +19,57 @@ pub struct ReadOp<'a> {
     pub len: usize,
 }
 
+/// One scattered read: consecutive bytes from `offset` of `file`, laid over `iov` in order
+/// (`preadv`). The engine reads uncompressed chunks this way: the rows a crop needs go
+/// straight into the batch, the bytes between them into a scratch sink.
+pub struct ScatterOp<'a> {
+    pub file: &'a File,
+    pub offset: u64,
+    pub iov: Vec<libc::iovec>,
+}
+
+impl ScatterOp<'_> {
+    /// Bytes the op reads.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.iov.iter().map(|v| v.iov_len).sum()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a partly done scattered read resumes: drops the iovecs that `n` more bytes filled
+/// and trims the next one, from `first` on; returns the new `first`.
+pub(crate) fn advance_iov(iov: &mut [libc::iovec], mut first: usize, mut n: usize) -> usize {
+    while n > 0 && first < iov.len() {
+        let v = &mut iov[first];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            first += 1;
+        } else {
+            // SAFETY: `n < iov_len`, so the new base stays inside the same buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    first
+}
+
 /// Reads batches of byte ranges. A short read is resumed; a read past the end of the file is
 /// an `UnexpectedEof` error for that op alone.
 pub trait Reader: Send {
+    /// Reads every scattered op; the result at `i` belongs to `ops[i]`. The ops' iovecs are
+    /// consumed (advanced) as bytes arrive.
+    ///
+    /// # Safety
+    /// Every iovec of every op must be valid for writes of its length until this returns,
+    /// and written by nothing else meanwhile (iovecs of a sink may overlap each other).
+    unsafe fn read_scattered(&mut self, ops: &mut [ScatterOp<'_>]) -> Vec<std::io::Result<()>>;
+
     /// Reads `ops[i]` into `bufs[i][..ops[i].len]`; the result at `i` belongs to `ops[i]`.
     /// `bufs` grows to `ops.len()` buffers, each at least as long as its op; buffers from an
     /// earlier call are reused as they are (grown, never zeroed again), so a caller that keeps
@@ -212,6 +260,70 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(bufs.len(), 2000);
+
+        // Scattered: ranges laid over several buffers, with a shared sink for the gaps.
+        let mut a = vec![0u8; 300];
+        let mut b = vec![0u8; 5000];
+        let mut sink = vec![0u8; 64];
+        let iov = |buf: &mut [u8]| libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let many: Vec<libc::iovec> = (0..600).map(|_| iov(&mut sink[..7])).collect();
+        let mut ops = vec![
+            ScatterOp {
+                file: &file,
+                offset: 1000,
+                iov: vec![iov(&mut a[..100]), iov(&mut sink), iov(&mut a[100..])],
+            },
+            ScatterOp {
+                file: &file,
+                offset: 90_000,
+                iov: vec![iov(&mut b)],
+            },
+            ScatterOp {
+                file: &file,
+                offset: 99_999,
+                iov: vec![iov(&mut sink[..2])],
+            },
+            ScatterOp {
+                file: &file,
+                offset: 5,
+                iov: many,
+            },
+        ];
+        // SAFETY: every iovec points into `a`, `b` or `sink`, alive and untouched meanwhile.
+        let results = unsafe { reader.read_scattered(&mut ops) };
+        assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok());
+        assert_eq!(
+            results[2].as_ref().unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(&a[..100], &data[1000..1100]);
+        assert_eq!(&a[100..], &data[1164..1364]);
+        assert_eq!(&b[..], &data[90_000..95_000]);
+    }
+
+    #[test]
+    fn advancing_iovecs_resumes_mid_buffer() {
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 10];
+        let mut iov = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 10,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 10,
+            },
+        ];
+        assert_eq!(advance_iov(&mut iov, 0, 4), 0);
+        assert_eq!(iov[0].iov_len, 6);
+        assert_eq!(advance_iov(&mut iov, 0, 6), 1);
+        assert_eq!(advance_iov(&mut iov, 1, 3), 1);
+        assert_eq!(iov[1].iov_base.cast::<u8>(), b[3..].as_mut_ptr());
+        assert_eq!(advance_iov(&mut iov, 1, 7), 2);
     }
 
     #[test]

@@ -58,6 +58,17 @@ impl LeafCodecs {
         self.fast.is_some()
     }
 
+    /// Whether a chunk is stored as its elements themselves (native `bytes`, nothing else), so
+    /// its bytes can be read straight to where they belong.
+    #[must_use]
+    pub fn is_stored_as_is(&self) -> bool {
+        self.fast
+            == Some(FastPath::Plain {
+                zstd: false,
+                crc32c: false,
+            })
+    }
+
     /// Decodes `encoded` into `out`, exactly one chunk of `shape` in native-endian C order.
     ///
     /// # Errors
@@ -123,7 +134,11 @@ impl LeafCodecs {
     ) -> Result<(), E> {
         let len = shape.iter().map(|n| n.get() as usize).product::<usize>()
             * data_type.fixed_size().unwrap_or(1);
-        if let Some(FastPath::Plain { zstd: false, crc32c }) = self.fast {
+        if let Some(FastPath::Plain {
+            zstd: false,
+            crc32c,
+        }) = self.fast
+        {
             // Stored as they are: the elements are the payload itself, no copy.
             let checked = if crc32c {
                 verify_crc32c(encoded)

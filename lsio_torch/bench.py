@@ -357,7 +357,7 @@ def _status_kb(field: str) -> int:
 
 
 def memory(args, name: str) -> dict:
-    """Peak RSS above the pre-iteration baseline, and time to first batch, per epoch."""
+    """Each epoch's peak RSS above the pre-iteration baseline, and time to first batch."""
     path, spec = dataset(name, args.small)
     array = _lsio_torch.Array(str(path))
     crop = tuple(args.crop) if args.crop else (spec.crop if spec else tuple(array.chunk_shape))
@@ -369,9 +369,9 @@ def memory(args, name: str) -> dict:
     batch_bytes = args.batch * int(np.prod(crop)) * np.dtype(array.dtype).itemsize
     warm(path)
     baseline = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5\n")  # resets VmHWM to the current RSS
     epochs = []
     for epoch in range(args.epochs):
+        Path("/proc/self/clear_refs").write_text("5\n")  # resets VmHWM to the current RSS
         ds.set_epoch(epoch)
         start = time.perf_counter()
         batches = iter(torch.utils.data.DataLoader(ds, batch_size=None))
@@ -457,8 +457,10 @@ def main(argv: Iterator[str] | None = None) -> None:
             firsts = [e["first_batch_s"] for e in r["epochs"]]
             print(
                 f"{r['data']}: batch {r['batch_mb']:.0f} MB, budget {r['budget_mb']:.0f} MB "
-                f"above a baseline of {r['baseline_rss_mb']:.0f} MB; peak RSS above baseline "
-                f"after epoch 1 {peaks[0]:.0f} MB, after epoch {len(peaks)} {peaks[-1]:.0f} MB; "
+                f"above a baseline of {r['baseline_rss_mb']:.0f} MB; each epoch's peak RSS "
+                f"above baseline: epoch 1 {peaks[0]:.0f} MB, epoch {len(peaks)} "
+                f"{peaks[-1]:.0f} MB, highest {max(peaks):.0f} MB "
+                f"(all: {' '.join(f'{p:.0f}' for p in peaks)}); "
                 f"first batch {min(firsts) * 1000:.0f}-{max(firsts) * 1000:.0f} ms"
             )
         return

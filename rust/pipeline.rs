@@ -357,12 +357,24 @@ impl Engine {
     pub fn close(&mut self) {
         self.shared.cancel.store(true, Ordering::SeqCst);
         self.jobs = None;
-        if let Some(thread) = self.io_thread.take() {
-            let _ = thread.join();
-        }
+        let Some(thread) = self.io_thread.take() else {
+            return;
+        };
+        let _ = thread.join();
         if let Some(in_use) = self.in_use.take() {
             in_use.wait();
         }
+        release_freed_memory();
+    }
+}
+
+/// Hands memory the engine's threads freed back to the system: glibc keeps the arenas of
+/// exited threads, and without this each epoch's engine leaves a little more resident.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

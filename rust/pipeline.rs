@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::cast::Cast;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp, Reader, ScatterOp};
-use crate::plan::{plan_batch, ChunkTask};
+use crate::plan::{plan_batch, ChunkTask, Target};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
 use crate::zarr::array::ChunkLocation;
@@ -803,14 +803,7 @@ fn read_straight(
             })?;
             for target in &task.targets {
                 let crop_base = target.crop * shared.crop_bytes;
-                let layout = CopyLayout {
-                    element_size: shared.array.dtype.size(),
-                    region: &target.in_chunk.shape,
-                    src_shape: shared.array.leaf_shape(),
-                    src_start: &target.in_chunk.start,
-                    dst_shape: &shared.crop,
-                    dst_start: &target.in_crop,
-                };
+                let layout = target_layout(shared, target, shared.array.dtype.size());
                 let mut iov = Vec::new();
                 let mut start = None;
                 let mut cursor = 0usize;
@@ -941,6 +934,23 @@ fn decode_task(
     })
 }
 
+/// How a target's piece of a chunk lies in the chunk and in its crop, in elements of
+/// `element_size` bytes (1: runs counted in elements).
+fn target_layout<'a>(
+    shared: &'a Shared,
+    target: &'a Target,
+    element_size: usize,
+) -> CopyLayout<'a> {
+    CopyLayout {
+        element_size,
+        region: &target.in_chunk.shape,
+        src_shape: shared.array.leaf_shape(),
+        src_start: &target.in_chunk.start,
+        dst_shape: &shared.crop,
+        dst_start: &target.in_crop,
+    }
+}
+
 /// Where a chunk goes in the output when it is exactly one contiguous run of one crop.
 fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
     if shared.cast.is_some() {
@@ -949,14 +959,7 @@ fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
     let [target] = task.targets.as_slice() else {
         return None;
     };
-    let layout = CopyLayout {
-        element_size: shared.array.dtype.size(),
-        region: &target.in_chunk.shape,
-        src_shape: shared.array.leaf_shape(),
-        src_start: &target.in_chunk.start,
-        dst_shape: &shared.crop,
-        dst_start: &target.in_crop,
-    };
+    let layout = target_layout(shared, target, shared.array.dtype.size());
     match layout.single_run()? {
         (0, dst, len) if len == shared.leaf_bytes => Some(target.crop * shared.crop_bytes + dst),
         _ => None,
@@ -966,20 +969,12 @@ fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
 /// Copies each target's piece of a decoded chunk into its crop's place in the output.
 fn copy_targets(shared: &Shared, task: &ChunkTask, chunk: &[u8], out: &OutBuffer) -> Result<()> {
     let element = shared.array.dtype.size();
-    let leaf_shape = shared.array.leaf_shape();
     if let Some(cast) = &shared.cast {
         return cast_targets(shared, cast, task, chunk, out);
     }
     for target in &task.targets {
         let crop_base = target.crop * shared.crop_bytes;
-        let layout = CopyLayout {
-            element_size: element,
-            region: &target.in_chunk.shape,
-            src_shape: leaf_shape,
-            src_start: &target.in_chunk.start,
-            dst_shape: &shared.crop,
-            dst_start: &target.in_crop,
-        };
+        let layout = target_layout(shared, target, element);
         let mut in_bounds = true;
         layout.for_each_run(|src, dst, len| {
             let dst = crop_base + dst;
@@ -1018,14 +1013,7 @@ fn cast_targets(
     for target in &task.targets {
         let crop_base = target.crop * shared.crop_bytes;
         // Runs in elements: each side scales them by its own element size.
-        let layout = CopyLayout {
-            element_size: 1,
-            region: &target.in_chunk.shape,
-            src_shape: shared.array.leaf_shape(),
-            src_start: &target.in_chunk.start,
-            dst_shape: &shared.crop,
-            dst_start: &target.in_crop,
-        };
+        let layout = target_layout(shared, target, 1);
         let mut in_bounds = true;
         layout.for_each_run(|src, dst, count| {
             let (src, dst) = (src * in_size, crop_base + dst * out_size);

@@ -331,7 +331,13 @@ class ZarrCropDataset(IterableDataset):
         self._position = self._resume = batch
 
     def __len__(self) -> int:
-        """Batches per epoch (all ranks and workers together)."""
+        """Batches per epoch that this rank yields (all its DataLoader workers together), as
+        ``len(DataLoader(...))`` is expected to be under ``DistributedSampler``."""
+        share = current_share(self.rank, self.world_size, self._inherited_share)
+        return len(range(share.rank, self._epoch_batches(), share.world))
+
+    def _epoch_batches(self) -> int:
+        """Batches in a whole epoch, over all ranks."""
         if self.samples_per_epoch is None:
             raise TypeError("an endless ZarrCropDataset (samples_per_epoch=None) has no len()")
         return math.ceil(self.samples_per_epoch / self.batch_size)
@@ -397,7 +403,7 @@ class ZarrCropDataset(IterableDataset):
         start = self._resume or 0
         self._resume = None
         self._position = start
-        total = None if self.samples_per_epoch is None else len(self)
+        total = None if self.samples_per_epoch is None else self._epoch_batches()
         n, epoch = self.samples_per_epoch, self.epoch
         batches = share.batches(total, start)
         engines = _Engines({s.key: s.engine(self.crop, threads) for s in self._sources})

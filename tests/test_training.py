@@ -65,6 +65,7 @@ def _rank_main(rank: int, world: int, path: str, rendezvous: str, out: str) -> N
         ds = lsio_torch.ZarrCropDataset(path, CROP, return_origins=True, **EPOCH)
         # spawn: the workers have no process group; the rank travels with the dataset.
         loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+        assert len(loader) == 4  # this rank's half of the 8 batches
         with open(f"{out}.{rank}", "w") as f:
             json.dump(origins_of(loader), f)
     finally:
@@ -99,6 +100,7 @@ def test_explicit_rank_and_world_size_without_a_process_group(arrays):
             written.path, CROP, return_origins=True, rank=rank, world_size=3, **EPOCH
         )
         parts.append(origins_of(DataLoader(ds, batch_size=None, num_workers=2)))
+        assert len(ds) == [3, 3, 2][rank]  # this rank's batches: 8 in all
     assert sorted(o for part in parts for o in part) == sorted(expected)
     assert sum(len(p) for p in parts) == 30
     with pytest.raises(ValueError, match="rank 3 is not in range"):

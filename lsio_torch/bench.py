@@ -13,7 +13,8 @@ Systems:
   zarrs      the same with the zarrs codec pipeline (``pip install zarrs``)
   tensorstore  all crops of a batch in flight at once
   decode     the decode bound: the same chunks, read first, decoded on all threads
-  disk       the disk bound (--cold only): the same byte ranges read, nothing decoded
+  disk       the disk bound (--cold only): the same byte ranges read on all threads, a deep
+             queue of reads each, nothing decoded
 Peers that are not installed are reported missing. Every system's every batch is touched
 the same way: each of its bytes read once (``view(uint8).max()``), on one torch thread, so
 the consumer costs little and the same for all (a ``.sum()`` of int16 would first cast the
@@ -343,7 +344,7 @@ def measure(args, name: str) -> list[Result]:
         ranges = _lsio_torch.chunk_ranges(array, list(crop), batches)
         drop_caches()
         sys.stderr.write("  disk bound ...\n")
-        bound = _lsio_torch.disk_bound(ranges)
+        bound = _lsio_torch.disk_bound(ranges, args.threads)
         note = f"{bound['chunks']} reads, {bound['encoded_bytes'] / 1e6:.0f} MB"
         results.append(result("disk bound", bound["seconds"], note))
     return results

@@ -368,12 +368,17 @@ fn chunk_ranges(
         .map_err(to_py)
 }
 
-/// The disk bound: times reading ``ranges`` (from :func:`chunk_ranges`), a batch at a time.
+/// The disk bound: times reading ``ranges`` (from :func:`chunk_ranges`) on ``threads``
+/// threads, each keeping a deep queue of reads in flight.
 #[pyfunction]
-fn disk_bound(py: Python<'_>, ranges: Vec<Vec<bounds::Range>>) -> PyResult<Bound<'_, PyDict>> {
+fn disk_bound(
+    py: Python<'_>,
+    ranges: Vec<Vec<bounds::Range>>,
+    threads: usize,
+) -> PyResult<Bound<'_, PyDict>> {
     let backend = choose_backend().map_err(to_py)?.backend;
     let m = py
-        .detach(|| bounds::disk_bound(&ranges, backend))
+        .detach(|| bounds::disk_bound(&ranges, threads, backend))
         .map_err(to_py)?;
     measured(py, m)
 }

@@ -203,6 +203,8 @@ pub(crate) struct Shared {
     /// The backend each engine thread opens its reader with.
     backend: Backend,
     cancel: AtomicBool,
+    /// The last group of reads waited for the disk: batches are then advised ahead.
+    reads_wait: AtomicBool,
 }
 
 impl Shared {
@@ -231,7 +233,20 @@ impl Shared {
             counters: Counters::default(),
             backend,
             cancel: AtomicBool::new(false),
+            reads_wait: AtomicBool::new(true),
         })
+    }
+}
+
+/// Reads slower than this per chunk, on average over a group, waited for the disk: from the
+/// page cache a chunk of a few hundred kB takes tens of microseconds.
+const DISK_WAIT_PER_READ: Duration = Duration::from_micros(150);
+
+impl Shared {
+    /// Records how long a group of `reads` chunk reads took: whether they waited for the disk.
+    fn note_read_time(&self, elapsed: Duration, reads: usize) {
+        let waited = elapsed > DISK_WAIT_PER_READ * reads.max(1) as u32;
+        self.reads_wait.store(waited, Ordering::Relaxed);
     }
 }
 
@@ -416,6 +431,9 @@ fn plan_loop(
                 let _ = job.done.send(Err(e));
             }
             Ok(planned) => {
+                if shared.reads_wait.load(Ordering::Relaxed) {
+                    advise(reader.as_mut(), &planned);
+                }
                 let shared = Arc::clone(shared);
                 pool.spawn(move || {
                     let result =
@@ -672,8 +690,26 @@ pub(crate) fn read_all(reader: &mut dyn Reader, planned: &Planned) -> Result<Vec
         .collect()
 }
 
+/// Asks the kernel to start reading a planned batch's chunks while earlier batches decode:
+/// on a cold disk the engine threads' reads then find a deep queue already working for
+/// them (each thread alone waits for one group of reads at a time).
+fn advise(reader: &mut dyn Reader, planned: &Planned) {
+    let ops: Vec<ReadOp> = planned
+        .reads
+        .iter()
+        .filter_map(|r| {
+            Some(ReadOp {
+                file: planned.file(r)?,
+                offset: r.offset,
+                len: r.len,
+            })
+        })
+        .collect();
+    reader.advise(&ops);
+}
+
 /// Reads a batch's chunks per thread, this many at a time, then decodes them.
-const READS_PER_GROUP: usize = 8;
+const READS_PER_GROUP: usize = 32;
 
 /// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
 /// buffers, reused without being zeroed again.
@@ -736,7 +772,9 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
+                let started = Instant::now();
                 let results = reader.read_into(&ops, bufs);
+                shared.note_read_time(started.elapsed(), ops.len());
                 for ((read, result), buf) in group.iter().zip(results).zip(bufs.iter()) {
                     let task = &planned.tasks[read.task];
                     let path = &planned.files[read.file].path;
@@ -851,7 +889,9 @@ fn read_straight(
         // chunk's target alone (plan_batch: each output element is covered by exactly one
         // target of one chunk) and stay valid while the batch runs (`OutBuffer::new`), or into
         // this thread's sink, whose bytes nobody reads; both outlive the call.
+        let started = Instant::now();
         let results = unsafe { reader.read_scattered(&mut ops) };
+        shared.note_read_time(started.elapsed(), group.len());
         for (read, result) in owners.iter().zip(results) {
             let task = &planned.tasks[read.task];
             result.map_err(|e| {

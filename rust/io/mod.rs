@@ -80,6 +80,23 @@ pub trait Reader: Send {
         bufs: &mut Vec<Vec<u8>>,
     ) -> Vec<std::io::Result<()>>;
 
+    /// Asks the kernel to start reading `ops` into the page cache (`POSIX_FADV_WILLNEED`),
+    /// without waiting for the data: reads issued later find it there, or already on its way,
+    /// so a cold disk sees a deep queue. Best effort: failures are ignored.
+    fn advise(&mut self, ops: &[ReadOp<'_>]) {
+        for op in ops {
+            // SAFETY: posix_fadvise reads no memory of ours; the fd is open (`ops` borrows it).
+            unsafe {
+                libc::posix_fadvise(
+                    std::os::unix::io::AsRawFd::as_raw_fd(op.file),
+                    op.offset as libc::off_t,
+                    op.len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
     /// Reads every op into a buffer of its own.
     fn read(&mut self, ops: &[ReadOp<'_>]) -> Vec<std::io::Result<Vec<u8>>> {
         let mut bufs = Vec::new();

@@ -110,6 +110,27 @@ impl Reader for UringReader {
         finish(results)
     }
 
+    fn advise(&mut self, ops: &[ReadOp<'_>]) {
+        let mut results: Vec<Option<std::io::Result<()>>> = ops.iter().map(|_| None).collect();
+        // Completions say the readahead was started (the kernel's workers run it); failures
+        // are ignored, as the reads that follow report their own.
+        let _ = self.drive(
+            (0..ops.len()).collect(),
+            &mut results,
+            |i| {
+                let op = &ops[i];
+                opcode::Fadvise::new(
+                    types::Fd(op.file.as_raw_fd()),
+                    op.len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+                .offset(op.offset)
+                .build()
+            },
+            |_, _| Some(Ok(())),
+        );
+    }
+
     unsafe fn read_scattered(&mut self, ops: &mut [ScatterOp<'_>]) -> Vec<std::io::Result<()>> {
         let first: Vec<Cell<usize>> = ops.iter().map(|_| Cell::new(0)).collect();
         let done: Vec<Cell<u64>> = ops.iter().map(|_| Cell::new(0)).collect();

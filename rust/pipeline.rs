@@ -524,6 +524,21 @@ impl Planned {
         &self.files[read.file].path
     }
 
+    /// Every read of the batch as a reader op, in order (`plan_reads` makes reads only of
+    /// files it opened, so none is left out).
+    fn ops(&self) -> Vec<ReadOp<'_>> {
+        self.reads
+            .iter()
+            .filter_map(|r| {
+                Some(ReadOp {
+                    file: self.file(r)?,
+                    offset: r.offset,
+                    len: r.len,
+                })
+            })
+            .collect()
+    }
+
     /// The open file a read is from.
     fn file(&self, read: &PlannedRead) -> Option<&File> {
         self.files[read.file].file.as_ref().map(|(file, _)| file)
@@ -663,17 +678,7 @@ pub(crate) fn plan_reads(
 /// # Errors
 /// [`Error::Io`] naming the file and chunk of the first read that failed.
 pub(crate) fn read_all(reader: &mut dyn Reader, planned: &Planned) -> Result<Vec<Vec<u8>>> {
-    let ops: Vec<ReadOp> = planned
-        .reads
-        .iter()
-        .filter_map(|r| {
-            Some(ReadOp {
-                file: planned.file(r)?,
-                offset: r.offset,
-                len: r.len,
-            })
-        })
-        .collect();
+    let ops = planned.ops();
     planned
         .reads
         .iter()
@@ -694,17 +699,7 @@ pub(crate) fn read_all(reader: &mut dyn Reader, planned: &Planned) -> Result<Vec
 /// on a cold disk the engine threads' reads then find a deep queue already working for
 /// them (each thread alone waits for one group of reads at a time).
 fn advise(reader: &mut dyn Reader, planned: &Planned) {
-    let ops: Vec<ReadOp> = planned
-        .reads
-        .iter()
-        .filter_map(|r| {
-            Some(ReadOp {
-                file: planned.file(r)?,
-                offset: r.offset,
-                len: r.len,
-            })
-        })
-        .collect();
+    let ops = planned.ops();
     reader.advise(&ops);
 }
 

@@ -539,6 +539,15 @@ impl Planned {
             .collect()
     }
 
+    /// A failed read, naming its file and chunk.
+    fn read_error(&self, read: &PlannedRead, e: std::io::Error) -> Error {
+        Error::io(
+            self.path(read),
+            format!("reading chunk {:?}", self.tasks[read.task].chunk),
+            e,
+        )
+    }
+
     /// The open file a read is from.
     fn file(&self, read: &PlannedRead) -> Option<&File> {
         self.files[read.file].file.as_ref().map(|(file, _)| file)
@@ -683,15 +692,7 @@ pub(crate) fn read_all(reader: &mut dyn Reader, planned: &Planned) -> Result<Vec
         .reads
         .iter()
         .zip(reader.read(&ops))
-        .map(|(read, result)| {
-            result.map_err(|e| {
-                Error::io(
-                    planned.path(read),
-                    format!("reading chunk {:?}", planned.tasks[read.task].chunk),
-                    e,
-                )
-            })
-        })
+        .map(|(read, result)| result.map_err(|e| planned.read_error(read, e)))
         .collect()
 }
 
@@ -773,9 +774,7 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 for ((read, result), buf) in group.iter().zip(results).zip(bufs.iter()) {
                     let task = &planned.tasks[read.task];
                     let path = &planned.files[read.file].path;
-                    result.map_err(|e| {
-                        Error::io(path, format!("reading chunk {:?}", task.chunk), e)
-                    })?;
+                    result.map_err(|e| planned.read_error(read, e))?;
                     let counters = &shared.counters;
                     counters
                         .bytes_read
@@ -888,14 +887,7 @@ fn read_straight(
         let results = unsafe { reader.read_scattered(&mut ops) };
         shared.note_read_time(started.elapsed(), group.len());
         for (read, result) in owners.iter().zip(results) {
-            let task = &planned.tasks[read.task];
-            result.map_err(|e| {
-                Error::io(
-                    &planned.files[read.file].path,
-                    format!("reading chunk {:?}", task.chunk),
-                    e,
-                )
-            })?;
+            result.map_err(|e| planned.read_error(read, e))?;
         }
         let counters = &shared.counters;
         counters.bytes_read.fetch_add(bytes, Ordering::Relaxed);

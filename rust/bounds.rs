@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp};
-use crate::pipeline::{plan_reads, read_all, IndexCache, Shared};
+use crate::pipeline::{plan_reads, read_all, read_only_what_crops_need, IndexCache, Shared};
 use crate::pool::build_pool;
 use crate::zarr::ZarrArray;
 
@@ -104,7 +104,8 @@ pub fn decode_bound(
 /// One chunk read: file, offset, length.
 pub type Range = (PathBuf, u64, usize);
 
-/// The chunk byte ranges each batch reads (shard indexes are read here, not later).
+/// The byte ranges each batch's chunks are read from, as the engine reads them (shard indexes
+/// are read here, not later).
 ///
 /// # Errors
 /// A file or shard index that cannot be read.
@@ -120,7 +121,8 @@ pub fn chunk_ranges(
     batches
         .iter()
         .map(|origins| {
-            let planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+            let mut planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+            read_only_what_crops_need(&shared, &mut planned)?;
             Ok(planned
                 .reads
                 .iter()

@@ -192,9 +192,9 @@ pub(crate) struct Shared {
     /// Bytes of one crop in the output (of the output's element type).
     crop_bytes: usize,
     cast: Option<Cast>,
-    /// Chunks are stored as their elements and written as they are: each crop's rows are read
-    /// straight into the batch.
-    scatter: bool,
+    /// Chunks are stored as their elements: nothing to decode, so only the bytes the crops
+    /// need are read (`read_only_what_crops_need`) and laid out from the read buffer.
+    as_stored: bool,
     counters: Counters,
     pub(crate) leaf_bytes: usize,
     /// A leaf chunk of fill values: missing chunks are copied from it like any other.
@@ -225,7 +225,7 @@ impl Shared {
             fill_chunk: array.fill_value.repeat(leaf_elements),
             leaf_bytes: leaf_elements * element,
             leaf_shape: array.leaf_shape_nonzero(),
-            scatter: cast.is_none() && array.leaf_codecs().is_stored_as_is(),
+            as_stored: array.leaf_codecs().is_stored_as_is(),
             array,
             crop,
             crop_bytes,
@@ -417,7 +417,9 @@ fn plan_loop(
             continue;
         }
         let planned = catch_unwind(AssertUnwindSafe(|| {
-            plan_reads(shared, reader.as_mut(), &mut indexes, &job.origins)
+            let mut planned = plan_reads(shared, reader.as_mut(), &mut indexes, &job.origins)?;
+            read_only_what_crops_need(shared, &mut planned)?;
+            Ok(planned)
         }))
         .unwrap_or_else(|panic| {
             Err(Error::Stopped(format!(
@@ -506,6 +508,10 @@ pub(crate) struct PlannedRead {
     pub(crate) file: usize,
     pub(crate) offset: u64,
     pub(crate) len: usize,
+    /// The byte of the chunk the read starts at: 0 for a whole chunk.
+    chunk_start: usize,
+    /// Where in the output the bytes go when they are read straight into it.
+    direct: Option<usize>,
 }
 
 /// A batch whose files are open and whose shard indexes are read: what remains is reading
@@ -668,6 +674,8 @@ pub(crate) fn plan_reads(
                     file: id,
                     offset,
                     len: len as usize,
+                    chunk_start: 0,
+                    direct: None,
                 });
             }
         }
@@ -679,6 +687,48 @@ pub(crate) fn plan_reads(
         sources,
         reads,
     })
+}
+
+/// Narrows each read of a chunk stored as its elements to the bytes its crops need, from the
+/// first to the last; a chunk that is one contiguous run of one crop is read straight into
+/// the output (unless its elements are cast on the way).
+///
+/// # Errors
+/// [`Error::Corrupt`] for a stored chunk whose length is not the chunk's.
+pub(crate) fn read_only_what_crops_need(shared: &Shared, planned: &mut Planned) -> Result<()> {
+    if !shared.as_stored {
+        return Ok(());
+    }
+    let element = shared.array.dtype.size();
+    for read in &mut planned.reads {
+        let task = &planned.tasks[read.task];
+        if read.len != shared.leaf_bytes {
+            return Err(Error::corrupt(
+                &planned.files[read.file].path,
+                format!("chunk {:?}", task.chunk),
+                format!(
+                    "an uncompressed chunk of {} bytes, expected {}",
+                    read.len, shared.leaf_bytes
+                ),
+            ));
+        }
+        let spans = task
+            .targets
+            .iter()
+            .filter_map(|target| target_layout(shared, target, element).src_span());
+        let Some((start, end)) = spans.reduce(|(a, b), (c, d)| (a.min(c), b.max(d))) else {
+            continue;
+        };
+        read.offset += start as u64;
+        read.len = end - start;
+        read.chunk_start = start;
+        if let ([target], None) = (task.targets.as_slice(), shared.cast) {
+            if let Some((_, dst, _)) = target_layout(shared, target, element).single_run() {
+                read.direct = Some(target.crop * shared.crop_bytes + dst);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads every chunk a planned batch needs, together, each into a buffer of its own (in the
@@ -730,7 +780,7 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                     .counters
                     .chunks_decoded
                     .fetch_add(1, Ordering::Relaxed);
-                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, out)
+                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
             }
             Source::Encoded => Ok(()),
         })?;
@@ -752,10 +802,11 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 let Some(LocalIo { reader, bufs }) = local.as_mut() else {
                     return Err(Error::Stopped("no reader on this thread".into()));
                 };
-                if shared.scatter {
-                    return read_straight(shared, planned, group, reader.as_mut(), out);
-                }
-                let ops = group
+                let (direct, buffered): (Vec<&PlannedRead>, Vec<&PlannedRead>) =
+                    group.iter().partition(|read| read.direct.is_some());
+                let started = Instant::now();
+                read_direct(planned, &direct, reader.as_mut(), out)?;
+                let ops = buffered
                     .iter()
                     .map(|read| {
                         let file = planned.file(read).ok_or_else(|| {
@@ -768,134 +819,76 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let started = Instant::now();
                 let results = reader.read_into(&ops, bufs);
-                shared.note_read_time(started.elapsed(), ops.len());
-                for ((read, result), buf) in group.iter().zip(results).zip(bufs.iter()) {
+                shared.note_read_time(started.elapsed(), group.len());
+                let counters = &shared.counters;
+                let read_bytes: usize = group.iter().map(|read| read.len).sum();
+                counters
+                    .bytes_read
+                    .fetch_add(read_bytes as u64, Ordering::Relaxed);
+                counters
+                    .chunks_decoded
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                for ((read, result), buf) in buffered.into_iter().zip(results).zip(bufs.iter()) {
                     let task = &planned.tasks[read.task];
-                    let path = &planned.files[read.file].path;
                     result.map_err(|e| planned.read_error(read, e))?;
-                    let counters = &shared.counters;
-                    counters
-                        .bytes_read
-                        .fetch_add(read.len as u64, Ordering::Relaxed);
-                    counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
-                    decode_task(
-                        shared,
-                        task,
-                        &planned.locations[read.task],
-                        path,
-                        &buf[..read.len],
-                        out,
-                    )?;
+                    let bytes = &buf[..read.len];
+                    if shared.as_stored {
+                        copy_targets(shared, task, bytes, read.chunk_start, out)?;
+                    } else {
+                        let location = &planned.locations[read.task];
+                        decode_task(shared, task, location, planned.path(read), bytes, out)?;
+                    }
                 }
                 Ok(())
             })
         })
 }
 
-thread_local! {
-    // Where a thread's scattered reads put the bytes between the rows crops need.
-    static SINK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Reads chunks stored as their elements straight into the batch: for each crop a chunk
-/// overlaps, one scattered read of the bytes from its first row to its last, the rows laid
-/// into the crop and the bytes between them into a sink.
-fn read_straight(
-    shared: &Shared,
+/// Reads the chunks that are each one contiguous run of one crop straight into the output.
+fn read_direct(
     planned: &Planned,
-    group: &[PlannedRead],
+    reads: &[&PlannedRead],
     reader: &mut dyn Reader,
     out: &OutBuffer,
 ) -> Result<()> {
-    SINK.with(|sink| {
-        let mut sink = sink.borrow_mut();
-        if sink.len() < shared.leaf_bytes {
-            sink.resize(shared.leaf_bytes, 0);
+    if reads.is_empty() {
+        return Ok(());
+    }
+    let mut ops = Vec::with_capacity(reads.len());
+    for read in reads {
+        let (Some(file), Some(dst)) = (planned.file(read), read.direct) else {
+            return Err(Error::Stopped(format!(
+                "internal error: no open file or place for {read:?}"
+            )));
+        };
+        if dst + read.len > out.len {
+            return Err(Error::Stopped(format!(
+                "internal error: a read for chunk {:?} left the batch",
+                planned.tasks[read.task].chunk
+            )));
         }
-        let sink_ptr = sink.as_mut_ptr();
-        let mut ops = Vec::new();
-        let mut owners = Vec::new();
-        for read in group {
-            let task = &planned.tasks[read.task];
-            let path = &planned.files[read.file].path;
-            if read.len != shared.leaf_bytes {
-                return Err(Error::corrupt(
-                    path,
-                    format!("chunk {:?}", task.chunk),
-                    format!(
-                        "an uncompressed chunk of {} bytes, expected {}",
-                        read.len, shared.leaf_bytes
-                    ),
-                ));
-            }
-            let file = planned.file(read).ok_or_else(|| {
-                Error::Stopped(format!("internal error: no open file for {read:?}"))
-            })?;
-            for target in &task.targets {
-                let crop_base = target.crop * shared.crop_bytes;
-                let layout = target_layout(shared, target, shared.array.dtype.size());
-                let mut iov = Vec::new();
-                let mut start = None;
-                let mut cursor = 0usize;
-                let mut in_bounds = true;
-                layout.for_each_run(|src, dst, len| {
-                    let dst = crop_base + dst;
-                    if src < cursor || src + len > read.len || dst + len > out.len {
-                        in_bounds = false;
-                        return;
-                    }
-                    if start.is_none() {
-                        start = Some(src);
-                    } else if src > cursor {
-                        iov.push(libc::iovec {
-                            iov_base: sink_ptr.cast(),
-                            iov_len: src - cursor,
-                        });
-                    }
-                    // SAFETY: `dst..dst + len` lies in the output (checked above); only the
-                    // pointer is formed here, the kernel writes through it in `read_scattered`.
-                    let base = unsafe { out.ptr.add(dst) };
-                    iov.push(libc::iovec {
-                        iov_base: base.cast(),
-                        iov_len: len,
-                    });
-                    cursor = src + len;
-                });
-                if !in_bounds {
-                    return Err(Error::Stopped(format!(
-                        "internal error: a read for chunk {:?} left its buffers",
-                        task.chunk
-                    )));
-                }
-                let Some(start) = start else { continue };
-                ops.push(ScatterOp {
-                    file,
-                    offset: read.offset + start as u64,
-                    iov,
-                });
-                owners.push(read);
-            }
-        }
-        let bytes: u64 = ops.iter().map(|op| op.len() as u64).sum();
-        // SAFETY: each iovec points either into the output, at runs that belong to this
-        // chunk's target alone (plan_batch: each output element is covered by exactly one
-        // target of one chunk) and stay valid while the batch runs (`OutBuffer::new`), or into
-        // this thread's sink, whose bytes nobody reads; both outlive the call.
-        let started = Instant::now();
-        let results = unsafe { reader.read_scattered(&mut ops) };
-        shared.note_read_time(started.elapsed(), group.len());
-        for (read, result) in owners.iter().zip(results) {
-            result.map_err(|e| planned.read_error(read, e))?;
-        }
-        let counters = &shared.counters;
-        counters.bytes_read.fetch_add(bytes, Ordering::Relaxed);
-        counters
-            .chunks_decoded
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        Ok(())
-    })
+        // SAFETY: `dst..dst + len` lies in the output (checked above); only the pointer is
+        // formed here, the kernel writes through it in `read_scattered`.
+        let base = unsafe { out.ptr.add(dst) };
+        ops.push(ScatterOp {
+            file,
+            offset: read.offset,
+            iov: vec![libc::iovec {
+                iov_base: base.cast(),
+                iov_len: read.len,
+            }],
+        });
+    }
+    // SAFETY: each iovec is one run of the output that belongs to this read's chunk alone
+    // (plan_batch: each output element is covered by exactly one target of one chunk, and a
+    // direct read's chunk has one target), valid for writes while the batch runs
+    // (`OutBuffer::new`).
+    let results = unsafe { reader.read_scattered(&mut ops) };
+    for (read, result) in reads.iter().zip(results) {
+        result.map_err(|e| planned.read_error(read, e))?;
+    }
+    Ok(())
 }
 
 thread_local! {
@@ -955,7 +948,7 @@ fn decode_task(
             &shared.leaf_shape,
             array.codec_data_type(),
             array.codec_fill_value(),
-            |chunk| copy_targets(shared, task, chunk, out),
+            |chunk| copy_targets(shared, task, chunk, 0, out),
             corrupt,
         )
     })
@@ -993,11 +986,18 @@ fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
     }
 }
 
-/// Copies each target's piece of a decoded chunk into its crop's place in the output.
-fn copy_targets(shared: &Shared, task: &ChunkTask, chunk: &[u8], out: &OutBuffer) -> Result<()> {
+/// Copies each target's piece of a decoded chunk into its crop's place in the output;
+/// `chunk` holds the chunk's bytes from `chunk_start` on.
+fn copy_targets(
+    shared: &Shared,
+    task: &ChunkTask,
+    chunk: &[u8],
+    chunk_start: usize,
+    out: &OutBuffer,
+) -> Result<()> {
     let element = shared.array.dtype.size();
     if let Some(cast) = &shared.cast {
-        return cast_targets(shared, cast, task, chunk, out);
+        return cast_targets(shared, cast, task, chunk, chunk_start, out);
     }
     for target in &task.targets {
         let crop_base = target.crop * shared.crop_bytes;
@@ -1005,6 +1005,10 @@ fn copy_targets(shared: &Shared, task: &ChunkTask, chunk: &[u8], out: &OutBuffer
         let mut in_bounds = true;
         layout.for_each_run(|src, dst, len| {
             let dst = crop_base + dst;
+            let Some(src) = src.checked_sub(chunk_start) else {
+                in_bounds = false;
+                return;
+            };
             if src + len > chunk.len() || dst + len > out.len {
                 in_bounds = false;
                 return;
@@ -1033,6 +1037,7 @@ fn cast_targets(
     cast: &Cast,
     task: &ChunkTask,
     chunk: &[u8],
+    chunk_start: usize,
     out: &OutBuffer,
 ) -> Result<()> {
     let in_size = shared.array.dtype.size();
@@ -1044,6 +1049,10 @@ fn cast_targets(
         let mut in_bounds = true;
         layout.for_each_run(|src, dst, count| {
             let (src, dst) = (src * in_size, crop_base + dst * out_size);
+            let Some(src) = src.checked_sub(chunk_start) else {
+                in_bounds = false;
+                return;
+            };
             if src + count * in_size > chunk.len() || dst + count * out_size > out.len {
                 in_bounds = false;
                 return;

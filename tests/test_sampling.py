@@ -13,9 +13,15 @@ from torch.utils.data import DataLoader
 import lsio_torch
 
 
-def write(path, values, chunks, shards=None):
+def write(path, values, chunks, shards=None, compressors="auto"):
     array = zarr.create_array(
-        path, shape=values.shape, dtype=values.dtype, chunks=chunks, shards=shards, fill_value=0
+        path,
+        shape=values.shape,
+        dtype=values.dtype,
+        chunks=chunks,
+        shards=shards,
+        fill_value=0,
+        compressors=compressors,
     )
     array[...] = values
     return zarr.open_array(path, mode="r")[...]
@@ -24,12 +30,14 @@ def write(path, values, chunks, shards=None):
 @pytest.fixture(scope="module")
 def joint(tmp_path_factory):
     """A fine int16 array (8, 64, 48), a float32 one on the same grid, and a float32 one on
-    a grid 2 times coarser in time and 4 times coarser in space, each written by zarr-python."""
+    a grid 2 times coarser in time and 4 times coarser in space, each written by zarr-python;
+    and the int16 one again, stored uncompressed."""
     root = tmp_path_factory.mktemp("joint")
     sat = write(root / "sat.zarr", smooth_field((8, 64, 48), "int16", 1), (1, 16, 16), (4, 32, 48))
     aux = write(root / "aux.zarr", smooth_field((8, 64, 48), "float32", 2), (2, 32, 24))
     nwp = write(root / "nwp.zarr", smooth_field((4, 16, 12), "float32", 3), (2, 8, 8))
-    return root, {"sat": sat, "aux": aux, "nwp": nwp}
+    raw = write(root / "raw.zarr", sat, (1, 16, 16), (4, 32, 48), compressors=None)
+    return root, {"sat": sat, "aux": aux, "nwp": nwp, "raw": raw}
 
 
 def test_joint_crops_on_one_grid_equal_zarr_python(joint):
@@ -163,7 +171,7 @@ def test_valid_mask_and_indices_restrict_where_crops_start(joint):
 
 
 @pytest.mark.parametrize("out", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("source", ["sat", "aux"])
+@pytest.mark.parametrize("source", ["sat", "aux", "raw"])
 def test_casting_with_normalisation_equals_numpy(joint, out, source):
     root, values = joint
     mean, std = 12.5, 3.0

@@ -20,8 +20,8 @@ pub struct ReadOp<'a> {
 }
 
 /// One scattered read: consecutive bytes from `offset` of `file`, laid over `iov` in order
-/// (`preadv`). The engine reads uncompressed chunks this way: the rows a crop needs go
-/// straight into the batch, the bytes between them into a scratch sink.
+/// (`preadv`). The engine reads an uncompressed piece of a chunk that is one contiguous run
+/// of a crop this way, straight into the batch.
 pub struct ScatterOp<'a> {
     pub file: &'a File,
     pub offset: u64,

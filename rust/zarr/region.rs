@@ -135,6 +135,26 @@ impl CopyLayout<'_> {
         }
     }
 
+    /// The bytes of the source the copy reads from, first to last: `(start, end)`; `None` for
+    /// an empty region.
+    #[must_use]
+    pub fn src_span(&self) -> Option<(usize, usize)> {
+        if self.region.contains(&0) {
+            return None;
+        }
+        let strides = strides(self.src_shape, self.element_size);
+        let (first, last) = self.src_start.iter().zip(self.region).zip(&strides).fold(
+            (0, 0),
+            |(first, last), ((&start, &n), &stride)| {
+                (
+                    first + start as usize * stride,
+                    last + (start + n - 1) as usize * stride,
+                )
+            },
+        );
+        Some((first, last + self.element_size))
+    }
+
     /// The copy's `(src_offset, dst_offset, run_bytes)` when it is one contiguous run, without
     /// walking it; `None` when it has several runs (or none).
     #[must_use]
@@ -296,6 +316,30 @@ mod tests {
             }
             assert_eq!(dst, expected, "region {region:?}");
         }
+    }
+
+    #[test]
+    fn src_span_runs_from_the_first_run_to_the_end_of_the_last() {
+        let shape = [3u64, 4, 5];
+        let mut layout = CopyLayout {
+            element_size: 2,
+            region: &[2, 2, 3],
+            src_shape: &shape,
+            src_start: &[1, 1, 2],
+            dst_shape: &[6, 4, 5],
+            dst_start: &[0, 0, 0],
+        };
+        let mut runs = Vec::new();
+        layout.for_each_run(|src, _, len| runs.push((src, len)));
+        let (first, last) = (runs[0], runs[runs.len() - 1]);
+        assert_eq!(layout.src_span(), Some((first.0, last.0 + last.1)));
+        assert_eq!(layout.src_span(), Some((54, 110)));
+        // A whole chunk spans all of it; an empty region nothing.
+        layout.region = &shape;
+        layout.src_start = &[0, 0, 0];
+        assert_eq!(layout.src_span(), Some((0, 120)));
+        layout.region = &[0, 2, 3];
+        assert_eq!(layout.src_span(), None);
     }
 
     #[test]

@@ -35,7 +35,15 @@ __all__ = ["TORCH_DTYPES", "ZarrCropDataset", "read_crops"]
 _fallback_logged = False
 
 #: What `ZarrCropDataset.stats` counts.
-_COUNTERS = ("batches", "bytes_read", "chunks_decoded", "consumer_wait_s", "engine_wait_s")
+_COUNTERS = (
+    "batches",
+    "bytes_read",
+    "chunks_decoded",
+    "reads",
+    "files_opened",
+    "consumer_wait_s",
+    "engine_wait_s",
+)
 
 
 def _log_backend_once() -> None:
@@ -465,9 +473,8 @@ def _engine_stats(engines: Mapping[Any, _lsio_torch.Engine]) -> dict[str, float]
             s = engine.stats()
         except _lsio_torch.LsioError:  # closed
             continue
-        out["bytes_read"] += s["bytes_read"]
-        out["chunks_decoded"] += s["chunks_decoded"]
-        out["consumer_wait_s"] += s["consumer_wait_s"]
+        for key in ("bytes_read", "chunks_decoded", "reads", "files_opened", "consumer_wait_s"):
+            out[key] += s[key]
         waits.append(s["engine_wait_s"])
     out["engine_wait_s"] = min(waits, default=0)
     return out

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp};
-use crate::pipeline::{plan_reads, read_all, read_only_what_crops_need, IndexCache, Shared};
+use crate::pipeline::{plan_reads, read_all, read_only_what_crops_need, PlanCache, Shared};
 use crate::pool::build_pool;
 use crate::zarr::ZarrArray;
 
@@ -50,7 +50,7 @@ pub fn decode_bound(
 ) -> Result<Measured> {
     let shared = Shared::new(array, crop, backend, None)?;
     let mut reader = new_reader(backend)?;
-    let mut indexes = IndexCache::default();
+    let mut cache = PlanCache::default();
     let (pool, exited) = build_pool("lsio-bound", threads)?;
     let mut measured = Measured::default();
     let mut elapsed = Duration::ZERO;
@@ -82,7 +82,7 @@ pub fn decode_bound(
         Ok(())
     };
     for origins in batches {
-        let planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+        let planned = plan_reads(&shared, reader.as_mut(), &mut cache, origins)?;
         let encoded = read_all(reader.as_mut(), &planned)?;
         measured.chunks += encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
@@ -117,11 +117,11 @@ pub fn chunk_ranges(
 ) -> Result<Vec<Vec<Range>>> {
     let shared = Shared::new(array, crop, backend, None)?;
     let mut reader = new_reader(backend)?;
-    let mut indexes = IndexCache::default();
+    let mut cache = PlanCache::default();
     batches
         .iter()
         .map(|origins| {
-            let mut planned = plan_reads(&shared, reader.as_mut(), &mut indexes, origins)?;
+            let mut planned = plan_reads(&shared, reader.as_mut(), &mut cache, origins)?;
             read_only_what_crops_need(&shared, &mut planned)?;
             Ok(planned
                 .reads

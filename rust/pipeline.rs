@@ -34,6 +34,8 @@ use crate::zarr::ZarrArray;
 
 /// Shard indexes kept per engine; the oldest is forgotten first.
 const SHARD_INDEX_CACHE: usize = 4096;
+/// Chunk and shard files kept open per engine between batches; the oldest is closed first.
+const OPEN_FILES: usize = 64;
 /// Jobs that may wait for the I/O thread.
 const QUEUED_JOBS: usize = 64;
 
@@ -109,6 +111,11 @@ pub struct Stats {
     pub bytes_read: u64,
     /// Chunks decoded (or copied from the fill value, for chunks never written).
     pub chunks_decoded: u64,
+    /// Read requests issued for chunks (fewer than the chunks read where adjacent ones are
+    /// read together).
+    pub reads: u64,
+    /// Chunk and shard files opened (each kept open from batch to batch).
+    pub files_opened: u64,
     /// Seconds the engine had no batch to work on: waiting for the consumer.
     pub engine_wait_s: f64,
 }
@@ -119,6 +126,8 @@ struct Counters {
     batches: AtomicU64,
     bytes_read: AtomicU64,
     chunks_decoded: AtomicU64,
+    reads: AtomicU64,
+    files_opened: AtomicU64,
     /// Batches submitted and not finished.
     in_flight: AtomicUsize,
     idle: Mutex<Idle>,
@@ -172,6 +181,8 @@ impl Counters {
             batches: self.batches.load(Ordering::Relaxed),
             bytes_read: self.bytes_read.load(Ordering::Relaxed),
             chunks_decoded: self.chunks_decoded.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            files_opened: self.files_opened.load(Ordering::Relaxed),
             engine_wait_s: waited.as_secs_f64(),
         }
     }
@@ -407,7 +418,7 @@ fn plan_loop(
     pool: &rayon::ThreadPool,
     jobs: &Receiver<Job>,
 ) {
-    let mut indexes = IndexCache::default();
+    let mut cache = PlanCache::default();
     while let Ok(job) = jobs.recv() {
         if shared.cancel.load(Ordering::Relaxed) {
             shared.counters.batch_finished();
@@ -417,7 +428,7 @@ fn plan_loop(
             continue;
         }
         let planned = catch_unwind(AssertUnwindSafe(|| {
-            let mut planned = plan_reads(shared, reader.as_mut(), &mut indexes, &job.origins)?;
+            let mut planned = plan_reads(shared, reader.as_mut(), &mut cache, &job.origins)?;
             read_only_what_crops_need(shared, &mut planned)?;
             Ok(planned)
         }))
@@ -451,7 +462,7 @@ fn plan_loop(
                     }
                     shared.counters.batch_finished();
                     let _ = job.done.send(result);
-                    drop(planned); // closes the batch's files
+                    drop(planned); // lets go of the batch's files (the planner may keep them open)
                     drop(job);
                 });
             }
@@ -476,27 +487,103 @@ pub(crate) enum Source {
     Encoded,
 }
 
-/// An opened chunk or shard file; `None` when it does not exist.
+/// An opened chunk or shard file with its length; `None` when it does not exist.
 struct OpenFile {
     path: PathBuf,
     file: Option<(File, u64)>,
 }
 
-#[derive(Default)]
-pub(crate) struct IndexCache {
-    map: HashMap<Vec<u64>, Arc<ShardIndex>>,
-    order: VecDeque<Vec<u64>>,
+impl OpenFile {
+    fn open(path: PathBuf) -> std::io::Result<Self> {
+        let file = match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Some((file, len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Self { path, file })
+    }
 }
 
-impl IndexCache {
-    fn insert(&mut self, key: Vec<u64>, index: Arc<ShardIndex>) {
-        if self.map.len() >= SHARD_INDEX_CACHE {
-            if let Some(oldest) = self.order.pop_front() {
-                self.map.remove(&oldest);
-            }
+/// At most `limit` values by file coordinates; the oldest entry is dropped first.
+struct Bounded<V> {
+    map: HashMap<Vec<u64>, V>,
+    order: VecDeque<Vec<u64>>,
+    limit: usize,
+}
+
+impl<V> Bounded<V> {
+    fn new(limit: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            limit,
+        }
+    }
+
+    fn get(&self, key: &[u64]) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn insert(&mut self, key: Vec<u64>, value: V) {
+        while self.map.len() >= self.limit {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&oldest);
         }
         self.order.push_back(key.clone());
-        self.map.insert(key, index);
+        self.map.insert(key, value);
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+}
+
+/// What the planner keeps between batches: shard indexes, and files open (or known to be
+/// missing), so each is opened once per iteration rather than once per batch.
+pub(crate) struct PlanCache {
+    indexes: Bounded<Arc<ShardIndex>>,
+    files: Bounded<Arc<OpenFile>>,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        Self {
+            indexes: Bounded::new(SHARD_INDEX_CACHE),
+            files: Bounded::new(OPEN_FILES),
+        }
+    }
+}
+
+impl PlanCache {
+    /// The file at `coords`, opened now if it is not open yet. Out of file descriptors, the
+    /// cached files are closed and the open tried once more.
+    fn file(
+        &mut self,
+        array: &ZarrArray,
+        coords: &[u64],
+        opened: &AtomicU64,
+    ) -> Result<Arc<OpenFile>> {
+        if let Some(file) = self.files.get(coords) {
+            return Ok(Arc::clone(file));
+        }
+        let path = array.file_path(coords);
+        let opened_now = match OpenFile::open(path.clone()) {
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                self.files.clear();
+                OpenFile::open(path.clone())
+            }
+            other => other,
+        };
+        let file = Arc::new(opened_now.map_err(|e| Error::io(&path, "opening a chunk file", e))?);
+        opened.fetch_add(1, Ordering::Relaxed);
+        self.files.insert(coords.to_vec(), Arc::clone(&file));
+        Ok(file)
     }
 }
 
@@ -519,7 +606,7 @@ pub(crate) struct PlannedRead {
 pub(crate) struct Planned {
     tasks: Vec<ChunkTask>,
     locations: Vec<ChunkLocation>,
-    files: Vec<OpenFile>,
+    files: Vec<Arc<OpenFile>>,
     sources: Vec<Source>,
     pub(crate) reads: Vec<PlannedRead>,
 }
@@ -567,34 +654,22 @@ impl Planned {
 pub(crate) fn plan_reads(
     shared: &Shared,
     reader: &mut dyn Reader,
-    indexes: &mut IndexCache,
+    cache: &mut PlanCache,
     origins: &[Vec<u64>],
 ) -> Result<Planned> {
     let array = &shared.array;
     let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
     let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
 
-    // Open each file once for the batch.
+    // Each file the batch reads, open.
     let mut file_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
-    let mut files: Vec<OpenFile> = Vec::new();
+    let mut files: Vec<Arc<OpenFile>> = Vec::new();
     for location in &locations {
         if file_ids.contains_key(location.file.as_slice()) {
             continue;
         }
-        let path = array.file_path(&location.file);
-        let file = match File::open(&path) {
-            Ok(file) => {
-                let len = file
-                    .metadata()
-                    .map_err(|e| Error::io(&path, "reading the file size", e))?
-                    .len();
-                Some((file, len))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&path, "opening a chunk file", e)),
-        };
         file_ids.insert(&location.file, files.len());
-        files.push(OpenFile { path, file });
+        files.push(cache.file(array, &location.file, &shared.counters.files_opened)?);
     }
 
     // Shard indexes not yet cached, read together.
@@ -606,7 +681,7 @@ pub(crate) fn plan_reads(
         let mut wanted = Vec::new();
         let mut ops = Vec::new();
         for (coords, &id) in &file_ids {
-            if let Some(index) = indexes.map.get(*coords) {
+            if let Some(index) = cache.indexes.get(coords) {
                 shard_index[id] = Some(Arc::clone(index));
                 continue;
             }
@@ -643,7 +718,7 @@ pub(crate) fn plan_reads(
                 .and_then(|words| ShardIndex::from_words(&words, per_shard, shard_len))
                 .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
             let index = Arc::new(index);
-            indexes.insert(coords, Arc::clone(&index));
+            cache.indexes.insert(coords, Arc::clone(&index));
             shard_index[id] = Some(index);
         }
     }
@@ -829,6 +904,9 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 counters
                     .chunks_decoded
                     .fetch_add(group.len() as u64, Ordering::Relaxed);
+                counters
+                    .reads
+                    .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
                 for ((read, result), buf) in buffered.into_iter().zip(results).zip(bufs.iter()) {
                     let task = &planned.tasks[read.task];
                     result.map_err(|e| planned.read_error(read, e))?;
@@ -1072,4 +1150,23 @@ fn cast_targets(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_drops_the_oldest_entry_first() {
+        let mut kept = Bounded::new(2);
+        kept.insert(vec![0], "a");
+        kept.insert(vec![1], "b");
+        kept.insert(vec![2], "c");
+        assert_eq!(kept.get(&[0]), None);
+        assert_eq!((kept.get(&[1]), kept.get(&[2])), (Some(&"b"), Some(&"c")));
+        kept.clear();
+        assert_eq!(kept.get(&[2]), None);
+        kept.insert(vec![3], "d");
+        assert_eq!(kept.get(&[3]), Some(&"d"));
+    }
 }

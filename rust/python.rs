@@ -237,13 +237,16 @@ impl Engine {
         Ok(self.running()?.out_dtype())
     }
 
-    /// ``{"batches", "bytes_read", "chunks_decoded", "engine_wait_s", "consumer_wait_s"}``.
+    /// ``{"batches", "bytes_read", "chunks_decoded", "reads", "files_opened", "engine_wait_s",
+    /// "consumer_wait_s"}``.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.running()?.stats();
         let out = PyDict::new(py);
         out.set_item("batches", s.batches)?;
         out.set_item("bytes_read", s.bytes_read)?;
         out.set_item("chunks_decoded", s.chunks_decoded)?;
+        out.set_item("reads", s.reads)?;
+        out.set_item("files_opened", s.files_opened)?;
         out.set_item("engine_wait_s", s.engine_wait_s)?;
         out.set_item("consumer_wait_s", self.consumer_wait.as_secs_f64())?;
         Ok(out)

@@ -7,6 +7,8 @@ import contextlib
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -152,6 +154,11 @@ def test_stats_count_what_was_read_and_decoded(tmp_path):
     assert stats["batches"] == 5
     assert stats["chunks_decoded"] == sum(len(r) for r in ranges)
     assert stats["bytes_read"] == sum(n for r in ranges for _, _, n in r)
+    assert stats["reads"] == sum(len(r) for r in ranges)
+    # Each chunk file is opened once for the iteration, however many batches read it.
+    touched = {path for r in ranges for path, _, _ in r}
+    assert len(touched) < stats["reads"]
+    assert stats["files_opened"] == len(touched)
     assert stats["consumer_wait_s"] >= 0 and stats["engine_wait_s"] > 0
     assert stats["backend"] == lsio_torch.io_backend()
 
@@ -178,3 +185,39 @@ def test_a_pickled_dataset_yields_the_same_batches(arrays):
     ds.set_epoch(3)
     again = pickle.loads(pickle.dumps(ds))
     assert all(torch.equal(a, b) for a, b in zip(ds, again, strict=True))
+
+
+_FEW_DESCRIPTORS = """
+import os, resource, sys
+import numpy as np, zarr
+import lsio_torch
+
+path, limit = sys.argv[1], int(sys.argv[2])
+values = zarr.open_array(path, mode="r")[...]
+ds = lsio_torch.ZarrCropDataset(path, (2, 4, 4), batch_size=1, samples_per_epoch=300, seed=1,
+                                return_origins=True)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + limit,
+                                            resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for crops, origins in ds:
+    t, y, x = origins[0].tolist()
+    assert np.array_equal(crops[0].numpy(), values[t:t + 2, y:y + 4, x:x + 4])
+"""
+
+
+def test_out_of_file_descriptors_the_open_files_are_closed_and_reading_goes_on(tmp_path):
+    """Files stay open between batches, up to 64 per array; where the process may not have
+    that many, the engine closes the ones it keeps and goes on (in a subprocess, whose
+    descriptor limit is lowered)."""
+    values = smooth_field((8, 24, 24), "int16", 5)
+    # 4 x 6 x 6 = 144 chunk files; a crop touches at most 2 x 2 x 2 = 8 of them.
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=values.shape, dtype="int16", chunks=(2, 4, 4)
+    )
+    array[...] = values
+    script = tmp_path / "few.py"
+    script.write_text(_FEW_DESCRIPTORS)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "a.zarr"), "40"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr

@@ -341,7 +341,7 @@ def measure(args, name: str) -> list[Result]:
         bound = _lsio_torch.decode_bound(array, list(crop), batches, threads)
         results.append(result("decode bound", bound["seconds"], f"{bound['chunks']} chunk decodes"))
     if args.cold and "disk" in chosen:
-        ranges = _lsio_torch.chunk_ranges(array, list(crop), batches)
+        ranges = _lsio_torch.read_ranges(array, list(crop), batches)
         drop_caches()
         sys.stderr.write("  disk bound ...\n")
         bound = _lsio_torch.disk_bound(ranges, args.threads)

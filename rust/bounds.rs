@@ -13,7 +13,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, ReadOp};
-use crate::pipeline::{plan_reads, read_all, read_only_what_crops_need, PlanCache, Shared};
+use crate::pipeline::{
+    plan_reads, read_all, read_only_what_crops_need, requested_ranges, PlanCache, Shared,
+};
 use crate::pool::build_pool;
 use crate::zarr::ZarrArray;
 
@@ -101,7 +103,7 @@ pub fn decode_bound(
     Ok(measured)
 }
 
-/// One chunk read: file, offset, length.
+/// One read request: file, offset, length.
 pub type Range = (PathBuf, u64, usize);
 
 /// The byte ranges each batch's chunks are read from, as the engine reads them (shard indexes
@@ -109,7 +111,7 @@ pub type Range = (PathBuf, u64, usize);
 ///
 /// # Errors
 /// A file or shard index that cannot be read.
-pub fn chunk_ranges(
+pub fn read_ranges(
     array: Arc<ZarrArray>,
     crop: Vec<u64>,
     batches: &[Vec<Vec<u64>>],
@@ -123,11 +125,7 @@ pub fn chunk_ranges(
         .map(|origins| {
             let mut planned = plan_reads(&shared, reader.as_mut(), &mut cache, origins)?;
             read_only_what_crops_need(&shared, &mut planned)?;
-            Ok(planned
-                .reads
-                .iter()
-                .map(|r| (planned.path(r).to_path_buf(), r.offset, r.len))
-                .collect())
+            Ok(requested_ranges(&planned))
         })
         .collect()
 }

@@ -641,6 +641,42 @@ impl Planned {
         )
     }
 
+    /// One request for a run of reads of one file whose byte ranges meet.
+    fn op(&self, run: &[&PlannedRead]) -> Result<ReadOp<'_>> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Err(Error::Stopped("internal error: an empty read".into()));
+        };
+        let file = self
+            .file(first)
+            .ok_or_else(|| Error::Stopped(format!("internal error: no open file for {first:?}")))?;
+        Ok(ReadOp {
+            file,
+            offset: first.offset,
+            len: (last.offset + last.len as u64 - first.offset) as usize,
+        })
+    }
+
+    /// The error of a failed request for `run`, naming the chunk at fault: a run of several
+    /// chunks is read again chunk by chunk to find it.
+    fn failed_read(
+        &self,
+        run: &[&PlannedRead],
+        e: std::io::Error,
+        reader: &mut dyn Reader,
+    ) -> Error {
+        if run.len() > 1 {
+            let ops: Result<Vec<_>> = run.iter().map(|read| self.op(&[read])).collect();
+            if let Ok(ops) = ops {
+                for (read, result) in run.iter().zip(reader.read(&ops)) {
+                    if let Err(e) = result {
+                        return self.read_error(read, e);
+                    }
+                }
+            }
+        }
+        self.read_error(run[0], e)
+    }
+
     /// The open file a read is from.
     fn file(&self, read: &PlannedRead) -> Option<&File> {
         self.files[read.file].file.as_ref().map(|(file, _)| file)
@@ -755,6 +791,8 @@ pub(crate) fn plan_reads(
             }
         }
     }
+    // In file order, so that chunks stored side by side are read together.
+    reads.sort_by_key(|read| (read.file, read.offset));
     Ok(Planned {
         tasks,
         locations,
@@ -831,6 +869,77 @@ fn advise(reader: &mut dyn Reader, planned: &Planned) {
 
 /// Reads a batch's chunks per thread, this many at a time, then decodes them.
 const READS_PER_GROUP: usize = 32;
+/// The most bytes adjacent chunks are read together in.
+const MAX_COALESCED: u64 = 4 << 20;
+
+/// The read requests for one group of a batch's reads.
+struct Requests<'a> {
+    /// Reads straight into the output, one request each.
+    direct: Vec<&'a PlannedRead>,
+    /// Reads into buffers...
+    buffered: Vec<&'a PlannedRead>,
+    /// ...one request per run of them: reads of one file whose byte ranges meet.
+    runs: Vec<std::ops::Range<usize>>,
+}
+
+impl<'a> Requests<'a> {
+    fn of(group: &'a [PlannedRead]) -> Self {
+        let (direct, buffered): (Vec<_>, Vec<_>) =
+            group.iter().partition(|read| read.direct.is_some());
+        let runs = coalesce(&buffered);
+        Self {
+            direct,
+            buffered,
+            runs,
+        }
+    }
+
+    /// The ranges requested: `(file, offset, len)`.
+    fn ranges(&self) -> impl Iterator<Item = (usize, u64, usize)> + '_ {
+        let direct = self.direct.iter().map(|r| (r.file, r.offset, r.len));
+        let runs = self.runs.iter().map(|run| {
+            let (first, last) = (self.buffered[run.start], self.buffered[run.end - 1]);
+            let len = last.offset + last.len as u64 - first.offset;
+            (first.file, first.offset, len as usize)
+        });
+        direct.chain(runs)
+    }
+}
+
+/// Splits `reads` (sorted by file and offset) into runs whose byte ranges meet, each run one
+/// file and at most [`MAX_COALESCED`] bytes (a longer single read stays whole).
+fn coalesce(reads: &[&PlannedRead]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=reads.len() {
+        let joins = i < reads.len() && {
+            let (first, prev, next) = (reads[start], reads[i - 1], reads[i]);
+            next.file == prev.file
+                && next.offset == prev.offset + prev.len as u64
+                && next.offset + next.len as u64 - first.offset <= MAX_COALESCED
+        };
+        if !joins {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs
+}
+
+/// Every request a planned batch is read with, as the engine threads make them: the byte
+/// ranges the disk bound reads.
+pub(crate) fn requested_ranges(planned: &Planned) -> Vec<(PathBuf, u64, usize)> {
+    planned
+        .reads
+        .chunks(READS_PER_GROUP)
+        .flat_map(|group| {
+            Requests::of(group)
+                .ranges()
+                .map(|(file, offset, len)| (planned.files[file].path.clone(), offset, len))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
 
 /// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
 /// buffers, reused without being zeroed again.
@@ -877,22 +986,16 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 let Some(LocalIo { reader, bufs }) = local.as_mut() else {
                     return Err(Error::Stopped("no reader on this thread".into()));
                 };
-                let (direct, buffered): (Vec<&PlannedRead>, Vec<&PlannedRead>) =
-                    group.iter().partition(|read| read.direct.is_some());
+                let Requests {
+                    direct,
+                    buffered,
+                    runs,
+                } = Requests::of(group);
                 let started = Instant::now();
                 read_direct(planned, &direct, reader.as_mut(), out)?;
-                let ops = buffered
+                let ops = runs
                     .iter()
-                    .map(|read| {
-                        let file = planned.file(read).ok_or_else(|| {
-                            Error::Stopped(format!("internal error: no open file for {read:?}"))
-                        })?;
-                        Ok(ReadOp {
-                            file,
-                            offset: read.offset,
-                            len: read.len,
-                        })
-                    })
+                    .map(|run| planned.op(&buffered[run.clone()]))
                     .collect::<Result<Vec<_>>>()?;
                 let results = reader.read_into(&ops, bufs);
                 shared.note_read_time(started.elapsed(), group.len());
@@ -907,15 +1010,21 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 counters
                     .reads
                     .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
-                for ((read, result), buf) in buffered.into_iter().zip(results).zip(bufs.iter()) {
-                    let task = &planned.tasks[read.task];
-                    result.map_err(|e| planned.read_error(read, e))?;
-                    let bytes = &buf[..read.len];
-                    if shared.as_stored {
-                        copy_targets(shared, task, bytes, read.chunk_start, out)?;
-                    } else {
-                        let location = &planned.locations[read.task];
-                        decode_task(shared, task, location, planned.path(read), bytes, out)?;
+                for ((run, result), buf) in runs.iter().zip(results).zip(bufs.iter()) {
+                    let reads = &buffered[run.clone()];
+                    if let Err(e) = result {
+                        return Err(planned.failed_read(reads, e, reader.as_mut()));
+                    }
+                    for read in reads {
+                        let task = &planned.tasks[read.task];
+                        let at = (read.offset - reads[0].offset) as usize;
+                        let bytes = &buf[at..at + read.len];
+                        if shared.as_stored {
+                            copy_targets(shared, task, bytes, read.chunk_start, out)?;
+                        } else {
+                            let location = &planned.locations[read.task];
+                            decode_task(shared, task, location, planned.path(read), bytes, out)?;
+                        }
                     }
                 }
                 Ok(())
@@ -1168,5 +1277,34 @@ mod tests {
         assert_eq!(kept.get(&[2]), None);
         kept.insert(vec![3], "d");
         assert_eq!(kept.get(&[3]), Some(&"d"));
+    }
+
+    fn read(file: usize, offset: u64, len: usize) -> PlannedRead {
+        PlannedRead {
+            task: 0,
+            file,
+            offset,
+            len,
+            chunk_start: 0,
+            direct: None,
+        }
+    }
+
+    #[test]
+    fn reads_whose_ranges_meet_in_one_file_are_coalesced() {
+        let reads = [
+            read(0, 0, 10),
+            read(0, 10, 5),
+            read(0, 20, 5), // a gap
+            read(1, 25, 5), // another file
+            read(1, 30, MAX_COALESCED as usize),
+            read(1, 30 + MAX_COALESCED, 1), // too long together
+        ];
+        let refs: Vec<&PlannedRead> = reads.iter().collect();
+        assert_eq!(coalesce(&refs), vec![0..2, 2..3, 3..4, 4..5, 5..6]);
+        assert_eq!(coalesce(&refs[3..4]), vec![0..1]);
+        assert!(coalesce(&[]).is_empty());
+        let requests = Requests::of(&reads[..2]);
+        assert_eq!(requests.ranges().collect::<Vec<_>>(), vec![(0, 0, 15)]);
     }
 }

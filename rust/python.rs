@@ -357,9 +357,10 @@ fn decode_bound<'py>(
     measured(py, m)
 }
 
-/// The chunk byte ranges ``(path, offset, length)`` each batch of crops reads.
+/// The byte ranges ``(path, offset, length)`` the engine requests for each batch of crops
+/// (adjacent chunks of a file read together).
 #[pyfunction]
-fn chunk_ranges(
+fn read_ranges(
     py: Python<'_>,
     array: &Array,
     crop: Vec<u64>,
@@ -367,11 +368,11 @@ fn chunk_ranges(
 ) -> PyResult<Vec<Vec<bounds::Range>>> {
     let backend = choose_backend().map_err(to_py)?.backend;
     let inner = Arc::clone(&array.inner);
-    py.detach(|| bounds::chunk_ranges(inner, crop, &batches, backend))
+    py.detach(|| bounds::read_ranges(inner, crop, &batches, backend))
         .map_err(to_py)
 }
 
-/// The disk bound: times reading ``ranges`` (from :func:`chunk_ranges`) on ``threads``
+/// The disk bound: times reading ``ranges`` (from :func:`read_ranges`) on ``threads``
 /// threads, each keeping a deep queue of reads in flight.
 #[pyfunction]
 fn disk_bound(
@@ -406,7 +407,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;
-    m.add_function(wrap_pyfunction!(chunk_ranges, m)?)?;
+    m.add_function(wrap_pyfunction!(read_ranges, m)?)?;
     m.add_function(wrap_pyfunction!(disk_bound, m)?)?;
     m.add("LsioError", m.py().get_type::<LsioError>())?;
     Ok(())

@@ -145,6 +145,32 @@ def test_truncated_shard_is_an_error_not_zeros(tmp_path, backend):
         lsio_torch.read_crops(written.path, [(0, 0, 0)], (2, 2, 2))
 
 
+def test_chunk_cut_short_in_a_read_of_adjacent_chunks_is_named(tmp_path, backend):
+    """Adjacent chunks of a shard are read in one request; when that request fails, the error
+    names the chunk at fault, not the first of the run."""
+    written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16")
+    shard = written.path / "c/0/0/0"
+    data = shard.read_bytes()
+    index = np.frombuffer(data[-(4 + 8 * 16) : -4], dtype="<u8").reshape(2, 2, 2, 2)
+    written_slots = [(c, *index[c]) for c in np.ndindex(2, 2, 2) if index[c][0] != 2**64 - 1]
+    last, offset, length = max(written_slots, key=lambda slot: slot[1])
+    first_chunk = [(0, 0, 0)] * 8
+    every_chunk = [(4 * t, 16 * y, 10 * x) for t, y, x in np.ndindex(2, 2, 2)]
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, (4, 16, 10), batch_size=8, prefetch=1,
+        origins=first_chunk + first_chunk + every_chunk,
+    )  # fmt: skip
+    batches = iter(ds)
+    next(batches)  # the shard index is read and kept
+    os.truncate(shard, offset + length // 2)  # cuts the last chunk in the file, in place
+    next(batches)  # submitted before the cut
+    with pytest.raises(
+        lsio_torch.LsioError, match=rf"c/0/0/0: reading chunk \[{', '.join(map(str, last))}\]"
+    ):
+        next(batches)
+    assert ds.stats()["reads"] < ds.stats()["chunks_decoded"]
+
+
 def test_deleted_array_mid_run_is_an_error(tmp_path):
     written = write_array(tmp_path / "a.zarr", "unsharded", "int16")
     ds = lsio_torch.ZarrCropDataset(written.path, (4, 16, 10), batch_size=2)

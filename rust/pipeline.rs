@@ -942,10 +942,10 @@ pub(crate) fn requested_ranges(planned: &Planned) -> Vec<(PathBuf, u64, usize)> 
 }
 
 /// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
-/// buffers, reused without being zeroed again.
+/// buffer, which a group of reads fills back to back, reused without being zeroed again.
 struct LocalIo {
     reader: Box<dyn Reader>,
-    bufs: Vec<Vec<u8>>,
+    buf: Vec<u8>,
 }
 
 thread_local! {
@@ -980,10 +980,10 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 if local.is_none() {
                     *local = Some(LocalIo {
                         reader: new_reader(shared.backend)?,
-                        bufs: Vec::new(),
+                        buf: Vec::new(),
                     });
                 }
-                let Some(LocalIo { reader, bufs }) = local.as_mut() else {
+                let Some(LocalIo { reader, buf }) = local.as_mut() else {
                     return Err(Error::Stopped("no reader on this thread".into()));
                 };
                 let Requests {
@@ -997,7 +997,7 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                     .iter()
                     .map(|run| planned.op(&buffered[run.clone()]))
                     .collect::<Result<Vec<_>>>()?;
-                let results = reader.read_into(&ops, bufs);
+                let results = reader.read_packed(&ops, buf);
                 shared.note_read_time(started.elapsed(), group.len());
                 let counters = &shared.counters;
                 let read_bytes: usize = group.iter().map(|read| read.len).sum();
@@ -1010,7 +1010,10 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 counters
                     .reads
                     .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
-                for ((run, result), buf) in runs.iter().zip(results).zip(bufs.iter()) {
+                let mut packed = 0;
+                for ((run, result), op) in runs.iter().zip(results).zip(&ops) {
+                    let run_bytes = &buf[packed..packed + op.len];
+                    packed += op.len;
                     let reads = &buffered[run.clone()];
                     if let Err(e) = result {
                         return Err(planned.failed_read(reads, e, reader.as_mut()));
@@ -1018,7 +1021,7 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                     for read in reads {
                         let task = &planned.tasks[read.task];
                         let at = (read.offset - reads[0].offset) as usize;
-                        let bytes = &buf[at..at + read.len];
+                        let bytes = &run_bytes[at..at + read.len];
                         if shared.as_stored {
                             copy_targets(shared, task, bytes, read.chunk_start, out)?;
                         } else {

@@ -80,6 +80,37 @@ pub trait Reader: Send {
         bufs: &mut Vec<Vec<u8>>,
     ) -> Vec<std::io::Result<()>>;
 
+    /// Reads `ops` back to back into `buf`: op `i`'s bytes start at the sum of the lengths
+    /// before it. `buf` grows to their total and is never zeroed again, so a caller that keeps
+    /// it allocates nothing in the steady state, and its size is the bytes of one call.
+    fn read_packed(&mut self, ops: &[ReadOp<'_>], buf: &mut Vec<u8>) -> Vec<std::io::Result<()>> {
+        let total: usize = ops.iter().map(|op| op.len).sum();
+        if buf.len() < total {
+            buf.resize(total, 0);
+        }
+        let base = buf.as_mut_ptr();
+        let mut at = 0;
+        let mut scattered: Vec<ScatterOp<'_>> = ops
+            .iter()
+            .map(|op| {
+                // SAFETY: `at + op.len <= total <= buf.len()`: the pointer stays in `buf`.
+                let start = unsafe { base.add(at) };
+                at += op.len;
+                ScatterOp {
+                    file: op.file,
+                    offset: op.offset,
+                    iov: vec![libc::iovec {
+                        iov_base: start.cast(),
+                        iov_len: op.len,
+                    }],
+                }
+            })
+            .collect();
+        // SAFETY: the iovecs are disjoint slices of `buf`, which nothing else touches while
+        // this runs (it is borrowed mutably) and which outlives the call.
+        unsafe { self.read_scattered(&mut scattered) }
+    }
+
     /// Asks the kernel to start reading `ops` into the page cache (`POSIX_FADV_WILLNEED`),
     /// without waiting for the data: reads issued later find it there, or already on its way,
     /// so a cold disk sees a deep queue. Best effort: failures are ignored.
@@ -277,6 +308,18 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(bufs.len(), 2000);
+        // Packed back to back into one buffer, reused and longer than needed.
+        let mut packed = vec![0xEE; 7];
+        for round in 0..2 {
+            let results = reader.read_packed(&ops, &mut packed);
+            for (i, result) in results.into_iter().enumerate() {
+                result.unwrap();
+                let start = i * 37;
+                let got = &packed[i * 13..i * 13 + 13];
+                assert_eq!(got, &data[start..start + 13], "round {round}");
+            }
+        }
+        assert_eq!(packed.len(), 2000 * 13);
 
         // Scattered: ranges laid over several buffers, with a shared sink for the gaps.
         let mut a = vec![0u8; 300];

@@ -53,6 +53,7 @@ class Engine:
         dtype: str | None = None,
         mean: float = 0.0,
         std: float = 1.0,
+        direct_io: bool = False,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

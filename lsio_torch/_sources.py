@@ -170,10 +170,18 @@ class Source:
             return origins
         return [[o // f for o, f in zip(origin, self.scale, strict=True)] for origin in origins]
 
-    def engine(self, crop: Sequence[int], threads: int) -> _lsio_torch.Engine:
+    def engine(
+        self, crop: Sequence[int], threads: int, direct_io: bool = False
+    ) -> _lsio_torch.Engine:
         cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
         return _lsio_torch.Engine(
-            self.array, list(self.own_crop(crop)), threads, cast, self.mean, self.std
+            self.array,
+            list(self.own_crop(crop)),
+            threads,
+            cast,
+            self.mean,
+            self.std,
+            direct_io=direct_io,
         )
 
     def describe(self) -> str:

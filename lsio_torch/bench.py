@@ -187,10 +187,11 @@ def consume(batches, label: str, total: int) -> float:
     return time.perf_counter() - start
 
 
-def run_lsio(path, crop, origins, batch, threads, label) -> float:
+def run_lsio(path, crop, origins, batch, threads, label, direct_io=False) -> float:
     ds = ZarrCropDataset(
-        path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads
-    )
+        path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads,
+        direct_io=direct_io,
+    )  # fmt: skip
     return consume(torch.utils.data.DataLoader(ds, batch_size=None), label, len(origins))
 
 
@@ -291,7 +292,7 @@ def measure(args, name: str) -> list[Result]:
 
     runners: dict[str, tuple[Callable[[], float], str | None]] = {
         "lsio_torch": (
-            lambda: run_lsio(path, crop, origins, args.batch, threads, "lsio_torch"),
+            lambda: run_lsio(path, crop, origins, args.batch, threads, "lsio_torch", args.direct),
             None,
         ),
         "zarr-python": (
@@ -441,6 +442,9 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="1/8 of the time steps")
     parser.add_argument("--cold", action="store_true", help="drop the page cache (root)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--direct", action="store_true", help="lsio_torch reads with O_DIRECT (direct_io=True)"
+    )
     parser.add_argument(
         "--memory", action="store_true", help="lsio_torch only: RSS and first batch per epoch"
     )

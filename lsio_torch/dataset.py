@@ -41,6 +41,7 @@ _COUNTERS = (
     "chunks_decoded",
     "reads",
     "files_opened",
+    "files_direct",
     "consumer_wait_s",
     "engine_wait_s",
 )
@@ -149,6 +150,9 @@ class ZarrCropDataset(IterableDataset):
         prefetch: batches being read while the consumer works on the current one.
         return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
+        direct_io: read chunks with ``O_DIRECT``, bypassing the page cache (for arrays much
+            larger than memory, read once per epoch); files on file systems that refuse it
+            are read through the page cache. ``stats()["files_direct"]`` counts the others.
         rank, world_size: this process's place among distributed ranks; ``None`` takes them
             from ``torch.distributed`` when it is initialised.
 
@@ -177,6 +181,7 @@ class ZarrCropDataset(IterableDataset):
         prefetch: int = 2,
         return_origins: bool = False,
         threads: int | None = None,
+        direct_io: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
@@ -231,6 +236,7 @@ class ZarrCropDataset(IterableDataset):
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
         self.prefetch = _positive("prefetch", prefetch)
         self.threads = _positive("threads", threads, allow_none=True)
+        self.direct_io = bool(direct_io)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = seed
@@ -414,7 +420,9 @@ class ZarrCropDataset(IterableDataset):
         total = None if self.samples_per_epoch is None else self._epoch_batches()
         n, epoch = self.samples_per_epoch, self.epoch
         batches = share.batches(total, start)
-        engines = _Engines({s.key: s.engine(self.crop, threads) for s in self._sources})
+        engines = _Engines(
+            {s.key: s.engine(self.crop, threads, self.direct_io) for s in self._sources}
+        )
         self._backend = next(iter(engines.values())).backend
         sources = {s.key: s for s in self._sources}
         pending: deque[tuple[int, torch.Tensor]] = deque()
@@ -473,7 +481,7 @@ def _engine_stats(engines: Mapping[Any, _lsio_torch.Engine]) -> dict[str, float]
             s = engine.stats()
         except _lsio_torch.LsioError:  # closed
             continue
-        for key in ("bytes_read", "chunks_decoded", "reads", "files_opened", "consumer_wait_s"):
+        for key in _COUNTERS[1:-1]:  # all but batches and engine_wait_s
             out[key] += s[key]
         waits.append(s["engine_wait_s"])
     out["engine_wait_s"] = min(waits, default=0)

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::cast::Cast;
 use crate::error::{Error, Result};
-use crate::io::{new_reader, Backend, ReadOp, Reader, ScatterOp};
+use crate::io::{direct_range, new_reader, open_direct, Backend, ReadOp, Reader, ScatterOp};
 use crate::plan::{plan_batch, ChunkTask, Target};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub backend: Backend,
     /// The output's element type and normalisation; `None` writes the array's own type.
     pub cast: Option<Cast>,
+    /// Read chunks with direct I/O (`O_DIRECT`), bypassing the page cache, where the file
+    /// system allows it.
+    pub direct_io: bool,
 }
 
 /// Memory the caller lends the engine for one batch: `[crops, *crop]` elements, C order.
@@ -116,6 +119,8 @@ pub struct Stats {
     pub reads: u64,
     /// Chunk and shard files opened (each kept open from batch to batch).
     pub files_opened: u64,
+    /// Of those, the ones also opened for direct I/O.
+    pub files_direct: u64,
     /// Seconds the engine had no batch to work on: waiting for the consumer.
     pub engine_wait_s: f64,
 }
@@ -128,6 +133,7 @@ struct Counters {
     chunks_decoded: AtomicU64,
     reads: AtomicU64,
     files_opened: AtomicU64,
+    files_direct: AtomicU64,
     /// Batches submitted and not finished.
     in_flight: AtomicUsize,
     idle: Mutex<Idle>,
@@ -183,6 +189,7 @@ impl Counters {
             chunks_decoded: self.chunks_decoded.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             files_opened: self.files_opened.load(Ordering::Relaxed),
+            files_direct: self.files_direct.load(Ordering::Relaxed),
             engine_wait_s: waited.as_secs_f64(),
         }
     }
@@ -216,6 +223,8 @@ pub(crate) struct Shared {
     cancel: AtomicBool,
     /// The last group of reads waited for the disk: batches are then advised ahead.
     reads_wait: AtomicBool,
+    /// Chunk files are opened for direct I/O too (see [`EngineConfig::direct_io`]).
+    direct_io: bool,
 }
 
 impl Shared {
@@ -245,6 +254,7 @@ impl Shared {
             backend,
             cancel: AtomicBool::new(false),
             reads_wait: AtomicBool::new(true),
+            direct_io: false,
         })
     }
 }
@@ -277,7 +287,9 @@ impl Engine {
     /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
     /// when threads or the ring cannot be created.
     pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
-        let shared = Arc::new(Shared::new(array, crop, config.backend, config.cast)?);
+        let mut shared = Shared::new(array, crop, config.backend, config.cast)?;
+        shared.direct_io = config.direct_io;
+        let shared = Arc::new(shared);
         let reader = new_reader(config.backend)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
@@ -444,7 +456,7 @@ fn plan_loop(
                 let _ = job.done.send(Err(e));
             }
             Ok(planned) => {
-                if shared.reads_wait.load(Ordering::Relaxed) {
+                if shared.reads_wait.load(Ordering::Relaxed) && !shared.direct_io {
                     advise(reader.as_mut(), &planned);
                 }
                 let shared = Arc::clone(shared);
@@ -491,10 +503,13 @@ pub(crate) enum Source {
 struct OpenFile {
     path: PathBuf,
     file: Option<(File, u64)>,
+    /// The file opened for direct I/O, with the alignment its reads need, when asked for and
+    /// the file system allows it.
+    direct: Option<(File, usize)>,
 }
 
 impl OpenFile {
-    fn open(path: PathBuf) -> std::io::Result<Self> {
+    fn open(path: PathBuf, direct_io: bool) -> std::io::Result<Self> {
         let file = match File::open(&path) {
             Ok(file) => {
                 let len = file.metadata()?.len();
@@ -503,7 +518,12 @@ impl OpenFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        Ok(Self { path, file })
+        let direct = if direct_io && file.is_some() {
+            open_direct(&path)
+        } else {
+            None
+        };
+        Ok(Self { path, file, direct })
     }
 }
 
@@ -563,25 +583,24 @@ impl Default for PlanCache {
 impl PlanCache {
     /// The file at `coords`, opened now if it is not open yet. Out of file descriptors, the
     /// cached files are closed and the open tried once more.
-    fn file(
-        &mut self,
-        array: &ZarrArray,
-        coords: &[u64],
-        opened: &AtomicU64,
-    ) -> Result<Arc<OpenFile>> {
+    fn file(&mut self, shared: &Shared, coords: &[u64]) -> Result<Arc<OpenFile>> {
         if let Some(file) = self.files.get(coords) {
             return Ok(Arc::clone(file));
         }
-        let path = array.file_path(coords);
-        let opened_now = match OpenFile::open(path.clone()) {
+        let path = shared.array.file_path(coords);
+        let opened = match OpenFile::open(path.clone(), shared.direct_io) {
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                 self.files.clear();
-                OpenFile::open(path.clone())
+                OpenFile::open(path.clone(), shared.direct_io)
             }
             other => other,
         };
-        let file = Arc::new(opened_now.map_err(|e| Error::io(&path, "opening a chunk file", e))?);
-        opened.fetch_add(1, Ordering::Relaxed);
+        let file = Arc::new(opened.map_err(|e| Error::io(&path, "opening a chunk file", e))?);
+        let counters = &shared.counters;
+        counters.files_opened.fetch_add(1, Ordering::Relaxed);
+        if file.direct.is_some() {
+            counters.files_direct.fetch_add(1, Ordering::Relaxed);
+        }
         self.files.insert(coords.to_vec(), Arc::clone(&file));
         Ok(file)
     }
@@ -656,6 +675,20 @@ impl Planned {
         })
     }
 
+    /// The request for `run` as a direct read where its file was opened for direct I/O and
+    /// the read rounded out to the alignment stays inside the file: the op, the alignment its
+    /// buffer needs, and where the run's bytes start in what it reads.
+    fn direct_op(&self, run: &[&PlannedRead]) -> Result<(ReadOp<'_>, usize, usize)> {
+        let op = self.op(run)?;
+        let open = &self.files[run[0].file];
+        if let (Some((file, align)), Some((_, file_len))) = (&open.direct, &open.file) {
+            if let Some((offset, len, skip)) = direct_range(op.offset, op.len, *align, *file_len) {
+                return Ok((ReadOp { file, offset, len }, *align, skip));
+            }
+        }
+        Ok((op, 1, 0))
+    }
+
     /// The error of a failed request for `run`, naming the chunk at fault: a run of several
     /// chunks is read again chunk by chunk to find it.
     fn failed_read(
@@ -705,7 +738,7 @@ pub(crate) fn plan_reads(
             continue;
         }
         file_ids.insert(&location.file, files.len());
-        files.push(cache.file(array, &location.file, &shared.counters.files_opened)?);
+        files.push(cache.file(shared, &location.file)?);
     }
 
     // Shard indexes not yet cached, read together.
@@ -993,11 +1026,16 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 } = Requests::of(group);
                 let started = Instant::now();
                 read_direct(planned, &direct, reader.as_mut(), out)?;
-                let ops = runs
-                    .iter()
-                    .map(|run| planned.op(&buffered[run.clone()]))
-                    .collect::<Result<Vec<_>>>()?;
-                let results = reader.read_packed(&ops, buf);
+                let mut align = 1;
+                let mut ops = Vec::with_capacity(runs.len());
+                let mut skips = Vec::with_capacity(runs.len());
+                for run in &runs {
+                    let (op, op_align, skip) = planned.direct_op(&buffered[run.clone()])?;
+                    align = align.max(op_align);
+                    ops.push(op);
+                    skips.push(skip);
+                }
+                let results = reader.read_packed(&ops, buf, align);
                 shared.note_read_time(started.elapsed(), group.len());
                 let counters = &shared.counters;
                 let read_bytes: usize = group.iter().map(|read| read.len).sum();
@@ -1010,10 +1048,8 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
                 counters
                     .reads
                     .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
-                let mut packed = 0;
-                for ((run, result), op) in runs.iter().zip(results).zip(&ops) {
-                    let run_bytes = &buf[packed..packed + op.len];
-                    packed += op.len;
+                for ((run, (at, result)), skip) in runs.iter().zip(results).zip(skips) {
+                    let run_bytes = &buf[at + skip..];
                     let reads = &buffered[run.clone()];
                     if let Err(e) = result {
                         return Err(planned.failed_read(reads, e, reader.as_mut()));

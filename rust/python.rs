@@ -188,8 +188,11 @@ fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyRes
 impl Engine {
     /// ``dtype`` (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``) casts the
     /// output, computing ``(x - mean) / std`` on the way; ``None`` keeps the array's type.
+    /// ``direct_io`` reads chunks with ``O_DIRECT`` where the file system allows it.
     #[new]
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0))]
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false))]
+    // The Python constructor's keyword arguments, one for one.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         array: &Array,
@@ -198,6 +201,7 @@ impl Engine {
         dtype: Option<&str>,
         mean: f64,
         std: f64,
+        direct_io: bool,
     ) -> PyResult<Self> {
         let choice = choose_backend().map_err(to_py)?;
         let cast = match dtype {
@@ -219,6 +223,7 @@ impl Engine {
             threads,
             backend: choice.backend,
             cast,
+            direct_io,
         };
         let inner = Arc::clone(&array.inner);
         let engine = py
@@ -237,8 +242,8 @@ impl Engine {
         Ok(self.running()?.out_dtype())
     }
 
-    /// ``{"batches", "bytes_read", "chunks_decoded", "reads", "files_opened", "engine_wait_s",
-    /// "consumer_wait_s"}``.
+    /// ``{"batches", "bytes_read", "chunks_decoded", "reads", "files_opened", "files_direct",
+    /// "engine_wait_s", "consumer_wait_s"}``.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.running()?.stats();
         let out = PyDict::new(py);
@@ -247,6 +252,7 @@ impl Engine {
         out.set_item("chunks_decoded", s.chunks_decoded)?;
         out.set_item("reads", s.reads)?;
         out.set_item("files_opened", s.files_opened)?;
+        out.set_item("files_direct", s.files_direct)?;
         out.set_item("engine_wait_s", s.engine_wait_s)?;
         out.set_item("consumer_wait_s", self.consumer_wait.as_secs_f64())?;
         Ok(out)

@@ -44,6 +44,7 @@ fn read(
         threads: 2,
         backend,
         cast: None,
+        direct_io: false,
     };
     let engine = Engine::start(array, crop.to_vec(), config)?;
     let mut out = vec![0u8; origins.len() * engine.crop_bytes()];

@@ -80,27 +80,34 @@ pub trait Reader: Send {
         bufs: &mut Vec<Vec<u8>>,
     ) -> Vec<std::io::Result<()>>;
 
-    /// Reads `ops` back to back into `buf`: op `i`'s bytes start at the sum of the lengths
-    /// before it. `buf` grows to their total and is never zeroed again, so a caller that keeps
-    /// it allocates nothing in the steady state, and its size is the bytes of one call.
-    fn read_packed(&mut self, ops: &[ReadOp<'_>], buf: &mut Vec<u8>) -> Vec<std::io::Result<()>> {
-        let total: usize = ops.iter().map(|op| op.len).sum();
-        if buf.len() < total {
-            buf.resize(total, 0);
+    /// Reads `ops` back to back into `buf`, each at a multiple of `align` bytes (a power of
+    /// two: direct I/O needs aligned memory); returns where each op's bytes start in `buf`,
+    /// with its result. `buf` grows as needed and is never zeroed again, so a caller that
+    /// keeps it allocates nothing in the steady state, and its size is the bytes of one call.
+    fn read_packed(
+        &mut self,
+        ops: &[ReadOp<'_>],
+        buf: &mut Vec<u8>,
+        align: usize,
+    ) -> Vec<(usize, std::io::Result<()>)> {
+        let (starts, total) = packed_layout(ops, align);
+        if buf.len() < total + align {
+            buf.resize(total + align, 0);
         }
-        let base = buf.as_mut_ptr();
-        let mut at = 0;
+        let base = buf.as_ptr().align_offset(align);
+        let ptr = buf.as_mut_ptr();
         let mut scattered: Vec<ScatterOp<'_>> = ops
             .iter()
-            .map(|op| {
-                // SAFETY: `at + op.len <= total <= buf.len()`: the pointer stays in `buf`.
-                let start = unsafe { base.add(at) };
-                at += op.len;
+            .zip(&starts)
+            .map(|(op, &start)| {
+                // SAFETY: `base + start + op.len <= base + total <= buf.len()` (align_offset
+                // is below `align`): the pointer stays in `buf`.
+                let at = unsafe { ptr.add(base + start) };
                 ScatterOp {
                     file: op.file,
                     offset: op.offset,
                     iov: vec![libc::iovec {
-                        iov_base: start.cast(),
+                        iov_base: at.cast(),
                         iov_len: op.len,
                     }],
                 }
@@ -108,7 +115,8 @@ pub trait Reader: Send {
             .collect();
         // SAFETY: the iovecs are disjoint slices of `buf`, which nothing else touches while
         // this runs (it is borrowed mutably) and which outlives the call.
-        unsafe { self.read_scattered(&mut scattered) }
+        let results = unsafe { self.read_scattered(&mut scattered) };
+        starts.into_iter().map(|s| base + s).zip(results).collect()
     }
 
     /// Asks the kernel to start reading `ops` into the page cache (`POSIX_FADV_WILLNEED`),
@@ -155,6 +163,72 @@ pub(crate) fn fit_buffers(ops: &[ReadOp<'_>], bufs: &mut Vec<Vec<u8>>) {
             buf.resize(op.len, 0);
         }
     }
+}
+
+/// Opens `path` for direct I/O (`O_DIRECT`, bypassing the page cache) and returns it with
+/// the alignment its reads need: the larger of the memory and file-offset alignments `statx`
+/// reports (`STATX_DIOALIGN`, Linux 6.1). `None` where the file system refuses `O_DIRECT` or
+/// does not report the alignment: the caller then reads through the page cache.
+#[must_use]
+pub fn open_direct(path: &std::path::Path) -> Option<(File, usize)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    // SAFETY: an all-zero statx is a valid value of this plain C struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open; the empty path with AT_EMPTY_PATH names the fd itself; the
+    // kernel writes only into `stx`.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &raw mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    let align = stx.stx_dio_mem_align.max(stx.stx_dio_offset_align) as usize;
+    (align.is_power_of_two()).then_some((file, align))
+}
+
+/// The direct read covering `len` bytes at `offset`: its start and length rounded out to
+/// `align`, and where the wanted bytes start in it. `None` when the rounded read would pass
+/// the end of a file of `file_len` bytes (a direct read there comes back short): read such a
+/// range through the page cache.
+#[must_use]
+pub fn direct_range(
+    offset: u64,
+    len: usize,
+    align: usize,
+    file_len: u64,
+) -> Option<(u64, usize, usize)> {
+    let align = align as u64;
+    let start = offset / align * align;
+    let end = (offset + len as u64).div_ceil(align) * align;
+    (end <= file_len).then(|| (start, (end - start) as usize, (offset - start) as usize))
+}
+
+/// Where each op lands when `ops` are read back to back into one buffer, each starting at a
+/// multiple of `align` bytes from the first: the starts, and the bytes all of them span.
+#[must_use]
+pub fn packed_layout(ops: &[ReadOp<'_>], align: usize) -> (Vec<usize>, usize) {
+    let mut at = 0usize;
+    let starts = ops
+        .iter()
+        .map(|op| {
+            let start = at.next_multiple_of(align);
+            at = start + op.len;
+            start
+        })
+        .collect();
+    (starts, at)
 }
 
 /// Which kernel interface the reads go through.
@@ -308,18 +382,21 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(bufs.len(), 2000);
-        // Packed back to back into one buffer, reused and longer than needed.
+        // Packed back to back into one buffer, reused and longer than needed, and aligned.
         let mut packed = vec![0xEE; 7];
-        for round in 0..2 {
-            let results = reader.read_packed(&ops, &mut packed);
-            for (i, result) in results.into_iter().enumerate() {
+        for (round, align) in [1, 1, 512].into_iter().enumerate() {
+            let results = reader.read_packed(&ops, &mut packed, align);
+            for (i, (at, result)) in results.into_iter().enumerate() {
                 result.unwrap();
                 let start = i * 37;
-                let got = &packed[i * 13..i * 13 + 13];
-                assert_eq!(got, &data[start..start + 13], "round {round}");
+                assert_eq!(
+                    &packed[at..at + 13],
+                    &data[start..start + 13],
+                    "round {round}"
+                );
+                assert_eq!(packed[at..].as_ptr() as usize % align, 0);
             }
         }
-        assert_eq!(packed.len(), 2000 * 13);
 
         // Scattered: ranges laid over several buffers, with a shared sink for the gaps.
         let mut a = vec![0u8; 300];
@@ -362,6 +439,37 @@ pub(crate) mod tests {
         assert_eq!(&a[..100], &data[1000..1100]);
         assert_eq!(&a[100..], &data[1164..1364]);
         assert_eq!(&b[..], &data[90_000..95_000]);
+    }
+
+    #[test]
+    fn direct_reads_round_out_to_the_alignment_and_stop_short_of_the_end() {
+        // 100 bytes at 5000, blocks of 4096: the block from 4096, the bytes 904 in.
+        assert_eq!(
+            direct_range(5000, 100, 4096, 1 << 20),
+            Some((4096, 4096, 904))
+        );
+        // Across a block boundary: two blocks.
+        assert_eq!(
+            direct_range(4000, 200, 4096, 1 << 20),
+            Some((0, 8192, 4000))
+        );
+        // Aligned already: unchanged.
+        assert_eq!(direct_range(8192, 4096, 4096, 12288), Some((8192, 4096, 0)));
+        // The rounded read would pass the end of the file: none.
+        assert_eq!(direct_range(8192, 100, 4096, 8292), None);
+    }
+
+    #[test]
+    fn packed_ops_start_at_multiples_of_the_alignment() {
+        let file = tempfile::tempfile().unwrap();
+        let op = |len| ReadOp {
+            file: &file,
+            offset: 0,
+            len,
+        };
+        let ops = [op(10), op(4096), op(1)];
+        assert_eq!(packed_layout(&ops, 1), (vec![0, 10, 4106], 4107));
+        assert_eq!(packed_layout(&ops, 512), (vec![0, 512, 4608], 4609));
     }
 
     #[test]

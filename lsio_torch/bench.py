@@ -465,7 +465,8 @@ def main(argv: Iterator[str] | None = None) -> None:
                 f"above a baseline of {r['baseline_rss_mb']:.0f} MB; each epoch's peak RSS "
                 f"above baseline: epoch 1 {peaks[0]:.0f} MB, epoch {len(peaks)} "
                 f"{peaks[-1]:.0f} MB, highest {max(peaks):.0f} MB "
-                f"(all: {' '.join(f'{p:.0f}' for p in peaks)}); "
+                f"(all: {' '.join(f'{p:.0f}' for p in peaks)}); mean of the first five "
+                f"{np.mean(peaks[:5]):.0f} MB, of the last five {np.mean(peaks[-5:]):.0f} MB; "
                 f"first batch {min(firsts) * 1000:.0f}-{max(firsts) * 1000:.0f} ms"
             )
         return

@@ -900,8 +900,30 @@ fn advise(reader: &mut dyn Reader, planned: &Planned) {
     reader.advise(&ops);
 }
 
-/// Reads a batch's chunks per thread, this many at a time, then decodes them.
+/// Each engine thread reads a group of a batch's chunks at once, then decodes them: at most
+/// this many chunks...
 const READS_PER_GROUP: usize = 32;
+/// ...and this many bytes (a single larger chunk is a group of its own). The bytes in flight
+/// are thus at most this per engine thread, and its read buffer no larger.
+const READ_BYTES_PER_GROUP: usize = 8 << 20;
+
+/// Splits a batch's reads into the groups engine threads read at once, in order.
+fn read_groups(reads: &[PlannedRead]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, read) in reads.iter().enumerate() {
+        let full = i - start == READS_PER_GROUP || bytes + read.len > READ_BYTES_PER_GROUP;
+        if i > start && full {
+            groups.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += read.len;
+    }
+    if start < reads.len() {
+        groups.push(start..reads.len());
+    }
+    groups
+}
 /// The most bytes adjacent chunks are read together in.
 const MAX_COALESCED: u64 = 4 << 20;
 
@@ -962,11 +984,10 @@ fn coalesce(reads: &[&PlannedRead]) -> Vec<std::ops::Range<usize>> {
 /// Every request a planned batch is read with, as the engine threads make them: the byte
 /// ranges the disk bound reads.
 pub(crate) fn requested_ranges(planned: &Planned) -> Vec<(PathBuf, u64, usize)> {
-    planned
-        .reads
-        .chunks(READS_PER_GROUP)
+    read_groups(&planned.reads)
+        .into_iter()
         .flat_map(|group| {
-            Requests::of(group)
+            Requests::of(&planned.reads[group])
                 .ranges()
                 .map(|(file, offset, len)| (planned.files[file].path.clone(), offset, len))
                 .collect::<Vec<_>>()
@@ -1001,10 +1022,10 @@ fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> 
             }
             Source::Encoded => Ok(()),
         })?;
-    planned
-        .reads
-        .par_chunks(READS_PER_GROUP)
+    read_groups(&planned.reads)
+        .into_par_iter()
         .try_for_each(|group| {
+            let group = &planned.reads[group];
             if shared.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Stopped("the engine was closed".into()));
             }
@@ -1327,6 +1348,19 @@ mod tests {
             chunk_start: 0,
             direct: None,
         }
+    }
+
+    #[test]
+    fn groups_hold_at_most_32_reads_and_8_mib() {
+        let small: Vec<PlannedRead> = (0..70).map(|i| read(0, i * 10, 10)).collect();
+        assert_eq!(read_groups(&small), vec![0..32, 32..64, 64..70]);
+        let mib = 1 << 20;
+        let big: Vec<PlannedRead> = [3, 3, 3, 20, 1, 8]
+            .iter()
+            .map(|&m| read(0, 0, m * mib))
+            .collect();
+        assert_eq!(read_groups(&big), vec![0..2, 2..3, 3..4, 4..5, 5..6]);
+        assert!(read_groups(&[]).is_empty());
     }
 
     #[test]

@@ -1143,8 +1143,9 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Decodes one chunk and copies its pieces into the output; a chunk that fills one
-/// contiguous run of one crop is decoded straight into it.
+/// Decodes one chunk (only as far as its crops need, where the codec can stop early) and
+/// copies its pieces into the output; a chunk that fills one contiguous run of one crop is
+/// decoded straight into it.
 fn decode_task(
     shared: &Shared,
     task: &ChunkTask,
@@ -1188,6 +1189,16 @@ fn decode_task(
             return decode(slot);
         }
     }
+    // The crops need the chunk's bytes up to the end of the last piece: codecs that can stop
+    // there do.
+    let element = array.dtype.size();
+    let needed = task
+        .targets
+        .iter()
+        .filter_map(|target| target_layout(shared, target, element).src_span())
+        .map(|(_, end)| end)
+        .max()
+        .unwrap_or(shared.leaf_bytes);
     SCRATCH.with(|scratch| {
         array.leaf_codecs().decode_then(
             bytes,
@@ -1195,6 +1206,7 @@ fn decode_task(
             &shared.leaf_shape,
             array.codec_data_type(),
             array.codec_fill_value(),
+            needed,
             |chunk| copy_targets(shared, task, chunk, 0, out),
             corrupt,
         )

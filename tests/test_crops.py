@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import DTYPES, LAYOUTS, crop_origins, reference_crop, same_bits
+from conftest import DTYPES, LAYOUTS, crop_origins, reference_crop, same_bits, smooth_field
 
 import lsio_torch
 
@@ -184,3 +184,23 @@ def test_direct_io_reads_equal_zarr_python(arrays, layout, backend):
     # Some small files may refuse it (ext4 keeps them inside the inode): those are read
     # through the page cache.
     assert 0 < ds.stats()["files_direct"] <= ds.stats()["files_opened"]
+
+
+def test_large_zstd_chunks_decode_as_far_as_the_crops_need(tmp_path, backend):
+    """Chunks of 1 MiB are several zstd blocks: a crop near a chunk's top is decoded from its
+    first blocks only, and still equals zarr-python's read; a chunk cut short is an error
+    even for such a crop."""
+    values = smooth_field((3, 512, 512), "float32", 9)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=values.shape, dtype="float32", chunks=(1, 512, 512)
+    )
+    array[...] = values
+    crop = (2, 40, 64)
+    origins = [(0, 0, 0), (1, 3, 400), (0, 100, 17), (1, 472, 448), (0, 250, 250)]
+    out = lsio_torch.read_crops(tmp_path / "a.zarr", origins, crop)
+    for origin, got in zip(origins, out, strict=True):
+        assert same_bits(got.numpy(), reference_crop(values, origin, crop))
+    chunk = tmp_path / "a.zarr" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-30])
+    with pytest.raises(lsio_torch.LsioError, match=r"c/1/0/0: corrupt chunk \[1, 0, 0\]: zstd"):
+        lsio_torch.read_crops(tmp_path / "a.zarr", [(0, 0, 0)], crop)

@@ -130,6 +130,49 @@ fn zstd_into(payload: &[u8], out: &mut [u8]) -> Result<(), String> {
     })
 }
 
+/// The most bytes one zstd block decodes to.
+const ZSTD_BLOCK: usize = 128 << 10;
+
+thread_local! {
+    // One streaming zstd context per decode thread, for frames decoded part way.
+    static ZSTD_STREAM: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Decodes the first `out.len()` bytes of a zstd frame into `out` and stops: the blocks after
+/// are not decompressed. The frame's block structure is walked whole first, so a cut or
+/// misframed payload is an error even where its first bytes would decode.
+fn zstd_prefix_into(payload: &[u8], out: &mut [u8]) -> Result<(), String> {
+    use zstd::zstd_safe::{find_frame_compressed_size, get_error_name, InBuffer, OutBuffer};
+    match find_frame_compressed_size(payload) {
+        Ok(n) if n == payload.len() => {}
+        Ok(n) => return Err(format!("zstd: a frame of {n} bytes in {}", payload.len())),
+        Err(code) => return Err(format!("zstd: {}", get_error_name(code))),
+    }
+    let needed = out.len();
+    ZSTD_STREAM.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dctx = slot.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        dctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+        let mut input = InBuffer::around(payload);
+        let mut output = OutBuffer::around(out);
+        while output.pos() < needed {
+            let before = (input.pos, output.pos());
+            let hint = dctx
+                .decompress_stream(&mut output, &mut input)
+                .map_err(|code| format!("zstd: {}", get_error_name(code)))?;
+            if output.pos() < needed && (hint == 0 || (input.pos, output.pos()) == before) {
+                return Err(format!(
+                    "zstd: the frame ended after {} bytes, expected at least {needed}",
+                    output.pos()
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Decompresses a blosc frame of exactly `out.len()` bytes into `out`, on this thread.
 fn blosc_into(payload: &[u8], out: &mut [u8]) -> Result<(), String> {
     let mut nbytes = 0usize;
@@ -166,7 +209,9 @@ fn blosc_into(payload: &[u8], out: &mut [u8]) -> Result<(), String> {
 impl LeafCodecs {
     /// Decodes `encoded` and hands the chunk's elements to `then`: the stored bytes themselves
     /// when they are not compressed, from `scratch` on the other fast paths, straight from
-    /// zarrs' decoded buffer otherwise (no copy into scratch).
+    /// zarrs' decoded buffer otherwise (no copy into scratch). The caller needs the chunk's
+    /// first `needed` bytes only: a zstd frame whose blocks past them can be left undecoded
+    /// is decoded that far, and `then` gets just those bytes.
     ///
     /// # Errors
     /// The codec's message, or `then`'s error.
@@ -179,6 +224,7 @@ impl LeafCodecs {
         shape: &[NonZeroU64],
         data_type: &DataType,
         fill_value: &FillValue,
+        needed: usize,
         then: impl FnOnce(&[u8]) -> Result<(), E>,
         on_error: impl FnOnce(String) -> E,
     ) -> Result<(), E> {
@@ -206,6 +252,25 @@ impl LeafCodecs {
                 )));
             }
             return then(payload);
+        }
+        if let Some(FastPath::Plain {
+            compressor: Compressor::Zstd,
+            crc32c,
+        }) = self.fast
+        {
+            // A zstd block holds at most 128 KiB: stop where at least one is left undecoded.
+            if needed + ZSTD_BLOCK <= len {
+                scratch.resize(len, 0);
+                let prefix = &mut scratch[..needed];
+                let decoded = if crc32c {
+                    verify_crc32c(encoded)
+                } else {
+                    Ok(encoded)
+                }
+                .and_then(|payload| zstd_prefix_into(payload, prefix));
+                decoded.map_err(on_error)?;
+                return then(prefix);
+            }
         }
         if self.fast.is_some() {
             scratch.resize(len, 0);
@@ -443,5 +508,58 @@ mod tests {
             .decode_into(&encoded, &mut out, &shape, &dt, &fill)
             .unwrap_err();
         assert!(err.contains("blosc"), "{err}");
+    }
+
+    /// A zstd chunk whose first bytes are all the caller needs is decoded that far and no
+    /// further; a frame cut short is still an error, though its first blocks are whole.
+    #[test]
+    fn zstd_chunks_decode_only_the_prefix_needed() {
+        let json = format!(
+            r#"[{BYTES_LE},{{"name":"zstd","configuration":{{"level":3,"checksum":false}}}}]"#
+        );
+        let fast = leaf(&json, 2);
+        let (rows, cols) = (512u64, 1024u64);
+        let raw: Vec<u8> = (0..rows * cols)
+            .flat_map(|i| ((i * 37 % 1000 + i / 3000) as u16).to_le_bytes())
+            .collect();
+        let encoded = zstd::bulk::compress(&raw, 3).unwrap();
+        let shape = [
+            NonZeroU64::new(rows).unwrap(),
+            NonZeroU64::new(cols).unwrap(),
+        ];
+        let (dt, fill) = (
+            zarrs::array::data_type::uint16(),
+            FillValue::new(vec![0, 0]),
+        );
+        let decode = |encoded: &[u8], needed: usize| {
+            let mut scratch = Vec::new();
+            let mut got = Vec::new();
+            fast.decode_then(
+                encoded,
+                &mut scratch,
+                &shape,
+                &dt,
+                &fill,
+                needed,
+                |chunk| {
+                    got = chunk.to_vec();
+                    Ok::<(), String>(())
+                },
+                |e| e,
+            )
+            .map(|()| got)
+        };
+        // A third of the chunk: just that prefix, as decoded in full.
+        let third = raw.len() / 3;
+        assert_eq!(decode(&encoded, third).unwrap(), &raw[..third]);
+        // Less than a block short of the whole: decoded whole.
+        assert_eq!(decode(&encoded, raw.len() - 100).unwrap(), raw);
+        // Cut at the end: an error, not the prefix.
+        let err = decode(&encoded[..encoded.len() - 10], third).unwrap_err();
+        assert!(err.contains("zstd"), "{err}");
+        // Trailing bytes after the frame: an error too.
+        let mut padded = encoded.clone();
+        padded.extend_from_slice(&[0; 9]);
+        assert!(decode(&padded, third).is_err());
     }
 }

@@ -641,13 +641,7 @@ impl Planned {
     fn ops(&self) -> Vec<ReadOp<'_>> {
         self.reads
             .iter()
-            .filter_map(|r| {
-                Some(ReadOp {
-                    file: self.file(r)?,
-                    offset: r.offset,
-                    len: r.len,
-                })
-            })
+            .filter_map(|r| self.op(&[r]).ok())
             .collect()
     }
 
@@ -858,11 +852,7 @@ pub(crate) fn read_only_what_crops_need(shared: &Shared, planned: &mut Planned) 
                 ),
             ));
         }
-        let spans = task
-            .targets
-            .iter()
-            .filter_map(|target| target_layout(shared, target, element).src_span());
-        let Some((start, end)) = spans.reduce(|(a, b), (c, d)| (a.min(c), b.max(d))) else {
+        let Some((start, end)) = needed_span(shared, task) else {
             continue;
         };
         read.offset += start as u64;
@@ -1191,14 +1181,7 @@ fn decode_task(
     }
     // The crops need the chunk's bytes up to the end of the last piece: codecs that can stop
     // there do.
-    let element = array.dtype.size();
-    let needed = task
-        .targets
-        .iter()
-        .filter_map(|target| target_layout(shared, target, element).src_span())
-        .map(|(_, end)| end)
-        .max()
-        .unwrap_or(shared.leaf_bytes);
+    let needed = needed_span(shared, task).map_or(shared.leaf_bytes, |(_, end)| end);
     SCRATCH.with(|scratch| {
         array.leaf_codecs().decode_then(
             bytes,
@@ -1211,6 +1194,16 @@ fn decode_task(
             corrupt,
         )
     })
+}
+
+/// The bytes of a decoded chunk its crops need, from the first to the last: `(start, end)`;
+/// `None` when they need none.
+fn needed_span(shared: &Shared, task: &ChunkTask) -> Option<(usize, usize)> {
+    let element = shared.array.dtype.size();
+    task.targets
+        .iter()
+        .filter_map(|target| target_layout(shared, target, element).src_span())
+        .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
 }
 
 /// How a target's piece of a chunk lies in the chunk and in its crop, in elements of

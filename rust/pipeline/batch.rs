@@ -1,0 +1,157 @@
+//! A planned batch run on the engine threads: each thread reads a group of chunks into its
+//! own buffer with its own reader, then decodes them into the output.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::decode::{copy_targets, decode_task};
+use super::groups::{read_groups, Requests};
+use super::planned::{Planned, PlannedRead, Source};
+use super::{OutBuffer, Shared};
+use crate::error::{Error, Result};
+use crate::io::{new_reader, Reader, ScatterOp};
+
+/// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
+/// buffer, which a group of reads fills back to back, reused without being zeroed again.
+struct LocalIo {
+    reader: Box<dyn Reader>,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static LOCAL_IO: std::cell::RefCell<Option<LocalIo>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a planned batch on the pool: chunks never written are copied from the fill chunk;
+/// the others are read by the thread that decodes them, a group at a time, and decoded into
+/// the output.
+pub(super) fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
+    (0..planned.tasks.len())
+        .into_par_iter()
+        .try_for_each(|t| match planned.sources[t] {
+            Source::Fill => {
+                shared
+                    .counters
+                    .chunks_decoded
+                    .fetch_add(1, Ordering::Relaxed);
+                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
+            }
+            Source::Encoded => Ok(()),
+        })?;
+    read_groups(&planned.reads)
+        .into_par_iter()
+        .try_for_each(|group| {
+            let group = &planned.reads[group];
+            if shared.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Stopped("the engine was closed".into()));
+            }
+            LOCAL_IO.with(|cell| {
+                let mut local = cell.borrow_mut();
+                if local.is_none() {
+                    *local = Some(LocalIo {
+                        reader: new_reader(shared.backend)?,
+                        buf: Vec::new(),
+                    });
+                }
+                let Some(LocalIo { reader, buf }) = local.as_mut() else {
+                    return Err(Error::Stopped("no reader on this thread".into()));
+                };
+                let Requests {
+                    direct,
+                    buffered,
+                    runs,
+                } = Requests::of(group);
+                let started = Instant::now();
+                read_direct(planned, &direct, reader.as_mut(), out)?;
+                let mut align = 1;
+                let mut ops = Vec::with_capacity(runs.len());
+                let mut skips = Vec::with_capacity(runs.len());
+                for run in &runs {
+                    let (op, op_align, skip) = planned.direct_op(&buffered[run.clone()])?;
+                    align = align.max(op_align);
+                    ops.push(op);
+                    skips.push(skip);
+                }
+                let results = reader.read_packed(&ops, buf, align);
+                shared.note_read_time(started.elapsed(), group.len());
+                let counters = &shared.counters;
+                let read_bytes: usize = group.iter().map(|read| read.len).sum();
+                counters
+                    .bytes_read
+                    .fetch_add(read_bytes as u64, Ordering::Relaxed);
+                counters
+                    .chunks_decoded
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                counters
+                    .reads
+                    .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
+                for ((run, (at, result)), skip) in runs.iter().zip(results).zip(skips) {
+                    let run_bytes = &buf[at + skip..];
+                    let reads = &buffered[run.clone()];
+                    if let Err(e) = result {
+                        return Err(planned.failed_read(reads, e, reader.as_mut()));
+                    }
+                    for read in reads {
+                        let task = &planned.tasks[read.task];
+                        let at = (read.offset - reads[0].offset) as usize;
+                        let bytes = &run_bytes[at..at + read.len];
+                        if shared.as_stored {
+                            copy_targets(shared, task, bytes, read.chunk_start, out)?;
+                        } else {
+                            let location = &planned.locations[read.task];
+                            decode_task(shared, task, location, planned.path(read), bytes, out)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+}
+
+/// Reads the chunks that are each one contiguous run of one crop straight into the output.
+fn read_direct(
+    planned: &Planned,
+    reads: &[&PlannedRead],
+    reader: &mut dyn Reader,
+    out: &OutBuffer,
+) -> Result<()> {
+    if reads.is_empty() {
+        return Ok(());
+    }
+    let mut ops = Vec::with_capacity(reads.len());
+    for read in reads {
+        let (Some(file), Some(dst)) = (planned.file(read), read.direct) else {
+            return Err(Error::Stopped(format!(
+                "internal error: no open file or place for {read:?}"
+            )));
+        };
+        if dst + read.len > out.len {
+            return Err(Error::Stopped(format!(
+                "internal error: a read for chunk {:?} left the batch",
+                planned.tasks[read.task].chunk
+            )));
+        }
+        // SAFETY: `dst..dst + len` lies in the output (checked above); only the pointer is
+        // formed here, the kernel writes through it in `read_scattered`.
+        let base = unsafe { out.ptr.add(dst) };
+        ops.push(ScatterOp {
+            file,
+            offset: read.offset,
+            iov: vec![libc::iovec {
+                iov_base: base.cast(),
+                iov_len: read.len,
+            }],
+        });
+    }
+    // SAFETY: each iovec is one run of the output that belongs to this read's chunk alone
+    // (plan_batch: each output element is covered by exactly one target of one chunk, and a
+    // direct read's chunk has one target), valid for writes while the batch runs
+    // (`OutBuffer::new`).
+    let results = unsafe { reader.read_scattered(&mut ops) };
+    for (read, result) in reads.iter().zip(results) {
+        result.map_err(|e| planned.read_error(read, e))?;
+    }
+    Ok(())
+}

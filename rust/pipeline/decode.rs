@@ -1,0 +1,208 @@
+//! The decode stage: each chunk decoded once per batch, and its pieces copied (or cast) into
+//! their crops' places in the output.
+
+use crate::cast::Cast;
+use crate::error::{Error, Result};
+use crate::plan::{ChunkTask, Target};
+use crate::zarr::array::ChunkLocation;
+use crate::zarr::region::CopyLayout;
+
+use super::{OutBuffer, Shared};
+
+thread_local! {
+    // Each engine thread's scratch chunk, reused for every chunk it decodes.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decodes one chunk (only as far as its crops need, where the codec can stop early) and
+/// copies its pieces into the output; a chunk that fills one contiguous run of one crop is
+/// decoded straight into it.
+pub(super) fn decode_task(
+    shared: &Shared,
+    task: &ChunkTask,
+    location: &ChunkLocation,
+    path: &std::path::Path,
+    bytes: &[u8],
+    out: &OutBuffer,
+) -> Result<()> {
+    let array = &shared.array;
+    let corrupt = |reason: String| {
+        let what = if array.sharding().is_some() {
+            format!(
+                "chunk {:?} (inner chunk {} of the shard)",
+                task.chunk, location.inner
+            )
+        } else {
+            format!("chunk {:?}", task.chunk)
+        };
+        Error::corrupt(path, what, reason)
+    };
+    let decode = |into: &mut [u8]| {
+        array
+            .leaf_codecs()
+            .decode_into(
+                bytes,
+                into,
+                &shared.leaf_shape,
+                array.codec_data_type(),
+                array.codec_fill_value(),
+            )
+            .map_err(corrupt)
+    };
+    if let Some(offset) = direct_offset(shared, task) {
+        if offset + shared.leaf_bytes <= out.len {
+            // SAFETY: `offset..offset + leaf_bytes` lies in the output (checked above), which
+            // is valid for writes while the batch runs (`OutBuffer::new`); no other task
+            // touches it, since each output element belongs to exactly one target of one chunk
+            // (plan_batch) and this chunk has just this one target.
+            let slot =
+                unsafe { std::slice::from_raw_parts_mut(out.ptr.add(offset), shared.leaf_bytes) };
+            return decode(slot);
+        }
+    }
+    // The crops need the chunk's bytes up to the end of the last piece: codecs that can stop
+    // there do.
+    let needed = needed_span(shared, task).map_or(shared.leaf_bytes, |(_, end)| end);
+    SCRATCH.with(|scratch| {
+        array.leaf_codecs().decode_then(
+            bytes,
+            &mut scratch.borrow_mut(),
+            &shared.leaf_shape,
+            array.codec_data_type(),
+            array.codec_fill_value(),
+            needed,
+            |chunk| copy_targets(shared, task, chunk, 0, out),
+            corrupt,
+        )
+    })
+}
+
+/// The bytes of a decoded chunk its crops need, from the first to the last: `(start, end)`;
+/// `None` when they need none.
+pub(super) fn needed_span(shared: &Shared, task: &ChunkTask) -> Option<(usize, usize)> {
+    let element = shared.array.dtype.size();
+    task.targets
+        .iter()
+        .filter_map(|target| target_layout(shared, target, element).src_span())
+        .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+}
+
+/// How a target's piece of a chunk lies in the chunk and in its crop, in elements of
+/// `element_size` bytes (1: runs counted in elements).
+pub(super) fn target_layout<'a>(
+    shared: &'a Shared,
+    target: &'a Target,
+    element_size: usize,
+) -> CopyLayout<'a> {
+    CopyLayout {
+        element_size,
+        region: &target.in_chunk.shape,
+        src_shape: shared.array.leaf_shape(),
+        src_start: &target.in_chunk.start,
+        dst_shape: &shared.crop,
+        dst_start: &target.in_crop,
+    }
+}
+
+/// Where a chunk goes in the output when it is exactly one contiguous run of one crop.
+pub(super) fn direct_offset(shared: &Shared, task: &ChunkTask) -> Option<usize> {
+    if shared.cast.is_some() {
+        return None;
+    }
+    let [target] = task.targets.as_slice() else {
+        return None;
+    };
+    let layout = target_layout(shared, target, shared.array.dtype.size());
+    match layout.single_run()? {
+        (0, dst, len) if len == shared.leaf_bytes => Some(target.crop * shared.crop_bytes + dst),
+        _ => None,
+    }
+}
+
+/// Copies each target's piece of a decoded chunk into its crop's place in the output;
+/// `chunk` holds the chunk's bytes from `chunk_start` on.
+pub(super) fn copy_targets(
+    shared: &Shared,
+    task: &ChunkTask,
+    chunk: &[u8],
+    chunk_start: usize,
+    out: &OutBuffer,
+) -> Result<()> {
+    let element = shared.array.dtype.size();
+    if let Some(cast) = &shared.cast {
+        return cast_targets(shared, cast, task, chunk, chunk_start, out);
+    }
+    for target in &task.targets {
+        let crop_base = target.crop * shared.crop_bytes;
+        let layout = target_layout(shared, target, element);
+        let mut in_bounds = true;
+        layout.for_each_run(|src, dst, len| {
+            let dst = crop_base + dst;
+            let Some(src) = src.checked_sub(chunk_start) else {
+                in_bounds = false;
+                return;
+            };
+            if src + len > chunk.len() || dst + len > out.len {
+                in_bounds = false;
+                return;
+            }
+            // SAFETY: `src..src+len` lies in `chunk` and `dst..dst+len` in the output buffer
+            // (both checked just above); the output is valid for writes while the batch runs
+            // (`OutBuffer::new`), and no other task writes this run: each output element is
+            // covered by exactly one target of one chunk (plan_batch).
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.as_ptr().add(src), out.ptr.add(dst), len);
+            }
+        });
+        if !in_bounds {
+            return Err(Error::Stopped(format!(
+                "internal error: a copy for chunk {:?} left its buffers",
+                task.chunk
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Like [`copy_targets`], converting each run to the output type on the way.
+pub(super) fn cast_targets(
+    shared: &Shared,
+    cast: &Cast,
+    task: &ChunkTask,
+    chunk: &[u8],
+    chunk_start: usize,
+    out: &OutBuffer,
+) -> Result<()> {
+    let in_size = shared.array.dtype.size();
+    let out_size = cast.to().size();
+    for target in &task.targets {
+        let crop_base = target.crop * shared.crop_bytes;
+        // Runs in elements: each side scales them by its own element size.
+        let layout = target_layout(shared, target, 1);
+        let mut in_bounds = true;
+        layout.for_each_run(|src, dst, count| {
+            let (src, dst) = (src * in_size, crop_base + dst * out_size);
+            let Some(src) = src.checked_sub(chunk_start) else {
+                in_bounds = false;
+                return;
+            };
+            if src + count * in_size > chunk.len() || dst + count * out_size > out.len {
+                in_bounds = false;
+                return;
+            }
+            // SAFETY: `dst..dst + count * out_size` lies in the output buffer (checked just
+            // above), which is valid for writes while the batch runs (`OutBuffer::new`); no
+            // other task writes this run: each output element is covered by exactly one
+            // target of one chunk (plan_batch).
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(dst), count * out_size) };
+            cast.convert(&chunk[src..], dst, count);
+        });
+        if !in_bounds {
+            return Err(Error::Stopped(format!(
+                "internal error: a copy for chunk {:?} left its buffers",
+                task.chunk
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,491 @@
+//! The engine: planner and reader on one I/O thread, decoding on a rayon pool, each batch
+//! written straight into the caller's output buffer and announced on its own ticket.
+//!
+//! ```text
+//! submit ─jobs─▶ I/O thread: plan → shard indexes → read ─▶ rayon: decode, copy ─▶ ticket
+//! ```
+//! Batches are bounded by the caller (it holds at most `prefetch` tickets) and finish in
+//! any order; tickets are waited in submission order, so batches leave in order.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::sync::WaitGroup;
+
+mod batch;
+mod decode;
+mod files;
+mod groups;
+mod planned;
+
+pub(crate) use files::PlanCache;
+pub(crate) use groups::requested_ranges;
+pub(crate) use planned::{plan_reads, read_all, read_only_what_crops_need};
+
+use batch::run_batch;
+use planned::advise;
+
+use crate::cast::Cast;
+use crate::error::{Error, Result};
+use crate::io::{new_reader, Backend, Reader};
+use crate::pool::build_pool;
+use crate::sampler::check_crop;
+use crate::zarr::ZarrArray;
+
+/// Jobs that may wait for the I/O thread.
+const QUEUED_JOBS: usize = 64;
+
+/// Threads and backend for an engine.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Threads that read and decode chunks; each has its own ring (or issues its own preads).
+    pub threads: usize,
+    pub backend: Backend,
+    /// The output's element type and normalisation; `None` writes the array's own type.
+    pub cast: Option<Cast>,
+    /// Read chunks with direct I/O (`O_DIRECT`), bypassing the page cache, where the file
+    /// system allows it.
+    pub direct_io: bool,
+}
+
+/// Memory the caller lends the engine for one batch: `[crops, *crop]` elements, C order.
+#[derive(Debug)]
+pub struct OutBuffer {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is only written by the decode tasks of its own batch, in disjoint runs
+// (each output element belongs to exactly one target of one chunk), and the caller of
+// `Engine::submit` promises it stays valid until the ticket resolves or the engine is dropped.
+unsafe impl Send for OutBuffer {}
+// SAFETY: as above; shared references only ever write disjoint runs.
+unsafe impl Sync for OutBuffer {}
+
+impl OutBuffer {
+    /// # Safety
+    /// `ptr` must be valid for writes of `len` bytes for as long as the engine may write it:
+    /// until the batch's ticket resolves, or until the engine has been dropped.
+    #[must_use]
+    pub unsafe fn new(ptr: *mut u8, len: usize) -> Self {
+        Self { ptr, len }
+    }
+}
+
+/// The completion of one batch.
+pub struct Ticket {
+    done: Receiver<Result<()>>,
+}
+
+impl Ticket {
+    /// Blocks until the batch is written, or says why it was not.
+    ///
+    /// # Errors
+    /// The batch's error: a corrupt chunk, a failed read, or [`Error::Stopped`].
+    pub fn wait(&self) -> Result<()> {
+        self.done
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Stopped("the batch was dropped unfinished".into())))
+    }
+
+    /// Like [`Ticket::wait`], but gives up after `timeout`: `None` when the batch is not
+    /// finished yet (the caller may wait again).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<()>> {
+        match self.done.recv_timeout(timeout) {
+            Ok(result) => Some(result),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::Stopped(
+                "the batch was dropped unfinished".into(),
+            ))),
+        }
+    }
+}
+
+/// What an engine has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Batches written.
+    pub batches: u64,
+    /// Chunk bytes read from files (shard indexes included).
+    pub bytes_read: u64,
+    /// Chunks decoded (or copied from the fill value, for chunks never written).
+    pub chunks_decoded: u64,
+    /// Read requests issued for chunks (fewer than the chunks read where adjacent ones are
+    /// read together).
+    pub reads: u64,
+    /// Chunk and shard files opened (each kept open from batch to batch).
+    pub files_opened: u64,
+    /// Of those, the ones also opened for direct I/O.
+    pub files_direct: u64,
+    /// Seconds the engine had no batch to work on: waiting for the consumer.
+    pub engine_wait_s: f64,
+}
+
+/// The engine's counters, updated by its threads.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    bytes_read: AtomicU64,
+    chunks_decoded: AtomicU64,
+    reads: AtomicU64,
+    files_opened: AtomicU64,
+    files_direct: AtomicU64,
+    /// Batches submitted and not finished.
+    in_flight: AtomicUsize,
+    idle: Mutex<Idle>,
+}
+
+/// Time with no batch in flight.
+struct Idle {
+    since: Option<Instant>,
+    total: Duration,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self {
+            since: Some(Instant::now()),
+            total: Duration::ZERO,
+        }
+    }
+}
+
+impl Counters {
+    fn batch_started(&self) {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(since) = idle.since.take() {
+                idle.total += since.elapsed();
+            }
+        }
+    }
+
+    fn batch_finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            idle.since = Some(Instant::now());
+        }
+    }
+
+    fn snapshot(&self) -> Stats {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let waited = idle.total + idle.since.map_or(Duration::ZERO, |s| s.elapsed());
+        Stats {
+            batches: self.batches.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            chunks_decoded: self.chunks_decoded.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            files_opened: self.files_opened.load(Ordering::Relaxed),
+            files_direct: self.files_direct.load(Ordering::Relaxed),
+            engine_wait_s: waited.as_secs_f64(),
+        }
+    }
+}
+
+struct Job {
+    origins: Vec<Vec<u64>>,
+    out: OutBuffer,
+    done: Sender<Result<()>>,
+    /// Held until the batch is finished with its buffer; `Engine::drop` waits for all.
+    _in_use: WaitGroup,
+}
+
+/// What the engine shares between its threads.
+pub(crate) struct Shared {
+    pub(crate) array: Arc<ZarrArray>,
+    crop: Vec<u64>,
+    /// Bytes of one crop in the output (of the output's element type).
+    crop_bytes: usize,
+    cast: Option<Cast>,
+    /// Chunks are stored as their elements: nothing to decode, so only the bytes the crops
+    /// need are read (`read_only_what_crops_need`) and laid out from the read buffer.
+    as_stored: bool,
+    counters: Counters,
+    pub(crate) leaf_bytes: usize,
+    /// A leaf chunk of fill values: missing chunks are copied from it like any other.
+    fill_chunk: Vec<u8>,
+    pub(crate) leaf_shape: Vec<std::num::NonZeroU64>,
+    /// The backend each engine thread opens its reader with.
+    backend: Backend,
+    cancel: AtomicBool,
+    /// The last group of reads waited for the disk: batches are then advised ahead.
+    reads_wait: AtomicBool,
+    /// Chunk files are opened for direct I/O too (see [`EngineConfig::direct_io`]).
+    direct_io: bool,
+}
+
+impl Shared {
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a crop that does not fit the array.
+    pub(crate) fn new(
+        array: Arc<ZarrArray>,
+        crop: Vec<u64>,
+        backend: Backend,
+        cast: Option<Cast>,
+    ) -> Result<Self> {
+        check_crop(&array.shape, &crop)?;
+        let element = array.dtype.size();
+        let out_element = cast.map_or(element, |c| c.to().size());
+        let crop_bytes = crop.iter().product::<u64>() as usize * out_element;
+        let leaf_elements = array.leaf_shape().iter().product::<u64>() as usize;
+        Ok(Self {
+            fill_chunk: array.fill_value.repeat(leaf_elements),
+            leaf_bytes: leaf_elements * element,
+            leaf_shape: array.leaf_shape_nonzero(),
+            as_stored: array.leaf_codecs().is_stored_as_is(),
+            array,
+            crop,
+            crop_bytes,
+            cast,
+            counters: Counters::default(),
+            backend,
+            cancel: AtomicBool::new(false),
+            reads_wait: AtomicBool::new(true),
+            direct_io: false,
+        })
+    }
+}
+
+/// Reads slower than this per chunk, on average over a group, waited for the disk: from the
+/// page cache a chunk of a few hundred kB takes tens of microseconds.
+const DISK_WAIT_PER_READ: Duration = Duration::from_micros(150);
+
+impl Shared {
+    /// Records how long a group of `reads` chunk reads took: whether they waited for the disk.
+    fn note_read_time(&self, elapsed: Duration, reads: usize) {
+        let waited = elapsed > DISK_WAIT_PER_READ * reads.max(1) as u32;
+        self.reads_wait.store(waited, Ordering::Relaxed);
+    }
+}
+
+/// A running engine for one array and one crop shape.
+pub struct Engine {
+    shared: Arc<Shared>,
+    jobs: Option<Sender<Job>>,
+    io_thread: Option<JoinHandle<()>>,
+    in_use: Option<WaitGroup>,
+    backend: Backend,
+}
+
+impl Engine {
+    /// Starts the I/O thread and the decode pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
+    /// when threads or the ring cannot be created.
+    pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
+        let mut shared = Shared::new(array, crop, config.backend, config.cast)?;
+        shared.direct_io = config.direct_io;
+        let shared = Arc::new(shared);
+        let reader = new_reader(config.backend)?;
+        let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
+        let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
+        let thread_shared = Arc::clone(&shared);
+        let io_thread = std::thread::Builder::new()
+            .name("lsio-plan".into())
+            .spawn(move || {
+                plan_loop(&thread_shared, reader, &decode, &job_rx);
+                drop(decode);
+                decode_exited.wait();
+            })
+            .map_err(|e| Error::Stopped(format!("starting the I/O thread: {e}")))?;
+        Ok(Self {
+            shared,
+            jobs: Some(jobs),
+            io_thread: Some(io_thread),
+            in_use: Some(WaitGroup::new()),
+            backend: config.backend,
+        })
+    }
+
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The array this engine reads.
+    #[must_use]
+    pub fn array(&self) -> &ZarrArray {
+        &self.shared.array
+    }
+
+    /// Bytes of one crop in the output.
+    #[must_use]
+    pub fn crop_bytes(&self) -> usize {
+        self.shared.crop_bytes
+    }
+
+    /// The output's element type: the cast's, or the array's own.
+    #[must_use]
+    pub fn out_dtype(&self) -> &'static str {
+        self.shared
+            .cast
+            .map_or(self.shared.array.dtype.name(), |c| c.to().name())
+    }
+
+    /// Counters since the engine started.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Queues a batch of crops at `origins`, to be written into `out`.
+    ///
+    /// # Errors
+    /// [`Error::OutOfBounds`] for an origin whose crop leaves the array,
+    /// [`Error::InvalidArgument`] when `out` is not exactly the batch's size,
+    /// [`Error::Stopped`] after [`Engine::close`].
+    pub fn submit(&self, origins: Vec<Vec<u64>>, out: OutBuffer) -> Result<Ticket> {
+        let shape = &self.shared.array.shape;
+        for (i, origin) in origins.iter().enumerate() {
+            let fits = origin.len() == shape.len()
+                && origin
+                    .iter()
+                    .zip(&self.shared.crop)
+                    .zip(shape)
+                    .all(|((o, c), s)| o + c <= *s);
+            if !fits {
+                return Err(Error::OutOfBounds(format!(
+                    "{}: crop {i} at origin {origin:?} with shape {:?} leaves the array of shape {shape:?}",
+                    self.shared.array.path.display(),
+                    self.shared.crop
+                )));
+            }
+        }
+        let expected = origins.len() * self.shared.crop_bytes;
+        if out.len != expected {
+            return Err(Error::InvalidArgument(format!(
+                "output buffer holds {} bytes, the batch needs {expected}",
+                out.len
+            )));
+        }
+        let (Some(jobs), Some(in_use)) = (&self.jobs, &self.in_use) else {
+            return Err(Error::Stopped("the engine is closed".into()));
+        };
+        let (done, done_rx) = crossbeam_channel::bounded(1);
+        self.shared.counters.batch_started();
+        let job = Job {
+            origins,
+            out,
+            done,
+            _in_use: in_use.clone(),
+        };
+        jobs.send(job).map_err(|_| {
+            self.shared.counters.batch_finished();
+            Error::Stopped("the I/O thread has exited".into())
+        })?;
+        Ok(Ticket { done: done_rx })
+    }
+
+    /// Stops the threads. Batches not yet finished resolve with [`Error::Stopped`]; when this
+    /// returns, every engine thread has exited and none writes to any output buffer.
+    pub fn close(&mut self) {
+        self.shared.cancel.store(true, Ordering::SeqCst);
+        self.jobs = None;
+        let Some(thread) = self.io_thread.take() else {
+            return;
+        };
+        let _ = thread.join();
+        if let Some(in_use) = self.in_use.take() {
+            in_use.wait();
+        }
+        release_freed_memory();
+    }
+}
+
+/// Hands memory the engine's threads freed back to the system: glibc keeps the arenas of
+/// exited threads, and without this each epoch's engine leaves a little more resident.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The planning thread: plans each batch (files, shard indexes, byte ranges) and hands it to
+/// the pool, which reads and decodes it while the next batch is planned.
+fn plan_loop(
+    shared: &Arc<Shared>,
+    mut reader: Box<dyn Reader>,
+    pool: &rayon::ThreadPool,
+    jobs: &Receiver<Job>,
+) {
+    let mut cache = PlanCache::default();
+    while let Ok(job) = jobs.recv() {
+        if shared.cancel.load(Ordering::Relaxed) {
+            shared.counters.batch_finished();
+            let _ = job
+                .done
+                .send(Err(Error::Stopped("the engine was closed".into())));
+            continue;
+        }
+        let planned = catch_unwind(AssertUnwindSafe(|| {
+            let mut planned = plan_reads(shared, reader.as_mut(), &mut cache, &job.origins)?;
+            read_only_what_crops_need(shared, &mut planned)?;
+            Ok(planned)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::Stopped(format!(
+                "planning thread panicked: {}",
+                panic_message(&panic)
+            )))
+        });
+        match planned {
+            Err(e) => {
+                shared.counters.batch_finished();
+                let _ = job.done.send(Err(e));
+            }
+            Ok(planned) => {
+                if shared.reads_wait.load(Ordering::Relaxed) && !shared.direct_io {
+                    advise(reader.as_mut(), &planned);
+                }
+                let shared = Arc::clone(shared);
+                pool.spawn(move || {
+                    let result =
+                        catch_unwind(AssertUnwindSafe(|| run_batch(&shared, &planned, &job.out)))
+                            .unwrap_or_else(|panic| {
+                                Err(Error::Stopped(format!(
+                                    "engine thread panicked: {}",
+                                    panic_message(&panic)
+                                )))
+                            });
+                    if result.is_ok() {
+                        shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared.counters.batch_finished();
+                    let _ = job.done.send(result);
+                    drop(planned); // lets go of the batch's files (the planner may keep them open)
+                    drop(job);
+                });
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(ToString::to_string)
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,310 @@
+//! A batch planned down to its reads: each crop's chunks located, their files open and
+//! shard indexes read, each chunk's byte range known.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::decode::{needed_span, target_layout};
+use super::files::{OpenFile, PlanCache};
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::io::{direct_range, ReadOp, Reader};
+use crate::plan::{plan_batch, ChunkTask};
+use crate::zarr::array::ChunkLocation;
+use crate::zarr::codecs::{decode_index, IndexLocation};
+use crate::zarr::shard_index::{ShardIndex, Slot};
+
+/// Where one leaf chunk's elements come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Never written: the fill value.
+    Fill,
+    /// Stored bytes, read by one of the batch's `PlannedRead`s.
+    Encoded,
+}
+
+/// One chunk read of a planned batch.
+#[derive(Debug)]
+pub(crate) struct PlannedRead {
+    pub(crate) task: usize,
+    /// An index into `Planned::files`.
+    pub(crate) file: usize,
+    pub(crate) offset: u64,
+    pub(crate) len: usize,
+    /// The byte of the chunk the read starts at: 0 for a whole chunk.
+    pub(super) chunk_start: usize,
+    /// Where in the output the bytes go when they are read straight into it.
+    pub(super) direct: Option<usize>,
+}
+
+/// A batch whose files are open and whose shard indexes are read: what remains is reading
+/// its chunks.
+pub(crate) struct Planned {
+    pub(super) tasks: Vec<ChunkTask>,
+    pub(super) locations: Vec<ChunkLocation>,
+    pub(super) files: Vec<Arc<OpenFile>>,
+    pub(super) sources: Vec<Source>,
+    pub(crate) reads: Vec<PlannedRead>,
+}
+
+impl Planned {
+    /// The path of the file a read is from.
+    pub(crate) fn path(&self, read: &PlannedRead) -> &std::path::Path {
+        &self.files[read.file].path
+    }
+
+    /// Every read of the batch as a reader op, in order (`plan_reads` makes reads only of
+    /// files it opened, so none is left out).
+    pub(super) fn ops(&self) -> Vec<ReadOp<'_>> {
+        self.reads
+            .iter()
+            .filter_map(|r| self.op(&[r]).ok())
+            .collect()
+    }
+
+    /// A failed read, naming its file and chunk.
+    pub(super) fn read_error(&self, read: &PlannedRead, e: std::io::Error) -> Error {
+        Error::io(
+            self.path(read),
+            format!("reading chunk {:?}", self.tasks[read.task].chunk),
+            e,
+        )
+    }
+
+    /// One request for a run of reads of one file whose byte ranges meet.
+    pub(super) fn op(&self, run: &[&PlannedRead]) -> Result<ReadOp<'_>> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Err(Error::Stopped("internal error: an empty read".into()));
+        };
+        let file = self
+            .file(first)
+            .ok_or_else(|| Error::Stopped(format!("internal error: no open file for {first:?}")))?;
+        Ok(ReadOp {
+            file,
+            offset: first.offset,
+            len: (last.offset + last.len as u64 - first.offset) as usize,
+        })
+    }
+
+    /// The request for `run` as a direct read where its file was opened for direct I/O and
+    /// the read rounded out to the alignment stays inside the file: the op, the alignment its
+    /// buffer needs, and where the run's bytes start in what it reads.
+    pub(super) fn direct_op(&self, run: &[&PlannedRead]) -> Result<(ReadOp<'_>, usize, usize)> {
+        let op = self.op(run)?;
+        let open = &self.files[run[0].file];
+        if let (Some((file, align)), Some((_, file_len))) = (&open.direct, &open.file) {
+            if let Some((offset, len, skip)) = direct_range(op.offset, op.len, *align, *file_len) {
+                return Ok((ReadOp { file, offset, len }, *align, skip));
+            }
+        }
+        Ok((op, 1, 0))
+    }
+
+    /// The error of a failed request for `run`, naming the chunk at fault: a run of several
+    /// chunks is read again chunk by chunk to find it.
+    pub(super) fn failed_read(
+        &self,
+        run: &[&PlannedRead],
+        e: std::io::Error,
+        reader: &mut dyn Reader,
+    ) -> Error {
+        if run.len() > 1 {
+            let ops: Result<Vec<_>> = run.iter().map(|read| self.op(&[read])).collect();
+            if let Ok(ops) = ops {
+                for (read, result) in run.iter().zip(reader.read(&ops)) {
+                    if let Err(e) = result {
+                        return self.read_error(read, e);
+                    }
+                }
+            }
+        }
+        self.read_error(run[0], e)
+    }
+
+    /// The open file a read is from.
+    pub(super) fn file(&self, read: &PlannedRead) -> Option<&File> {
+        self.files[read.file].file.as_ref().map(|(file, _)| file)
+    }
+}
+
+/// Plans a batch, opens its files and reads the shard indexes it lacks.
+///
+/// # Errors
+/// [`Error::Io`] or [`Error::Corrupt`] for a file or shard index that cannot be read.
+pub(crate) fn plan_reads(
+    shared: &Shared,
+    reader: &mut dyn Reader,
+    cache: &mut PlanCache,
+    origins: &[Vec<u64>],
+) -> Result<Planned> {
+    let array = &shared.array;
+    let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
+    let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
+
+    // Each file the batch reads, open.
+    let mut file_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
+    let mut files: Vec<Arc<OpenFile>> = Vec::new();
+    for location in &locations {
+        if file_ids.contains_key(location.file.as_slice()) {
+            continue;
+        }
+        file_ids.insert(&location.file, files.len());
+        files.push(cache.file(shared, &location.file)?);
+    }
+
+    // Shard indexes not yet cached, read together.
+    let mut shard_index: Vec<Option<Arc<ShardIndex>>> = vec![None; files.len()];
+    if let Some(sharding) = array.sharding() {
+        let per_shard_shape = array.leaves_per_file();
+        let per_shard: u64 = per_shard_shape.iter().product();
+        let index_len = sharding.index_len;
+        let mut wanted = Vec::new();
+        let mut ops = Vec::new();
+        for (coords, &id) in &file_ids {
+            if let Some(index) = cache.indexes.get(coords) {
+                shard_index[id] = Some(Arc::clone(index));
+                continue;
+            }
+            let Some((file, len)) = &files[id].file else {
+                continue;
+            };
+            if *len < index_len {
+                return Err(Error::corrupt(
+                    &files[id].path,
+                    "shard",
+                    format!("{len} bytes, too short for its index of {index_len} bytes"),
+                ));
+            }
+            let offset = match sharding.index_location {
+                IndexLocation::Start => 0,
+                IndexLocation::End => len - index_len,
+            };
+            wanted.push((coords.to_vec(), id));
+            ops.push(ReadOp {
+                file,
+                offset,
+                len: index_len as usize,
+            });
+        }
+        for ((coords, id), result) in wanted.into_iter().zip(reader.read(&ops)) {
+            let path = &files[id].path;
+            let bytes = result.map_err(|e| Error::io(path, "reading the shard index", e))?;
+            shared
+                .counters
+                .bytes_read
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let shard_len = files[id].file.as_ref().map_or(0, |(_, len)| *len);
+            let index = decode_index(sharding, &bytes, &per_shard_shape)
+                .and_then(|words| ShardIndex::from_words(&words, per_shard, shard_len))
+                .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
+            let index = Arc::new(index);
+            cache.indexes.insert(coords, Arc::clone(&index));
+            shard_index[id] = Some(index);
+        }
+    }
+
+    // Every chunk's bytes, read together.
+    let mut sources: Vec<Source> = Vec::with_capacity(tasks.len());
+    let mut reads = Vec::new();
+    for (t, location) in locations.iter().enumerate() {
+        let id = file_ids[location.file.as_slice()];
+        let Some((_, len)) = &files[id].file else {
+            sources.push(Source::Fill);
+            continue;
+        };
+        let range = match &shard_index[id] {
+            None if array.sharding().is_none() => Some((0, *len)),
+            None => None,
+            Some(index) => match index.slot(location.inner) {
+                Slot::Empty => None,
+                Slot::Bytes { offset, len } => Some((offset, len)),
+            },
+        };
+        match range {
+            None => sources.push(Source::Fill),
+            Some((offset, len)) => {
+                sources.push(Source::Encoded);
+                reads.push(PlannedRead {
+                    task: t,
+                    file: id,
+                    offset,
+                    len: len as usize,
+                    chunk_start: 0,
+                    direct: None,
+                });
+            }
+        }
+    }
+    // In file order, so that chunks stored side by side are read together.
+    reads.sort_by_key(|read| (read.file, read.offset));
+    Ok(Planned {
+        tasks,
+        locations,
+        files,
+        sources,
+        reads,
+    })
+}
+
+/// Narrows each read of a chunk stored as its elements to the bytes its crops need, from the
+/// first to the last; a chunk that is one contiguous run of one crop is read straight into
+/// the output (unless its elements are cast on the way).
+///
+/// # Errors
+/// [`Error::Corrupt`] for a stored chunk whose length is not the chunk's.
+pub(crate) fn read_only_what_crops_need(shared: &Shared, planned: &mut Planned) -> Result<()> {
+    if !shared.as_stored {
+        return Ok(());
+    }
+    let element = shared.array.dtype.size();
+    for read in &mut planned.reads {
+        let task = &planned.tasks[read.task];
+        if read.len != shared.leaf_bytes {
+            return Err(Error::corrupt(
+                &planned.files[read.file].path,
+                format!("chunk {:?}", task.chunk),
+                format!(
+                    "an uncompressed chunk of {} bytes, expected {}",
+                    read.len, shared.leaf_bytes
+                ),
+            ));
+        }
+        let Some((start, end)) = needed_span(shared, task) else {
+            continue;
+        };
+        read.offset += start as u64;
+        read.len = end - start;
+        read.chunk_start = start;
+        if let ([target], None) = (task.targets.as_slice(), shared.cast) {
+            if let Some((_, dst, _)) = target_layout(shared, target, element).single_run() {
+                read.direct = Some(target.crop * shared.crop_bytes + dst);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every chunk a planned batch needs, together, each into a buffer of its own (in the
+/// order of `planned.reads`).
+///
+/// # Errors
+/// [`Error::Io`] naming the file and chunk of the first read that failed.
+pub(crate) fn read_all(reader: &mut dyn Reader, planned: &Planned) -> Result<Vec<Vec<u8>>> {
+    let ops = planned.ops();
+    planned
+        .reads
+        .iter()
+        .zip(reader.read(&ops))
+        .map(|(read, result)| result.map_err(|e| planned.read_error(read, e)))
+        .collect()
+}
+
+/// Asks the kernel to start reading a planned batch's chunks while earlier batches decode:
+/// on a cold disk the engine threads' reads then find a deep queue already working for
+/// them (each thread alone waits for one group of reads at a time).
+pub(super) fn advise(reader: &mut dyn Reader, planned: &Planned) {
+    let ops = planned.ops();
+    reader.advise(&ops);
+}

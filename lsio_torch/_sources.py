@@ -171,7 +171,7 @@ class Source:
         return [[o // f for o, f in zip(origin, self.scale, strict=True)] for origin in origins]
 
     def engine(
-        self, crop: Sequence[int], threads: int, direct_io: bool = False
+        self, crop: Sequence[int], threads: int, direct_io: bool = False, io_threads: int = 0
     ) -> _lsio_torch.Engine:
         cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
         return _lsio_torch.Engine(
@@ -182,6 +182,7 @@ class Source:
             self.mean,
             self.std,
             direct_io=direct_io,
+            io_threads=io_threads,
         )
 
     def describe(self) -> str:

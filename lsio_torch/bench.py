@@ -1,7 +1,8 @@
 """Measures lsio_torch against its peers and its ceilings, on the same crops, in one run.
 
     python -m lsio_torch.bench [--data NAME|PATH ...] [--crop T,Y,X] [--batch 16] [--n 2000]
-                               [--threads N] [--systems lsio,zarr,...] [--small] [--cold] [--json]
+                               [--threads N] [--io-threads N] [--systems lsio,zarr,...]
+                               [--small] [--cold] [--direct] [--memory] [--json]
 
 Generates (once, with zarr-python) and caches the standard datasets, then reads the same
 seeded crop origins with every system and prints crops/s, MB/s, the ratio to lsio_torch and
@@ -187,10 +188,10 @@ def consume(batches, label: str, total: int) -> float:
     return time.perf_counter() - start
 
 
-def run_lsio(path, crop, origins, batch, threads, label, direct_io=False) -> float:
+def run_lsio(path, crop, origins, batch, threads, label, direct_io=False, io_threads=0) -> float:
     ds = ZarrCropDataset(
         path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads,
-        direct_io=direct_io,
+        direct_io=direct_io, io_threads=io_threads,
     )  # fmt: skip
     return consume(torch.utils.data.DataLoader(ds, batch_size=None), label, len(origins))
 
@@ -292,7 +293,9 @@ def measure(args, name: str) -> list[Result]:
 
     runners: dict[str, tuple[Callable[[], float], str | None]] = {
         "lsio_torch": (
-            lambda: run_lsio(path, crop, origins, args.batch, threads, "lsio_torch", args.direct),
+            lambda: run_lsio(
+                path, crop, origins, args.batch, threads, "lsio_torch", args.direct, args.io_threads
+            ),
             None,
         ),
         "zarr-python": (
@@ -366,7 +369,7 @@ def memory(args, name: str) -> dict:
     prefetch = 2
     ds = ZarrCropDataset(
         path, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
-        threads=args.threads,
+        threads=args.threads, io_threads=args.io_threads,
     )  # fmt: skip
     batch_bytes = args.batch * int(np.prod(crop)) * np.dtype(array.dtype).itemsize
     warm(path)
@@ -438,6 +441,9 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--n", type=int, default=2000, help="crops per system")
     parser.add_argument("--threads", type=int, default=_default_threads())
+    parser.add_argument(
+        "--io-threads", type=int, default=0, help="lsio_torch's threads that only read"
+    )
     parser.add_argument("--systems", default="lsio,zarr,zarrs,tensorstore,decode,disk")
     parser.add_argument("--small", action="store_true", help="1/8 of the time steps")
     parser.add_argument("--cold", action="store_true", help="drop the page cache (root)")
@@ -470,13 +476,20 @@ def main(argv: Iterator[str] | None = None) -> None:
                 f"first batch {min(firsts) * 1000:.0f}-{max(firsts) * 1000:.0f} ms"
             )
         return
-    report = {"machine": machine(), "threads": args.threads, "cold": args.cold, "data": {}}
+    report = {
+        "machine": machine(),
+        "threads": args.threads,
+        "io_threads": args.io_threads,
+        "cold": args.cold,
+        "data": {},
+    }
     for name in args.data:
         report["data"][name] = [asdict(r) for r in measure(args, name)]
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"\nlsio_torch bench on {report['machine']}; {args.threads} threads\n")
+    io = f" (+{args.io_threads} I/O threads for lsio_torch)" if args.io_threads else ""
+    print(f"\nlsio_torch bench on {report['machine']}; {args.threads} threads{io}\n")
     for name, results in report["data"].items():
         print(table(name, [Result(**r) for r in results], args.cold) + "\n")
 

@@ -72,6 +72,12 @@ def _positive(name: str, value: int | None, *, allow_none: bool = False) -> int 
     return value
 
 
+def _non_negative(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
 def _dtype(value: Any) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
@@ -150,6 +156,10 @@ class ZarrCropDataset(IterableDataset):
         prefetch: batches being read while the consumer works on the current one.
         return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
+        io_threads: threads that only read, each keeping its own queue of reads in flight,
+            handing the chunks to the ``threads`` that decode them: for arrays on disk rather
+            than in the page cache. ``0`` (the default) lets the decoding threads read their
+            own chunks, which is fastest when the reads are copies from the page cache.
         direct_io: read chunks with ``O_DIRECT``, bypassing the page cache (for arrays much
             larger than memory, read once per epoch); files on file systems that refuse it
             are read through the page cache. ``stats()["files_direct"]`` counts the others.
@@ -181,6 +191,7 @@ class ZarrCropDataset(IterableDataset):
         prefetch: int = 2,
         return_origins: bool = False,
         threads: int | None = None,
+        io_threads: int = 0,
         direct_io: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
@@ -236,6 +247,7 @@ class ZarrCropDataset(IterableDataset):
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
         self.prefetch = _positive("prefetch", prefetch)
         self.threads = _positive("threads", threads, allow_none=True)
+        self.io_threads = _non_negative("io_threads", io_threads)
         self.direct_io = bool(direct_io)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
@@ -421,7 +433,10 @@ class ZarrCropDataset(IterableDataset):
         n, epoch = self.samples_per_epoch, self.epoch
         batches = share.batches(total, start)
         engines = _Engines(
-            {s.key: s.engine(self.crop, threads, self.direct_io) for s in self._sources}
+            {
+                s.key: s.engine(self.crop, threads, self.direct_io, self.io_threads)
+                for s in self._sources
+            }
         )
         self._backend = next(iter(engines.values())).backend
         sources = {s.key: s for s in self._sources}

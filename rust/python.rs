@@ -189,8 +189,10 @@ impl Engine {
     /// ``dtype`` (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``) casts the
     /// output, computing ``(x - mean) / std`` on the way; ``None`` keeps the array's type.
     /// ``direct_io`` reads chunks with ``O_DIRECT`` where the file system allows it.
+    /// ``io_threads`` > 0 starts that many threads that only read, handing the chunks to the
+    /// ``threads`` that decode; 0 has the decode threads read their own chunks.
     #[new]
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false))]
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0))]
     // The Python constructor's keyword arguments, one for one.
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -202,6 +204,7 @@ impl Engine {
         mean: f64,
         std: f64,
         direct_io: bool,
+        io_threads: usize,
     ) -> PyResult<Self> {
         let choice = choose_backend().map_err(to_py)?;
         let cast = match dtype {
@@ -221,6 +224,7 @@ impl Engine {
         };
         let config = EngineConfig {
             threads,
+            io_threads,
             backend: choice.backend,
             cast,
             direct_io,

@@ -31,17 +31,20 @@ fn backends() -> Vec<Backend> {
     out
 }
 
-/// Reads crops at `origins` into a fresh buffer with `backend`.
+/// Reads crops at `origins` into a fresh buffer with `backend` (and `io_threads` threads that
+/// only read).
 fn read(
     path: &Path,
     crop: &[u64],
     origins: &[Vec<u64>],
     backend: Backend,
+    io_threads: usize,
 ) -> Result<Vec<u8>, Error> {
     let array = Arc::new(ZarrArray::open(path)?);
     let element = array.dtype.size();
     let config = EngineConfig {
         threads: 2,
+        io_threads,
         backend,
         cast: None,
         direct_io: false,
@@ -70,8 +73,8 @@ fn check<T: PartialEq + std::fmt::Debug + Copy>(
     let mut origins: Vec<Vec<u64>> = (0..40).map(|i| sampler.origin(0, i)).collect();
     origins.push(vec![0, 0, 0]);
     origins.push(vec![3, 5, 5]);
-    for backend in backends() {
-        let out = read(&fixture(name), &crop, &origins, backend).unwrap();
+    for (backend, io_threads) in backends().into_iter().flat_map(|b| [(b, 0), (b, 1)]) {
+        let out = read(&fixture(name), &crop, &origins, backend, io_threads).unwrap();
         let size = out.len() / origins.len() / 60;
         for (c, origin) in origins.iter().enumerate() {
             for n in 0..60u64 {
@@ -85,7 +88,7 @@ fn check<T: PartialEq + std::fmt::Debug + Copy>(
                 };
                 assert_eq!(
                     got, want,
-                    "{name} {backend:?} crop at {origin:?}, element ({i}, {j}, {k})"
+                    "{name} {backend:?} io_threads={io_threads} crop at {origin:?}, element ({i}, {j}, {k})"
                 );
             }
         }
@@ -170,6 +173,7 @@ fn an_origin_outside_the_array_is_refused_before_reading() {
         &[3, 5, 4],
         &[vec![4, 0, 0]],
         Backend::Pread,
+        0,
     )
     .unwrap_err();
     assert!(matches!(err, Error::OutOfBounds(_)), "{err}");
@@ -189,8 +193,8 @@ fn a_corrupt_inner_chunk_names_the_shard_and_the_chunk() {
     let mut shard = std::fs::read(fixture("sharded_end_int16.zarr/c/0/0/0")).unwrap();
     shard[..4].copy_from_slice(b"junk"); // inner chunk 0 starts the shard
     std::fs::write(copy.join("c/0/0/0"), shard).unwrap();
-    for backend in backends() {
-        let err = read(&copy, &[1, 1, 1], &[vec![0, 0, 0]], backend).unwrap_err();
+    for (backend, io_threads) in backends().into_iter().flat_map(|b| [(b, 0), (b, 1)]) {
+        let err = read(&copy, &[1, 1, 1], &[vec![0, 0, 0]], backend, io_threads).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, Error::Corrupt { .. }), "{message}");
         assert!(

@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 from conftest import DTYPES, LAYOUTS, crop_origins, reference_crop, same_bits, smooth_field
+from test_engine import engine_threads
 
 import lsio_torch
 
@@ -184,6 +185,29 @@ def test_direct_io_reads_equal_zarr_python(arrays, layout, backend):
     # Some small files may refuse it (ext4 keeps them inside the inode): those are read
     # through the page cache.
     assert 0 < ds.stats()["files_direct"] <= ds.stats()["files_opened"]
+
+
+@pytest.mark.parametrize("io_threads", [1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_io_threads_read_equal_zarr_python(arrays, layout, io_threads, backend):
+    """With ``io_threads`` the chunks are read by threads that only read and decoded by the
+    others, a group at a time in a fixed set of buffers: the same crops, fill values included,
+    for any thread count."""
+    written = arrays[(layout, "int16")]
+    crop = (5, 23, 11)
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, crop, batch_size=8, samples_per_epoch=60, seed=3, return_origins=True,
+        threads=2, io_threads=io_threads, prefetch=3,
+    )  # fmt: skip
+    seen, readers = 0, set()
+    for batch, origins in torch.utils.data.DataLoader(ds, batch_size=None):
+        readers.update(n for n in engine_threads() if n.startswith("lsio-io-"))
+        for got, origin in zip(batch, origins, strict=True):
+            assert same_bits(got.numpy(), reference_crop(written.values, origin.tolist(), crop))
+            seen += 1
+    assert seen == 60
+    assert readers == {f"lsio-io-{i}" for i in range(io_threads)}
+    assert engine_threads() == []
 
 
 def test_large_zstd_chunks_decode_as_far_as_the_crops_need(tmp_path, backend):

@@ -145,9 +145,11 @@ def test_truncated_shard_is_an_error_not_zeros(tmp_path, backend):
         lsio_torch.read_crops(written.path, [(0, 0, 0)], (2, 2, 2))
 
 
-def test_chunk_cut_short_in_a_read_of_adjacent_chunks_is_named(tmp_path, backend):
+@pytest.mark.parametrize("io_threads", [0, 2])
+def test_chunk_cut_short_in_a_read_of_adjacent_chunks_is_named(tmp_path, backend, io_threads):
     """Adjacent chunks of a shard are read in one request; when that request fails, the error
-    names the chunk at fault, not the first of the run."""
+    names the chunk at fault, not the first of the run (read by a decode thread, or by an
+    I/O thread)."""
     written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16")
     shard = written.path / "c/0/0/0"
     data = shard.read_bytes()
@@ -157,7 +159,7 @@ def test_chunk_cut_short_in_a_read_of_adjacent_chunks_is_named(tmp_path, backend
     first_chunk = [(0, 0, 0)] * 8
     every_chunk = [(4 * t, 16 * y, 10 * x) for t, y, x in np.ndindex(2, 2, 2)]
     ds = lsio_torch.ZarrCropDataset(
-        written.path, (4, 16, 10), batch_size=8, prefetch=1,
+        written.path, (4, 16, 10), batch_size=8, prefetch=1, io_threads=io_threads,
         origins=first_chunk + first_chunk + every_chunk,
     )  # fmt: skip
     batches = iter(ds)
@@ -168,7 +170,37 @@ def test_chunk_cut_short_in_a_read_of_adjacent_chunks_is_named(tmp_path, backend
         lsio_torch.LsioError, match=rf"c/0/0/0: reading chunk \[{', '.join(map(str, last))}\]"
     ):
         next(batches)
-    assert ds.stats()["reads"] < ds.stats()["chunks_decoded"]
+    # One request for the first chunk in each of the first two batches; fewer requests than
+    # chunks in the third.
+    assert ds.stats()["reads"] < 2 + len(written_slots)
+
+
+def test_corrupt_chunk_with_io_threads_is_named_and_threads_exit(tmp_path, backend):
+    """A chunk that does not decode (found on a decode thread, after an I/O thread read it)
+    is an error naming it, as without I/O threads; and the engine's threads all exit."""
+    written = write_array(tmp_path / "a.zarr", "unsharded", "int16")
+    chunk = written.path / "c/0/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[0:4] = b"junk"  # the zstd frame header
+    chunk.write_bytes(bytes(data))
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, (4, 16, 10), batch_size=4, io_threads=1, threads=2,
+        origins=[(4, 0, 0)] * 4 + [(0, 0, 0)] * 4,
+    )  # fmt: skip
+    batches = iter(ds)
+    assert same_bits(next(batches)[0].numpy(), written.values[4:8, :16, :10])
+    with pytest.raises(lsio_torch.LsioError, match=r"c/0/0/0: corrupt chunk \[0, 0, 0\]"):
+        next(batches)
+    del batches
+    ds.close()
+    assert engine_threads() == []
+
+
+def test_io_threads_must_be_a_non_negative_integer(arrays):
+    written = arrays[("unsharded", "int16")]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="io_threads must be a non-negative integer"):
+            lsio_torch.ZarrCropDataset(written.path, (2, 2, 2), io_threads=bad)
 
 
 def test_deleted_array_mid_run_is_an_error(tmp_path):

@@ -55,9 +55,9 @@ def _train_until_it_fails(ds) -> None:
             raise StepFailed("the training step failed")
 
 
-def _abandon(path, way: int) -> None:
+def _abandon(path, way: int, io_threads: int = 0) -> None:
     """Starts an iteration and leaves it one of five ways."""
-    ds = lsio_torch.ZarrCropDataset(path, (2, 8, 8), batch_size=4, threads=2)
+    ds = lsio_torch.ZarrCropDataset(path, (2, 8, 8), batch_size=4, threads=2, io_threads=io_threads)
     if way == 0:  # break out of the loop
         for i, _ in enumerate(ds):
             if i == 2:
@@ -89,7 +89,7 @@ def test_200_abandoned_iterations_leave_no_thread_or_file(arrays):
         _abandon(written.path, way)
     baseline = threads_and_fds()
     for cycle in range(200):
-        _abandon(written.path, cycle % 5)
+        _abandon(written.path, cycle % 5, io_threads=cycle // 5 % 2)  # each way, each stage
         assert engine_threads() == [], cycle
     # Threads of other tests may end meanwhile; none may be added. The DataLoader's own queue
     # feeder thread and pipes close asynchronously after its workers are joined: give them

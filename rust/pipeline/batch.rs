@@ -28,18 +28,7 @@ thread_local! {
 /// the others are read by the thread that decodes them, a group at a time, and decoded into
 /// the output.
 pub(super) fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
-    (0..planned.tasks.len())
-        .into_par_iter()
-        .try_for_each(|t| match planned.sources[t] {
-            Source::Fill => {
-                shared
-                    .counters
-                    .chunks_decoded
-                    .fetch_add(1, Ordering::Relaxed);
-                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
-            }
-            Source::Encoded => Ok(()),
-        })?;
+    fill_missing(shared, planned, out)?;
     read_groups(&planned.reads)
         .into_par_iter()
         .try_for_each(|group| {
@@ -58,56 +47,117 @@ pub(super) fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> 
                 let Some(LocalIo { reader, buf }) = local.as_mut() else {
                     return Err(Error::Stopped("no reader on this thread".into()));
                 };
-                let Requests {
-                    direct,
-                    buffered,
-                    runs,
-                } = Requests::of(group);
-                let started = Instant::now();
-                read_direct(planned, &direct, reader.as_mut(), out)?;
-                let mut align = 1;
-                let mut ops = Vec::with_capacity(runs.len());
-                let mut skips = Vec::with_capacity(runs.len());
-                for run in &runs {
-                    let (op, op_align, skip) = planned.direct_op(&buffered[run.clone()])?;
-                    align = align.max(op_align);
-                    ops.push(op);
-                    skips.push(skip);
-                }
-                let results = reader.read_packed(&ops, buf, align);
-                shared.note_read_time(started.elapsed(), group.len());
-                let counters = &shared.counters;
-                let read_bytes: usize = group.iter().map(|read| read.len).sum();
-                counters
-                    .bytes_read
-                    .fetch_add(read_bytes as u64, Ordering::Relaxed);
-                counters
-                    .chunks_decoded
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                counters
-                    .reads
-                    .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
-                for ((run, (at, result)), skip) in runs.iter().zip(results).zip(skips) {
-                    let run_bytes = &buf[at + skip..];
-                    let reads = &buffered[run.clone()];
-                    if let Err(e) = result {
-                        return Err(planned.failed_read(reads, e, reader.as_mut()));
-                    }
-                    for read in reads {
-                        let task = &planned.tasks[read.task];
-                        let at = (read.offset - reads[0].offset) as usize;
-                        let bytes = &run_bytes[at..at + read.len];
-                        if shared.as_stored {
-                            copy_targets(shared, task, bytes, read.chunk_start, out)?;
-                        } else {
-                            let location = &planned.locations[read.task];
-                            decode_task(shared, task, location, planned.path(read), bytes, out)?;
-                        }
-                    }
-                }
-                Ok(())
+                let starts = read_group(shared, planned, group, reader.as_mut(), buf, out)?;
+                decode_group(shared, planned, group, buf, &starts, out)
             })
         })
+}
+
+/// Copies the fill value into the places of a batch's chunks that were never written.
+pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
+    (0..planned.tasks.len())
+        .into_par_iter()
+        .try_for_each(|t| match planned.sources[t] {
+            Source::Fill => {
+                shared
+                    .counters
+                    .chunks_decoded
+                    .fetch_add(1, Ordering::Relaxed);
+                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
+            }
+            Source::Encoded => Ok(()),
+        })
+}
+
+/// Reads one group of a batch's chunks: those that are each one contiguous run of one crop
+/// straight into the output, the others back to back into `buf`, one request per run of
+/// adjacent chunks. Returns where each run's bytes start in `buf`, in the order of
+/// `Requests::of(group).runs`.
+///
+/// # Errors
+/// [`Error::Io`] naming the file and chunk of a read that failed.
+pub(super) fn read_group(
+    shared: &Shared,
+    planned: &Planned,
+    group: &[PlannedRead],
+    reader: &mut dyn Reader,
+    buf: &mut Vec<u8>,
+    out: &OutBuffer,
+) -> Result<Vec<usize>> {
+    let Requests {
+        direct,
+        buffered,
+        runs,
+    } = Requests::of(group);
+    let started = Instant::now();
+    read_direct(planned, &direct, reader, out)?;
+    let mut align = 1;
+    let mut ops = Vec::with_capacity(runs.len());
+    let mut skips = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let (op, op_align, skip) = planned.direct_op(&buffered[run.clone()])?;
+        align = align.max(op_align);
+        ops.push(op);
+        skips.push(skip);
+    }
+    let results = reader.read_packed(&ops, buf, align);
+    shared.note_read_time(started.elapsed(), group.len());
+    let counters = &shared.counters;
+    let read_bytes: usize = group.iter().map(|read| read.len).sum();
+    counters
+        .bytes_read
+        .fetch_add(read_bytes as u64, Ordering::Relaxed);
+    counters
+        .reads
+        .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
+    let mut starts = Vec::with_capacity(runs.len());
+    for ((run, (at, result)), skip) in runs.iter().zip(results).zip(skips) {
+        if let Err(e) = result {
+            return Err(planned.failed_read(&buffered[run.clone()], e, reader));
+        }
+        starts.push(at + skip);
+    }
+    Ok(starts)
+}
+
+/// Decodes a group that [`read_group`] read into `buf` (its runs starting at `starts`) into
+/// the output.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the file and chunk of a chunk that does not decode.
+pub(super) fn decode_group(
+    shared: &Shared,
+    planned: &Planned,
+    group: &[PlannedRead],
+    buf: &[u8],
+    starts: &[usize],
+    out: &OutBuffer,
+) -> Result<()> {
+    let Requests { buffered, runs, .. } = Requests::of(group);
+    shared
+        .counters
+        .chunks_decoded
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    for (run, &start) in runs.iter().zip(starts) {
+        let reads = &buffered[run.clone()];
+        for read in reads {
+            let task = &planned.tasks[read.task];
+            let at = start + (read.offset - reads[0].offset) as usize;
+            let Some(bytes) = buf.get(at..at + read.len) else {
+                return Err(Error::Stopped(format!(
+                    "internal error: chunk {:?} left its read buffer",
+                    task.chunk
+                )));
+            };
+            if shared.as_stored {
+                copy_targets(shared, task, bytes, read.chunk_start, out)?;
+            } else {
+                let location = &planned.locations[read.task];
+                decode_task(shared, task, location, planned.path(read), bytes, out)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the chunks that are each one contiguous run of one crop straight into the output.

@@ -1,8 +1,9 @@
-//! The engine: planner and reader on one I/O thread, decoding on a rayon pool, each batch
-//! written straight into the caller's output buffer and announced on its own ticket.
+//! The engine: a planning thread, and a pool of engine threads that read and decode; each
+//! batch written straight into the caller's output buffer and announced on its own ticket.
 //!
 //! ```text
-//! submit ─jobs─▶ I/O thread: plan → shard indexes → read ─▶ rayon: decode, copy ─▶ ticket
+//! submit ─jobs─▶ planner: crops → chunks, files, shard indexes ─▶ pool: read a group, decode ─▶ ticket
+//!                                                    (io_threads > 0: I/O threads read, the pool decodes)
 //! ```
 //! Batches are bounded by the caller (it holds at most `prefetch` tickets) and finish in
 //! any order; tickets are waited in submission order, so batches leave in order.
@@ -20,6 +21,7 @@ mod batch;
 mod decode;
 mod files;
 mod groups;
+mod io_stage;
 mod planned;
 
 pub(crate) use files::PlanCache;
@@ -27,6 +29,7 @@ pub(crate) use groups::requested_ranges;
 pub(crate) use planned::{plan_reads, read_all, read_only_what_crops_need};
 
 use batch::run_batch;
+use io_stage::IoStage;
 use planned::advise;
 
 use crate::cast::Cast;
@@ -42,8 +45,12 @@ const QUEUED_JOBS: usize = 64;
 /// Threads and backend for an engine.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig {
-    /// Threads that read and decode chunks; each has its own ring (or issues its own preads).
+    /// Threads that decode chunks. With no I/O threads they read the chunks they decode
+    /// too, each with its own ring (or its own preads).
     pub threads: usize,
+    /// Threads that only read, each with its own ring, handing what they read to the decode
+    /// threads; 0 leaves the reading to the decode threads.
+    pub io_threads: usize,
     pub backend: Backend,
     /// The output's element type and normalisation; `None` writes the array's own type.
     pub cast: Option<Cast>,
@@ -292,12 +299,18 @@ impl Engine {
         let shared = Arc::new(shared);
         let reader = new_reader(config.backend)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
+        let decode = Arc::new(decode);
+        let stage = match config.io_threads {
+            0 => None,
+            n => Some(IoStage::start(&shared, n, config.threads, &decode)?),
+        };
         let (jobs, job_rx) = crossbeam_channel::bounded::<Job>(QUEUED_JOBS);
         let thread_shared = Arc::clone(&shared);
         let io_thread = std::thread::Builder::new()
             .name("lsio-plan".into())
             .spawn(move || {
-                plan_loop(&thread_shared, reader, &decode, &job_rx);
+                plan_loop(&thread_shared, reader, &decode, stage.as_ref(), &job_rx);
+                drop(stage); // the I/O threads exit once the groups queued are read
                 drop(decode);
                 decode_exited.wait();
             })
@@ -428,6 +441,7 @@ fn plan_loop(
     shared: &Arc<Shared>,
     mut reader: Box<dyn Reader>,
     pool: &rayon::ThreadPool,
+    stage: Option<&IoStage>,
     jobs: &Receiver<Job>,
 ) {
     let mut cache = PlanCache::default();
@@ -439,47 +453,48 @@ fn plan_loop(
                 .send(Err(Error::Stopped("the engine was closed".into())));
             continue;
         }
-        let planned = catch_unwind(AssertUnwindSafe(|| {
+        let planned = guarded("planning thread", || {
             let mut planned = plan_reads(shared, reader.as_mut(), &mut cache, &job.origins)?;
             read_only_what_crops_need(shared, &mut planned)?;
             Ok(planned)
-        }))
-        .unwrap_or_else(|panic| {
-            Err(Error::Stopped(format!(
-                "planning thread panicked: {}",
-                panic_message(&panic)
-            )))
         });
-        match planned {
+        let planned = match planned {
             Err(e) => {
                 shared.counters.batch_finished();
                 let _ = job.done.send(Err(e));
+                continue;
             }
-            Ok(planned) => {
-                if shared.reads_wait.load(Ordering::Relaxed) && !shared.direct_io {
-                    advise(reader.as_mut(), &planned);
-                }
-                let shared = Arc::clone(shared);
-                pool.spawn(move || {
-                    let result =
-                        catch_unwind(AssertUnwindSafe(|| run_batch(&shared, &planned, &job.out)))
-                            .unwrap_or_else(|panic| {
-                                Err(Error::Stopped(format!(
-                                    "engine thread panicked: {}",
-                                    panic_message(&panic)
-                                )))
-                            });
-                    if result.is_ok() {
-                        shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                    shared.counters.batch_finished();
-                    let _ = job.done.send(result);
-                    drop(planned); // lets go of the batch's files (the planner may keep them open)
-                    drop(job);
-                });
-            }
+            Ok(planned) => planned,
+        };
+        if shared.reads_wait.load(Ordering::Relaxed) && !shared.direct_io {
+            advise(reader.as_mut(), &planned);
         }
+        if let Some(stage) = stage {
+            stage.run(shared, planned, job, pool);
+            continue;
+        }
+        let shared = Arc::clone(shared);
+        pool.spawn(move || {
+            let result = guarded("engine thread", || run_batch(&shared, &planned, &job.out));
+            if result.is_ok() {
+                shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.counters.batch_finished();
+            let _ = job.done.send(result);
+            drop(planned); // lets go of the batch's files (the planner may keep them open)
+            drop(job);
+        });
     }
+}
+
+/// Runs `f`, turning a panic into an error that names `who`.
+pub(super) fn guarded<T>(who: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(Error::Stopped(format!(
+            "{who} panicked: {}",
+            panic_message(&panic)
+        )))
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -1,0 +1,242 @@
+//! The I/O stage, for engines started with `io_threads > 0`: threads that only read, each
+//! with its own ring, handing each group of chunks it read to the decode pool.
+//!
+//! ```text
+//! planner ─groups─▶ I/O threads: read a group into a free buffer ─▶ pool: decode ─▶ buffer freed
+//! ```
+//! A batch is finished when the last of its parts (its groups, and the fill of its missing
+//! chunks) is: only then is its ticket resolved, so nothing writes its output afterwards.
+//! Read buffers are a fixed set passed around a channel, which bounds the bytes in flight.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::batch::{decode_group, fill_missing, read_group};
+use super::groups::read_groups;
+use super::planned::Planned;
+use super::{guarded, Job, Shared};
+use crate::error::{Error, Result};
+use crate::io::new_reader;
+
+/// A planned batch shared by the stages while its parts run.
+pub(super) struct BatchRun {
+    shared: Arc<Shared>,
+    planned: Planned,
+    job: Job,
+    /// Parts not finished yet.
+    remaining: AtomicUsize,
+    /// The first part's error; later parts of a failed batch are skipped.
+    error: Mutex<Option<Error>>,
+}
+
+impl BatchRun {
+    fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Records one part's end; the last part resolves the batch's ticket.
+    fn finish_part(&self, result: Result<()>) {
+        if let Err(e) = result {
+            self.error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let error = self
+            .error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let counters = &self.shared.counters;
+        if error.is_none() {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.batch_finished();
+        let _ = self.job.done.send(error.map_or(Ok(()), Err));
+    }
+}
+
+/// One group of a batch's reads, for an I/O thread.
+pub(super) struct GroupWork {
+    batch: Arc<BatchRun>,
+    group: Range<usize>,
+}
+
+/// The running I/O threads, and the channel that feeds them.
+pub(super) struct IoStage {
+    work: Option<Sender<GroupWork>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Groups that may wait for an I/O thread.
+const QUEUED_GROUPS: usize = 64;
+
+impl IoStage {
+    /// Starts `io_threads` I/O threads handing groups to `pool`. Each holds a read buffer
+    /// while it reads, and each decode thread one while it decodes: `threads + 2 * io_threads`
+    /// buffers let either stage work while the other does.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when a thread cannot be started.
+    pub(super) fn start(
+        shared: &Arc<Shared>,
+        io_threads: usize,
+        threads: usize,
+        pool: &Arc<rayon::ThreadPool>,
+    ) -> Result<Self> {
+        let (work, work_rx) = crossbeam_channel::bounded::<GroupWork>(QUEUED_GROUPS);
+        let buffers = threads + 2 * io_threads;
+        let (free, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(buffers);
+        for _ in 0..buffers {
+            let _ = free.send(Vec::new());
+        }
+        let mut stage = Self {
+            work: Some(work),
+            threads: Vec::with_capacity(io_threads),
+        };
+        for i in 0..io_threads {
+            let (shared, work_rx) = (Arc::clone(shared), work_rx.clone());
+            let (free, free_rx, pool) = (free.clone(), free_rx.clone(), Arc::clone(pool));
+            let thread = std::thread::Builder::new()
+                .name(format!("lsio-io-{i}"))
+                .spawn(move || io_loop(&shared, &work_rx, &free, &free_rx, &pool))
+                .map_err(|e| Error::Stopped(format!("starting an I/O thread: {e}")))?;
+            stage.threads.push(thread);
+        }
+        Ok(stage)
+    }
+
+    /// Runs a planned batch: its missing chunks filled on the pool, its groups read by the
+    /// I/O threads and decoded on the pool.
+    pub(super) fn run(
+        &self,
+        shared: &Arc<Shared>,
+        planned: Planned,
+        job: Job,
+        pool: &rayon::ThreadPool,
+    ) {
+        let groups = read_groups(&planned.reads);
+        let batch = Arc::new(BatchRun {
+            shared: Arc::clone(shared),
+            planned,
+            job,
+            remaining: AtomicUsize::new(groups.len() + 1),
+            error: Mutex::new(None),
+        });
+        let fill = Arc::clone(&batch);
+        pool.spawn(move || {
+            let result = guarded("engine thread", || {
+                fill_missing(&fill.shared, &fill.planned, &fill.job.out)
+            });
+            fill.finish_part(result);
+        });
+        for group in groups {
+            let work = GroupWork {
+                batch: Arc::clone(&batch),
+                group,
+            };
+            let unsent = match &self.work {
+                Some(sender) => sender.send(work).err().map(|e| e.0),
+                None => Some(work),
+            };
+            if let Some(work) = unsent {
+                let stopped = Error::Stopped("the I/O threads have exited".into());
+                work.batch.finish_part(Err(stopped));
+            }
+        }
+    }
+
+    /// Lets the I/O threads finish the groups queued and waits for them to exit.
+    pub(super) fn stop(&mut self) {
+        self.work = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for IoStage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An I/O thread: reads each group it is given into a free buffer with its own reader, then
+/// hands the buffer to the pool to decode.
+fn io_loop(
+    shared: &Arc<Shared>,
+    work: &Receiver<GroupWork>,
+    free: &Sender<Vec<u8>>,
+    free_rx: &Receiver<Vec<u8>>,
+    pool: &Arc<rayon::ThreadPool>,
+) {
+    let mut reader = new_reader(shared.backend);
+    while let Ok(GroupWork { batch, group }) = work.recv() {
+        if shared.cancel.load(Ordering::Relaxed) {
+            batch.finish_part(Err(Error::Stopped("the engine was closed".into())));
+            continue;
+        }
+        if batch.failed() {
+            batch.finish_part(Ok(()));
+            continue;
+        }
+        let reader = match &mut reader {
+            Ok(reader) => reader,
+            Err(e) => {
+                batch.finish_part(Err(Error::Stopped(format!(
+                    "no reader on this thread: {e}"
+                ))));
+                continue;
+            }
+        };
+        let Ok(mut buf) = free_rx.recv() else {
+            batch.finish_part(Err(Error::Stopped("the read buffers are gone".into())));
+            continue;
+        };
+        let reads = &batch.planned.reads[group.clone()];
+        let starts = guarded("I/O thread", || {
+            read_group(
+                &batch.shared,
+                &batch.planned,
+                reads,
+                reader.as_mut(),
+                &mut buf,
+                &batch.job.out,
+            )
+        });
+        let starts = match starts {
+            Ok(starts) => starts,
+            Err(e) => {
+                let _ = free.send(buf);
+                batch.finish_part(Err(e));
+                continue;
+            }
+        };
+        let free = free.clone();
+        pool.spawn(move || {
+            let reads = &batch.planned.reads[group];
+            let result = guarded("engine thread", || {
+                decode_group(
+                    &batch.shared,
+                    &batch.planned,
+                    reads,
+                    &buf,
+                    &starts,
+                    &batch.job.out,
+                )
+            });
+            let _ = free.send(buf);
+            batch.finish_part(result);
+        });
+    }
+}

@@ -3,11 +3,14 @@
 //! Two backends sit behind it: io_uring (default) and a pread thread pool for machines whose
 //! sandbox refuses io_uring. `LSIO_IO=uring|pread` forces either.
 
+pub mod buffer;
 pub mod pread;
 pub mod uring;
 
 use std::fs::File;
 use std::sync::OnceLock;
+
+pub use buffer::ReadBuf;
 
 use crate::error::{Error, Result};
 
@@ -82,17 +85,19 @@ pub trait Reader: Send {
 
     /// Reads `ops` back to back into `buf`, each at a multiple of `align` bytes (a power of
     /// two: direct I/O needs aligned memory); returns where each op's bytes start in `buf`,
-    /// with its result. `buf` grows as needed and is never zeroed again, so a caller that
-    /// keeps it allocates nothing in the steady state, and its size is the bytes of one call.
+    /// with its result. `buf` grows as needed, so a caller that keeps it allocates nothing in
+    /// the steady state, and its size is the bytes of one call.
     fn read_packed(
         &mut self,
         ops: &[ReadOp<'_>],
-        buf: &mut Vec<u8>,
+        buf: &mut ReadBuf,
         align: usize,
     ) -> Vec<(usize, std::io::Result<()>)> {
         let (starts, total) = packed_layout(ops, align);
-        if buf.len() < total + align {
-            buf.resize(total + align, 0);
+        if let Err(e) = buf.ensure(total + align) {
+            let failed =
+                || std::io::Error::new(e.kind(), format!("a read buffer of {total} bytes: {e}"));
+            return ops.iter().map(|_| (0, Err(failed()))).collect();
         }
         let base = buf.as_ptr().align_offset(align);
         let ptr = buf.as_mut_ptr();
@@ -383,7 +388,7 @@ pub(crate) mod tests {
         }
         assert_eq!(bufs.len(), 2000);
         // Packed back to back into one buffer, reused and longer than needed, and aligned.
-        let mut packed = vec![0xEE; 7];
+        let mut packed = ReadBuf::new();
         for (round, align) in [1, 1, 512].into_iter().enumerate() {
             let results = reader.read_packed(&ops, &mut packed, align);
             for (i, (at, result)) in results.into_iter().enumerate() {

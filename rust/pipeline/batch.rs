@@ -11,13 +11,13 @@ use super::groups::{read_groups, Requests};
 use super::planned::{Planned, PlannedRead, Source};
 use super::{OutBuffer, Shared};
 use crate::error::{Error, Result};
-use crate::io::{new_reader, Reader, ScatterOp};
+use crate::io::{new_reader, ReadBuf, Reader, ScatterOp};
 
 /// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
 /// buffer, which a group of reads fills back to back, reused without being zeroed again.
 struct LocalIo {
     reader: Box<dyn Reader>,
-    buf: Vec<u8>,
+    buf: ReadBuf,
 }
 
 thread_local! {
@@ -41,7 +41,7 @@ pub(super) fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> 
                 if local.is_none() {
                     *local = Some(LocalIo {
                         reader: new_reader(shared.backend)?,
-                        buf: Vec::new(),
+                        buf: ReadBuf::new(),
                     });
                 }
                 let Some(LocalIo { reader, buf }) = local.as_mut() else {
@@ -81,7 +81,7 @@ pub(super) fn read_group(
     planned: &Planned,
     group: &[PlannedRead],
     reader: &mut dyn Reader,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     out: &OutBuffer,
 ) -> Result<Vec<usize>> {
     let Requests {

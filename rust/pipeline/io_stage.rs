@@ -20,7 +20,7 @@ use super::groups::read_groups;
 use super::planned::Planned;
 use super::{guarded, Job, Shared};
 use crate::error::{Error, Result};
-use crate::io::new_reader;
+use crate::io::{new_reader, ReadBuf};
 
 /// A planned batch shared by the stages while its parts run.
 pub(super) struct BatchRun {
@@ -96,9 +96,9 @@ impl IoStage {
     ) -> Result<Self> {
         let (work, work_rx) = crossbeam_channel::bounded::<GroupWork>(QUEUED_GROUPS);
         let buffers = threads + 2 * io_threads;
-        let (free, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(buffers);
+        let (free, free_rx) = crossbeam_channel::bounded::<ReadBuf>(buffers);
         for _ in 0..buffers {
-            let _ = free.send(Vec::new());
+            let _ = free.send(ReadBuf::new());
         }
         let mut stage = Self {
             work: Some(work),
@@ -176,8 +176,8 @@ impl Drop for IoStage {
 fn io_loop(
     shared: &Arc<Shared>,
     work: &Receiver<GroupWork>,
-    free: &Sender<Vec<u8>>,
-    free_rx: &Receiver<Vec<u8>>,
+    free: &Sender<ReadBuf>,
+    free_rx: &Receiver<ReadBuf>,
     pool: &Arc<rayon::ThreadPool>,
 ) {
     let mut reader = new_reader(shared.backend);

@@ -79,6 +79,17 @@ def _non_negative(name: str, value: int) -> int:
     return value
 
 
+def _batch_tensor(
+    engine: _lsio_torch.Engine, shape: tuple[int, ...], dtype: torch.dtype, pin: bool
+) -> torch.Tensor:
+    """A batch's output: pinned by torch, or else the engine's own memory, which it reuses
+    for later batches once this tensor is freed (a fresh ``torch.empty`` per batch fragments
+    the heap epoch by epoch, or faults in zeroed pages every batch)."""
+    if pin:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    return torch.from_dlpack(engine.batch_memory(list(shape)))
+
+
 def _dtype(value: Any) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
@@ -456,9 +467,8 @@ class ZarrCropDataset(IterableDataset):
             origins = self._origins(epoch, first, count)
             for key, engine in engines.items():
                 source = sources[key]
-                out = torch.empty(
-                    (count, *source.own_crop(self.crop)), dtype=source.out_dtype, pin_memory=pin
-                )
+                shape = (count, *source.own_crop(self.crop))
+                out = _batch_tensor(engine, shape, source.out_dtype, pin)
                 engine.submit(out, source.own_origins(origins))
             pending.append((position, torch.tensor(origins, dtype=torch.int64)))
 

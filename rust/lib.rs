@@ -5,8 +5,10 @@
 //! → the batch buffer, driven by [`pipeline::Engine`]. `python.rs` is the only file that
 //! knows about Python.
 
+pub mod batch_memory;
 pub mod bounds;
 pub mod cast;
+pub mod dlpack;
 pub mod error;
 pub mod io;
 pub mod pipeline;

@@ -1,7 +1,8 @@
 //! The Python binding, and the only file that knows about Python.
 //!
-//! Python allocates every output tensor (`torch.empty(..., pin_memory=...)`); this module
-//! checks its dtype, device, contiguity and size, keeps a reference to it while the engine
+//! Python allocates pinned output tensors (`torch.empty(..., pin_memory=True)`); others are
+//! made of the engine's batch memory, handed to `torch.from_dlpack`. This module checks each
+//! output's dtype, device, contiguity and size, keeps a reference to it while the engine
 //! writes into it, and waits for batches with the GIL released.
 
 use std::collections::VecDeque;
@@ -14,8 +15,10 @@ use pyo3::exceptions::{PyException, PyFileNotFoundError, PyIndexError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::batch_memory::BatchMemory;
 use crate::bounds;
 use crate::cast::{Cast, OutType};
+use crate::dlpack;
 use crate::error::Error;
 use crate::io::choose_backend;
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
@@ -156,6 +159,8 @@ struct Engine {
     pending: VecDeque<(Ticket, Py<PyAny>)>,
     /// Time spent in :meth:`next` waiting for a batch.
     consumer_wait: Duration,
+    /// Memory for batches that are not pinned, reused as their tensors are freed.
+    memory: Arc<BatchMemory>,
 }
 
 /// How often a wait for a batch looks for a signal (Ctrl-C).
@@ -239,6 +244,7 @@ impl Engine {
             engine: Some(engine),
             pending: VecDeque::new(),
             consumer_wait: Duration::ZERO,
+            memory: BatchMemory::new(),
         })
     }
 
@@ -319,12 +325,52 @@ impl Engine {
         Ok(tensor)
     }
 
+    /// Memory for a batch of ``shape`` of the output's type, as a DLPack capsule for
+    /// ``torch.from_dlpack``: a mapping that goes back to the engine, to be reused by a
+    /// later batch, when the tensor made of it is freed.
+    fn batch_memory<'py>(&self, py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyAny>> {
+        let dtype = dlpack::data_type(self.running()?.out_dtype()).map_err(to_py)?;
+        let len = shape.iter().product::<usize>() * usize::from(dtype.bits / 8);
+        let memory = self
+            .memory
+            .take(len)
+            .map_err(|e| LsioError::new_err(format!("memory for a batch of {len} bytes: {e}")))?;
+        let tensor = dlpack::managed_tensor(memory, &shape, dtype).map_err(to_py)?;
+        // SAFETY: `tensor` is a live DLManagedTensor; the capsule owns it from here: its
+        // consumer renames it and calls the deleter, or, never consumed, its destructor does.
+        let capsule = unsafe {
+            pyo3::ffi::PyCapsule_New(tensor.cast(), DLTENSOR.as_ptr(), Some(drop_unused_capsule))
+        };
+        if capsule.is_null() {
+            // SAFETY: the capsule was not made, so `tensor` is still ours alone.
+            unsafe { dlpack::delete(tensor) };
+        }
+        // SAFETY: `capsule` is a new reference, or null with a Python error set.
+        unsafe { Bound::from_owned_ptr_or_err(py, capsule) }
+    }
+
     /// Stops the engine's threads; batches still pending are discarded.
     fn close(&mut self, py: Python<'_>) {
         if let Some(mut engine) = self.engine.take() {
             py.detach(|| engine.close());
         }
         self.pending.clear();
+        self.memory.close();
+    }
+}
+
+/// The name DLPack's consumers look for, and rename once they own the tensor.
+const DLTENSOR: &std::ffi::CStr = c"dltensor";
+
+/// Deletes the tensor of a DLPack capsule no consumer took.
+unsafe extern "C" fn drop_unused_capsule(capsule: *mut pyo3::ffi::PyObject) {
+    // SAFETY: called by Python with the capsule being destroyed; a capsule still named
+    // "dltensor" was never consumed, so its tensor is deleted here, once.
+    unsafe {
+        if pyo3::ffi::PyCapsule_IsValid(capsule, DLTENSOR.as_ptr()) == 1 {
+            let tensor = pyo3::ffi::PyCapsule_GetPointer(capsule, DLTENSOR.as_ptr());
+            dlpack::delete(tensor.cast());
+        }
     }
 }
 

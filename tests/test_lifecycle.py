@@ -197,6 +197,41 @@ def test_io_threads_by_default_read_only_while_reads_wait(arrays, io_threads):
         assert stats["batches_io_threads"] == 0
 
 
+@pytest.mark.parametrize(
+    "dtype", ["bool", "int8", "uint16", "uint32", "uint64", "int64", "float16", "complex64"]
+)
+def test_batches_are_engine_memory_reused_once_freed(tmp_path, dtype):
+    """Batches that are not pinned are the engine's own memory (through DLPack), of every
+    element type; a freed batch's memory carries a later batch, and a batch kept past the end
+    of its iteration stays valid."""
+    if dtype == "bool":
+        values = smooth_field((12, 20, 16), "float32", 3) > 0
+    elif dtype == "complex64":
+        values = smooth_field((12, 20, 16), "float32", 3) * (1 - 2j)
+    else:
+        values = smooth_field((12, 20, 16), dtype, 3)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=values.shape, dtype=dtype, chunks=(2, 8, 8)
+    )
+    array[:] = values.astype(dtype)
+    crop = (3, 8, 5)
+    ds = lsio_torch.ZarrCropDataset(
+        tmp_path / "a.zarr", crop, batch_size=4, samples_per_epoch=40, return_origins=True,
+        pin_memory=False,
+    )  # fmt: skip
+    pointers, kept = [], None
+    for batch, origins in DataLoader(ds, batch_size=None):
+        for got, origin in zip(batch, origins, strict=True):
+            region = tuple(slice(o, o + c) for o, c in zip(origin.tolist(), crop, strict=True))
+            assert np.array_equal(got.numpy(), values.astype(dtype)[region])
+        pointers.append(batch.data_ptr())
+        kept = (batch.clone(), batch) if kept is None else kept
+    assert len(pointers) == 10
+    assert len(set(pointers)) <= 5, "the memory of freed batches carries later ones"
+    ds.close()
+    assert torch.equal(kept[0], kept[1]), "a batch outlives its iteration"
+
+
 def test_repr_shows_arrays_shapes_dtypes_chunking_and_crop(arrays):
     written = arrays[("shard-index-start", "int16")]
     ds = lsio_torch.ZarrCropDataset(

@@ -1,4 +1,5 @@
-//! Read buffers of anonymous memory mapped for them alone.
+//! Buffers of anonymous memory mapped for them alone: the engine's read buffers, and the
+//! memory of batches that are not pinned (`batch_memory`).
 //!
 //! A read buffer is megabytes, kept by a thread and grown now and then. From the heap, glibc
 //! serves blocks that size from the per-thread arenas once its adaptive mmap threshold has

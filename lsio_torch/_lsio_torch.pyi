@@ -54,7 +54,7 @@ class Engine:
         mean: float = 0.0,
         std: float = 1.0,
         direct_io: bool = False,
-        io_threads: int | None = None,
+        io_threads: int = 0,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

@@ -171,11 +171,7 @@ class Source:
         return [[o // f for o, f in zip(origin, self.scale, strict=True)] for origin in origins]
 
     def engine(
-        self,
-        crop: Sequence[int],
-        threads: int,
-        direct_io: bool = False,
-        io_threads: int | None = None,
+        self, crop: Sequence[int], threads: int, direct_io: bool = False, io_threads: int = 0
     ) -> _lsio_torch.Engine:
         cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
         return _lsio_torch.Engine(

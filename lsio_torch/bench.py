@@ -188,7 +188,7 @@ def consume(batches, label: str, total: int) -> float:
     return time.perf_counter() - start
 
 
-def run_lsio(path, crop, origins, batch, threads, label, direct_io=False, io_threads=None) -> float:
+def run_lsio(path, crop, origins, batch, threads, label, direct_io=False, io_threads=0) -> float:
     ds = ZarrCropDataset(
         path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads,
         direct_io=direct_io, io_threads=io_threads,
@@ -442,7 +442,7 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2000, help="crops per system")
     parser.add_argument("--threads", type=int, default=_default_threads())
     parser.add_argument(
-        "--io-threads", type=int, help="lsio_torch's threads that only read (default: adaptive)"
+        "--io-threads", type=int, default=0, help="lsio_torch's threads that only read"
     )
     parser.add_argument("--systems", default="lsio,zarr,zarrs,tensorstore,decode,disk")
     parser.add_argument("--small", action="store_true", help="1/8 of the time steps")
@@ -488,7 +488,7 @@ def main(argv: Iterator[str] | None = None) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    io = "" if args.io_threads is None else f" (lsio_torch: io_threads={args.io_threads})"
+    io = f" (+{args.io_threads} I/O threads for lsio_torch)" if args.io_threads else ""
     print(f"\nlsio_torch bench on {report['machine']}; {args.threads} threads{io}\n")
     for name, results in report["data"].items():
         print(table(name, [Result(**r) for r in results], args.cold) + "\n")

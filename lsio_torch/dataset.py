@@ -42,7 +42,6 @@ _COUNTERS = (
     "reads",
     "files_opened",
     "files_direct",
-    "batches_io_threads",
     "consumer_wait_s",
     "engine_wait_s",
 )
@@ -169,12 +168,9 @@ class ZarrCropDataset(IterableDataset):
         return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
         io_threads: threads that only read, each keeping its own queue of reads in flight,
-            handing the chunks to the ``threads`` that decode them, so the disk stays busy
-            while chunks decode. ``None`` starts one per engine thread and uses them only
-            while reads wait for the disk: from the page cache a read is a copy, best made by
-            the thread that decodes the bytes next, so the engine threads then read their own.
-            A number uses that many for every batch; ``0`` none.
-            ``stats()["batches_io_threads"]`` counts the batches they read.
+            handing the chunks to the ``threads`` that decode them: for arrays on disk rather
+            than in the page cache. ``0`` (the default) lets the decoding threads read their
+            own chunks, which is fastest when the reads are copies from the page cache.
         direct_io: read chunks with ``O_DIRECT``, bypassing the page cache (for arrays much
             larger than memory, read once per epoch); files on file systems that refuse it
             are read through the page cache. ``stats()["files_direct"]`` counts the others.
@@ -206,7 +202,7 @@ class ZarrCropDataset(IterableDataset):
         prefetch: int = 2,
         return_origins: bool = False,
         threads: int | None = None,
-        io_threads: int | None = None,
+        io_threads: int = 0,
         direct_io: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
@@ -262,7 +258,7 @@ class ZarrCropDataset(IterableDataset):
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
         self.prefetch = _positive("prefetch", prefetch)
         self.threads = _positive("threads", threads, allow_none=True)
-        self.io_threads = None if io_threads is None else _non_negative("io_threads", io_threads)
+        self.io_threads = _non_negative("io_threads", io_threads)
         self.direct_io = bool(direct_io)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")

@@ -195,10 +195,9 @@ impl Engine {
     /// output, computing ``(x - mean) / std`` on the way; ``None`` keeps the array's type.
     /// ``direct_io`` reads chunks with ``O_DIRECT`` where the file system allows it.
     /// ``io_threads`` > 0 starts that many threads that only read, handing the chunks to the
-    /// ``threads`` that decode; 0 has the decode threads read their own chunks; ``None``
-    /// starts one per decode thread and uses them only while reads wait for the disk.
+    /// ``threads`` that decode; 0 has the decode threads read their own chunks.
     #[new]
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=None))]
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0))]
     // The Python constructor's keyword arguments, one for one.
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -210,7 +209,7 @@ impl Engine {
         mean: f64,
         std: f64,
         direct_io: bool,
-        io_threads: Option<usize>,
+        io_threads: usize,
     ) -> PyResult<Self> {
         let choice = choose_backend().map_err(to_py)?;
         let cast = match dtype {
@@ -230,8 +229,7 @@ impl Engine {
         };
         let config = EngineConfig {
             threads,
-            io_threads: io_threads.unwrap_or(threads),
-            io_threads_when_reads_wait: io_threads.is_none(),
+            io_threads,
             backend: choice.backend,
             cast,
             direct_io,
@@ -255,7 +253,7 @@ impl Engine {
     }
 
     /// ``{"batches", "bytes_read", "chunks_decoded", "reads", "files_opened", "files_direct",
-    /// "batches_io_threads", "engine_wait_s", "consumer_wait_s"}``.
+    /// "engine_wait_s", "consumer_wait_s"}``.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.running()?.stats();
         let out = PyDict::new(py);
@@ -265,7 +263,6 @@ impl Engine {
         out.set_item("reads", s.reads)?;
         out.set_item("files_opened", s.files_opened)?;
         out.set_item("files_direct", s.files_direct)?;
-        out.set_item("batches_io_threads", s.batches_io_threads)?;
         out.set_item("engine_wait_s", s.engine_wait_s)?;
         out.set_item("consumer_wait_s", self.consumer_wait.as_secs_f64())?;
         Ok(out)

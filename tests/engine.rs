@@ -45,7 +45,6 @@ fn read(
     let config = EngineConfig {
         threads: 2,
         io_threads,
-        io_threads_when_reads_wait: false,
         backend,
         cast: None,
         direct_io: false,

@@ -174,29 +174,6 @@ def test_stats_count_what_was_read_and_decoded(tmp_path):
     assert stats["backend"] == lsio_torch.io_backend()
 
 
-@pytest.mark.parametrize("io_threads", [None, 0])
-def test_io_threads_by_default_read_only_while_reads_wait(arrays, io_threads):
-    """By default the I/O threads read the first batches (reads are presumed to wait for the
-    disk until one group has been timed); from the page cache the engine threads read their
-    own chunks. With ``io_threads=0`` there are no I/O threads."""
-    written = arrays[("shard-index-end", "int16")]
-    ds = lsio_torch.ZarrCropDataset(
-        written.path, (4, 16, 10), batch_size=4, samples_per_epoch=80, io_threads=io_threads,
-        threads=2,
-    )  # fmt: skip
-    readers = set()
-    for _ in DataLoader(ds, batch_size=None):
-        readers.update(n for n in engine_threads() if n.startswith("lsio-io-"))
-    stats = ds.stats()
-    assert stats["batches"] == 20
-    if io_threads is None:
-        assert readers == {"lsio-io-0", "lsio-io-1"}
-        assert 1 <= stats["batches_io_threads"] < 20
-    else:
-        assert readers == set()
-        assert stats["batches_io_threads"] == 0
-
-
 @pytest.mark.parametrize(
     "dtype", ["bool", "int8", "uint16", "uint32", "uint64", "int64", "float16", "complex64"]
 )

@@ -235,12 +235,7 @@ fn io_loop(
                     &batch.job.out,
                 )
             });
-            // Where the I/O threads serve only while reads wait for the disk, a buffer coming
-            // back once they no longer do is let go: the stage may stay idle for good.
-            let shared = &batch.shared;
-            let idle =
-                shared.io_threads_when_reads_wait && !shared.reads_wait.load(Ordering::Relaxed);
-            let _ = free.send(if idle { ReadBuf::new() } else { buf });
+            let _ = free.send(buf);
             batch.finish_part(result);
         });
     }

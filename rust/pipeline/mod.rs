@@ -51,10 +51,6 @@ pub struct EngineConfig {
     /// Threads that only read, each with its own ring, handing what they read to the decode
     /// threads; 0 leaves the reading to the decode threads.
     pub io_threads: usize,
-    /// Batches go to the I/O threads only while reads wait for the disk; from the page cache
-    /// (where a read is a copy best made by the thread that decodes the bytes next) the
-    /// decode threads read their own.
-    pub io_threads_when_reads_wait: bool,
     pub backend: Backend,
     /// The output's element type and normalisation; `None` writes the array's own type.
     pub cast: Option<Cast>,
@@ -132,8 +128,6 @@ pub struct Stats {
     pub files_opened: u64,
     /// Of those, the ones also opened for direct I/O.
     pub files_direct: u64,
-    /// Batches whose chunks the I/O threads read.
-    pub batches_io_threads: u64,
     /// Seconds the engine had no batch to work on: waiting for the consumer.
     pub engine_wait_s: f64,
 }
@@ -147,7 +141,6 @@ struct Counters {
     reads: AtomicU64,
     files_opened: AtomicU64,
     files_direct: AtomicU64,
-    batches_io_threads: AtomicU64,
     /// Batches submitted and not finished.
     in_flight: AtomicUsize,
     idle: Mutex<Idle>,
@@ -204,7 +197,6 @@ impl Counters {
             reads: self.reads.load(Ordering::Relaxed),
             files_opened: self.files_opened.load(Ordering::Relaxed),
             files_direct: self.files_direct.load(Ordering::Relaxed),
-            batches_io_threads: self.batches_io_threads.load(Ordering::Relaxed),
             engine_wait_s: waited.as_secs_f64(),
         }
     }
@@ -240,8 +232,6 @@ pub(crate) struct Shared {
     reads_wait: AtomicBool,
     /// Chunk files are opened for direct I/O too (see [`EngineConfig::direct_io`]).
     direct_io: bool,
-    /// See [`EngineConfig::io_threads_when_reads_wait`].
-    io_threads_when_reads_wait: bool,
 }
 
 impl Shared {
@@ -272,7 +262,6 @@ impl Shared {
             cancel: AtomicBool::new(false),
             reads_wait: AtomicBool::new(true),
             direct_io: false,
-            io_threads_when_reads_wait: false,
         })
     }
 }
@@ -307,7 +296,6 @@ impl Engine {
     pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
         let mut shared = Shared::new(array, crop, config.backend, config.cast)?;
         shared.direct_io = config.direct_io;
-        shared.io_threads_when_reads_wait = config.io_threads_when_reads_wait;
         let shared = Arc::new(shared);
         let reader = new_reader(config.backend)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
@@ -478,15 +466,10 @@ fn plan_loop(
             }
             Ok(planned) => planned,
         };
-        let reads_wait = shared.reads_wait.load(Ordering::Relaxed);
-        if reads_wait && !shared.direct_io {
+        if shared.reads_wait.load(Ordering::Relaxed) && !shared.direct_io {
             advise(reader.as_mut(), &planned);
         }
-        if let Some(stage) = stage.filter(|_| reads_wait || !shared.io_threads_when_reads_wait) {
-            shared
-                .counters
-                .batches_io_threads
-                .fetch_add(1, Ordering::Relaxed);
+        if let Some(stage) = stage {
             stage.run(shared, planned, job, pool);
             continue;
         }

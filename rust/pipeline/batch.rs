@@ -1,15 +1,14 @@
 //! A planned batch run on the engine threads: each thread reads a group of chunks into its
 //! own buffer with its own reader, then decodes them into the output.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
-
-use rayon::prelude::*;
 
 use super::decode::{copy_targets, decode_task};
 use super::groups::{read_groups, Requests};
 use super::planned::{Planned, PlannedRead, Source};
-use super::{OutBuffer, Shared};
+use super::{guarded, Job, OutBuffer, Shared};
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf, Reader, ScatterOp};
 
@@ -24,49 +23,138 @@ thread_local! {
     static LOCAL_IO: std::cell::RefCell<Option<LocalIo>> = const { std::cell::RefCell::new(None) };
 }
 
+/// A planned batch shared by the stages while its parts run.
+pub(super) struct BatchRun {
+    pub(super) shared: Arc<Shared>,
+    pub(super) planned: Planned,
+    pub(super) job: Job,
+    /// Parts not finished yet.
+    remaining: AtomicUsize,
+    /// The first part's error; later parts of a failed batch are skipped.
+    error: Mutex<Option<Error>>,
+}
+
+impl BatchRun {
+    /// Starts a planned batch of `groups` read groups: the fill of its missing chunks is queued
+    /// on the pool now; the caller queues each group, which ends with [`BatchRun::finish_part`].
+    pub(super) fn start(
+        shared: &Arc<Shared>,
+        planned: Planned,
+        job: Job,
+        groups: usize,
+        pool: &rayon::ThreadPool,
+    ) -> Arc<Self> {
+        let batch = Arc::new(Self {
+            shared: Arc::clone(shared),
+            planned,
+            job,
+            remaining: AtomicUsize::new(groups + 1),
+            error: Mutex::new(None),
+        });
+        let fill = Arc::clone(&batch);
+        pool.spawn_fifo(move || {
+            let result = guarded("engine thread", || {
+                fill_missing(&fill.shared, &fill.planned, &fill.job.out)
+            });
+            fill.finish_part(result);
+        });
+        batch
+    }
+
+    pub(super) fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Records one part's end; the last part resolves the batch's ticket.
+    pub(super) fn finish_part(&self, result: Result<()>) {
+        if let Err(e) = result {
+            self.error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let error = self
+            .error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let counters = &self.shared.counters;
+        if error.is_none() {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.batch_finished();
+        let _ = self.job.done.send(error.map_or(Ok(()), Err));
+    }
+}
+
 /// Runs a planned batch on the pool: chunks never written are copied from the fill chunk;
 /// the others are read by the thread that decodes them, a group at a time, and decoded into
-/// the output.
-pub(super) fn run_batch(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
-    fill_missing(shared, planned, out)?;
-    read_groups(&planned.reads)
-        .into_par_iter()
-        .try_for_each(|group| {
-            let group = &planned.reads[group];
-            if shared.cancel.load(Ordering::Relaxed) {
-                return Err(Error::Stopped("the engine was closed".into()));
-            }
-            LOCAL_IO.with(|cell| {
-                let mut local = cell.borrow_mut();
-                if local.is_none() {
-                    *local = Some(LocalIo {
-                        reader: new_reader(shared.backend)?,
-                        buf: ReadBuf::new(),
-                    });
-                }
-                let Some(LocalIo { reader, buf }) = local.as_mut() else {
-                    return Err(Error::Stopped("no reader on this thread".into()));
-                };
-                let starts = read_group(shared, planned, group, reader.as_mut(), buf, out)?;
-                decode_group(shared, planned, group, buf, &starts, out)
-            })
-        })
+/// the output. Each group is a job of its own, queued first in first out: the pool's threads
+/// finish one batch's groups before they start the next batch's, and no thread waits inside
+/// one batch while it runs another (as a parallel iterator's join would), so a batch takes
+/// as long as its own work.
+pub(super) fn run_batch(
+    shared: &Arc<Shared>,
+    planned: Planned,
+    job: Job,
+    pool: &rayon::ThreadPool,
+) {
+    let groups = read_groups(&planned.reads);
+    let batch = BatchRun::start(shared, planned, job, groups.len(), pool);
+    for group in groups {
+        let batch = Arc::clone(&batch);
+        pool.spawn_fifo(move || {
+            let result = if batch.shared.cancel.load(Ordering::Relaxed) {
+                Err(Error::Stopped("the engine was closed".into()))
+            } else if batch.failed() {
+                Ok(())
+            } else {
+                guarded("engine thread", || {
+                    read_and_decode(&batch, &batch.planned.reads[group])
+                })
+            };
+            batch.finish_part(result);
+        });
+    }
+}
+
+/// Reads a group with this thread's reader into its buffer, and decodes it.
+fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
+    let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
+    LOCAL_IO.with(|cell| {
+        let mut local = cell.borrow_mut();
+        if local.is_none() {
+            *local = Some(LocalIo {
+                reader: new_reader(shared.backend)?,
+                buf: ReadBuf::new(),
+            });
+        }
+        let Some(LocalIo { reader, buf }) = local.as_mut() else {
+            return Err(Error::Stopped("no reader on this thread".into()));
+        };
+        let starts = read_group(shared, planned, group, reader.as_mut(), buf, out)?;
+        decode_group(shared, planned, group, buf, &starts, out)
+    })
 }
 
 /// Copies the fill value into the places of a batch's chunks that were never written.
 pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
-    (0..planned.tasks.len())
-        .into_par_iter()
-        .try_for_each(|t| match planned.sources[t] {
-            Source::Fill => {
-                shared
-                    .counters
-                    .chunks_decoded
-                    .fetch_add(1, Ordering::Relaxed);
-                copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
-            }
-            Source::Encoded => Ok(()),
-        })
+    (0..planned.tasks.len()).try_for_each(|t| match planned.sources[t] {
+        Source::Fill => {
+            shared
+                .counters
+                .chunks_decoded
+                .fetch_add(1, Ordering::Relaxed);
+            copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
+        }
+        Source::Encoded => Ok(()),
+    })
 }
 
 /// Reads one group of a batch's chunks: those that are each one contiguous run of one crop

@@ -9,62 +9,18 @@
 //! Read buffers are a fixed set passed around a channel, which bounds the bytes in flight.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::batch::{decode_group, fill_missing, read_group};
+use super::batch::{decode_group, read_group, BatchRun};
 use super::groups::read_groups;
 use super::planned::Planned;
 use super::{guarded, Job, Shared};
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf};
-
-/// A planned batch shared by the stages while its parts run.
-pub(super) struct BatchRun {
-    shared: Arc<Shared>,
-    planned: Planned,
-    job: Job,
-    /// Parts not finished yet.
-    remaining: AtomicUsize,
-    /// The first part's error; later parts of a failed batch are skipped.
-    error: Mutex<Option<Error>>,
-}
-
-impl BatchRun {
-    fn failed(&self) -> bool {
-        self.error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
-    /// Records one part's end; the last part resolves the batch's ticket.
-    fn finish_part(&self, result: Result<()>) {
-        if let Err(e) = result {
-            self.error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_or_insert(e);
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        let error = self
-            .error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let counters = &self.shared.counters;
-        if error.is_none() {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        counters.batch_finished();
-        let _ = self.job.done.send(error.map_or(Ok(()), Err));
-    }
-}
 
 /// One group of a batch's reads, for an I/O thread.
 pub(super) struct GroupWork {
@@ -126,20 +82,7 @@ impl IoStage {
         pool: &rayon::ThreadPool,
     ) {
         let groups = read_groups(&planned.reads);
-        let batch = Arc::new(BatchRun {
-            shared: Arc::clone(shared),
-            planned,
-            job,
-            remaining: AtomicUsize::new(groups.len() + 1),
-            error: Mutex::new(None),
-        });
-        let fill = Arc::clone(&batch);
-        pool.spawn(move || {
-            let result = guarded("engine thread", || {
-                fill_missing(&fill.shared, &fill.planned, &fill.job.out)
-            });
-            fill.finish_part(result);
-        });
+        let batch = BatchRun::start(shared, planned, job, groups.len(), pool);
         for group in groups {
             let work = GroupWork {
                 batch: Arc::clone(&batch),
@@ -223,7 +166,7 @@ fn io_loop(
             }
         };
         let free = free.clone();
-        pool.spawn(move || {
+        pool.spawn_fifo(move || {
             let reads = &batch.planned.reads[group];
             let result = guarded("engine thread", || {
                 decode_group(

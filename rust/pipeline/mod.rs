@@ -473,17 +473,7 @@ fn plan_loop(
             stage.run(shared, planned, job, pool);
             continue;
         }
-        let shared = Arc::clone(shared);
-        pool.spawn(move || {
-            let result = guarded("engine thread", || run_batch(&shared, &planned, &job.out));
-            if result.is_ok() {
-                shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-            }
-            shared.counters.batch_finished();
-            let _ = job.done.send(result);
-            drop(planned); // lets go of the batch's files (the planner may keep them open)
-            drop(job);
-        });
+        run_batch(shared, planned, job, pool);
     }
 }
 

@@ -1,6 +1,7 @@
 //! A planned batch run on the engine threads: each thread reads a group of chunks into its
 //! own buffer with its own reader, then decodes them into the output.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -35,20 +36,21 @@ pub(super) struct BatchRun {
 }
 
 impl BatchRun {
-    /// Starts a planned batch of `groups` read groups: the fill of its missing chunks is queued
-    /// on the pool now; the caller queues each group, which ends with [`BatchRun::finish_part`].
+    /// Starts a planned batch: the fill of its missing chunks is queued on the pool now, and
+    /// its read groups are returned for the caller to queue, each ending with
+    /// [`BatchRun::finish_part`].
     pub(super) fn start(
         shared: &Arc<Shared>,
         planned: Planned,
         job: Job,
-        groups: usize,
         pool: &rayon::ThreadPool,
-    ) -> Arc<Self> {
+    ) -> (Arc<Self>, Vec<Range<usize>>) {
+        let groups = read_groups(&planned.reads);
         let batch = Arc::new(Self {
             shared: Arc::clone(shared),
             planned,
             job,
-            remaining: AtomicUsize::new(groups + 1),
+            remaining: AtomicUsize::new(groups.len() + 1),
             error: Mutex::new(None),
         });
         let fill = Arc::clone(&batch);
@@ -58,7 +60,7 @@ impl BatchRun {
             });
             fill.finish_part(result);
         });
-        batch
+        (batch, groups)
     }
 
     pub(super) fn failed(&self) -> bool {
@@ -105,8 +107,7 @@ pub(super) fn run_batch(
     job: Job,
     pool: &rayon::ThreadPool,
 ) {
-    let groups = read_groups(&planned.reads);
-    let batch = BatchRun::start(shared, planned, job, groups.len(), pool);
+    let (batch, groups) = BatchRun::start(shared, planned, job, pool);
     for group in groups {
         let batch = Arc::clone(&batch);
         pool.spawn_fifo(move || {
@@ -159,8 +160,7 @@ pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) 
 
 /// Reads one group of a batch's chunks: those that are each one contiguous run of one crop
 /// straight into the output, the others back to back into `buf`, one request per run of
-/// adjacent chunks. Returns where each run's bytes start in `buf`, in the order of
-/// `Requests::of(group).runs`.
+/// adjacent chunks. Returns where each of the others' bytes start in `buf`, in group order.
 ///
 /// # Errors
 /// [`Error::Io`] naming the file and chunk of a read that failed.
@@ -198,18 +198,24 @@ pub(super) fn read_group(
     counters
         .reads
         .fetch_add((direct.len() + ops.len()) as u64, Ordering::Relaxed);
-    let mut starts = Vec::with_capacity(runs.len());
+    let mut starts = Vec::with_capacity(buffered.len());
     for ((run, (at, result)), skip) in runs.iter().zip(results).zip(skips) {
+        let reads = &buffered[run.clone()];
         if let Err(e) = result {
-            return Err(planned.failed_read(&buffered[run.clone()], e, reader));
+            return Err(planned.failed_read(reads, e, reader));
         }
-        starts.push(at + skip);
+        let first = reads[0].offset;
+        starts.extend(
+            reads
+                .iter()
+                .map(|read| at + skip + (read.offset - first) as usize),
+        );
     }
     Ok(starts)
 }
 
-/// Decodes a group that [`read_group`] read into `buf` (its runs starting at `starts`) into
-/// the output.
+/// Decodes a group that [`read_group`] read into `buf` into the output: `starts` says where
+/// each of its reads not made straight into the output starts, in group order.
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming the file and chunk of a chunk that does not decode.
@@ -221,28 +227,24 @@ pub(super) fn decode_group(
     starts: &[usize],
     out: &OutBuffer,
 ) -> Result<()> {
-    let Requests { buffered, runs, .. } = Requests::of(group);
     shared
         .counters
         .chunks_decoded
         .fetch_add(group.len() as u64, Ordering::Relaxed);
-    for (run, &start) in runs.iter().zip(starts) {
-        let reads = &buffered[run.clone()];
-        for read in reads {
-            let task = &planned.tasks[read.task];
-            let at = start + (read.offset - reads[0].offset) as usize;
-            let Some(bytes) = buf.get(at..at + read.len) else {
-                return Err(Error::Stopped(format!(
-                    "internal error: chunk {:?} left its read buffer",
-                    task.chunk
-                )));
-            };
-            if shared.as_stored {
-                copy_targets(shared, task, bytes, read.chunk_start, out)?;
-            } else {
-                let location = &planned.locations[read.task];
-                decode_task(shared, task, location, planned.path(read), bytes, out)?;
-            }
+    let buffered = group.iter().filter(|read| read.direct.is_none());
+    for (read, &at) in buffered.zip(starts) {
+        let task = &planned.tasks[read.task];
+        let Some(bytes) = buf.get(at..at + read.len) else {
+            return Err(Error::Stopped(format!(
+                "internal error: chunk {:?} left its read buffer",
+                task.chunk
+            )));
+        };
+        if shared.as_stored {
+            copy_targets(shared, task, bytes, read.chunk_start, out)?;
+        } else {
+            let location = &planned.locations[read.task];
+            decode_task(shared, task, location, planned.path(read), bytes, out)?;
         }
     }
     Ok(())

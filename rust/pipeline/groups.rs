@@ -36,7 +36,7 @@ const MAX_COALESCED: u64 = 4 << 20;
 pub(super) struct Requests<'a> {
     /// Reads straight into the output, one request each.
     pub(super) direct: Vec<&'a PlannedRead>,
-    /// Reads into buffers...
+    /// Reads into buffers, in group order...
     pub(super) buffered: Vec<&'a PlannedRead>,
     /// ...one request per run of them: reads of one file whose byte ranges meet.
     pub(super) runs: Vec<std::ops::Range<usize>>,

@@ -1,0 +1,115 @@
+"""The shipped benchmark, ``python -m lsio_torch.bench``, end to end on a small array: every
+system measured on the same crops, missing peers reported missing, the bounds consistent
+with what the engine does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from conftest import smooth_field
+from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+
+import lsio_torch
+from lsio_torch.bench import Result, table
+
+CROP, BATCH, N = (2, 16, 16), 4, 32
+PEERS = {"zarr-python": "zarr", "zarr-python+zarrs": "zarrs", "tensorstore": "tensorstore"}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> str:
+    """A small v3 array of zstd inner chunks in shards, as the standard `sat-zstd` is."""
+    path = tmp_path_factory.mktemp("bench") / "sat.zarr"
+    values = smooth_field((8, 64, 64), "int16", 0)
+    sharding = ShardingCodec(chunk_shape=(1, 16, 16), codecs=[BytesCodec(), ZstdCodec(level=3)])
+    array = zarr.create_array(
+        path, shape=values.shape, dtype="int16", chunks=(4, 32, 32), serializer=sharding,
+        compressors=None, filters=None,
+    )  # fmt: skip
+    array[...] = values
+    return str(path)
+
+
+def bench(*args: str) -> dict | list:
+    """Runs the bench in a process of its own (it sets torch's thread count) for its JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", "lsio_torch.bench", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_every_system_is_measured_or_reported_missing(sharded):
+    crop = ",".join(map(str, CROP))
+    report = bench(
+        "--data", sharded, "--crop", crop, "--batch", str(BATCH), "--n", str(N),
+        "--threads", "2", "--systems", "lsio,zarr,zarrs,tensorstore,decode,read",
+    )  # fmt: skip
+    rows = {row["system"]: row for row in report["data"][sharded]}
+    assert list(rows) == [
+        "lsio_torch",
+        *PEERS,
+        "decode bound",
+        "read bound",
+        "read + decode",
+    ]
+    assert report["threads"] == 2 and report["cold"] is False
+    for system, row in rows.items():
+        module = PEERS.get(system)
+        if module and importlib.util.find_spec(module) is None:
+            assert row["crops_per_s"] is None and row["seconds"] is None
+            assert f"pip install {module}" in row["note"]
+            continue
+        assert row["seconds"] > 0, row
+        assert row["crops_per_s"] == pytest.approx(N / row["seconds"])
+        crop_mb = np.prod(CROP) * 2 / 1e6
+        assert row["mb_per_s"] == pytest.approx(row["crops_per_s"] * crop_mb)
+
+    # The bounds are of the chunks and bytes the engine reads for the same seeded crops.
+    ds = lsio_torch.ZarrCropDataset(sharded, CROP, batch_size=BATCH, samples_per_epoch=N, seed=0)
+    for _ in ds:
+        pass
+    stats = ds.stats()
+    assert rows["decode bound"]["note"] == f"{stats['chunks_decoded']} chunk decodes"
+    reads = int(rows["read bound"]["note"].split()[0])
+    assert reads == stats["reads"] == len(_ranges(sharded))
+    both = rows["read + decode"]["seconds"]
+    assert both == pytest.approx(rows["read bound"]["seconds"] + rows["decode bound"]["seconds"])
+
+    printed = table("sat", [Result(**row) for row in report["data"][sharded]], cold=False)
+    assert "| lsio_torch |" in printed and "| read + decode |" in printed
+    decode_line = next(line for line in printed.splitlines() if "| decode bound |" in line)
+    assert "| 1.00 |" in decode_line  # the warm ceiling
+
+
+def _ranges(path: str) -> list[tuple[str, int, int]]:
+    array = lsio_torch._lsio_torch.Array(path)
+    sampler = lsio_torch._lsio_torch.Sampler(list(array.shape), list(CROP), 0)
+    origins = sampler.origins(0, 0, N)
+    batches = [origins[i : i + BATCH] for i in range(0, N, BATCH)]
+    return [
+        r for batch in lsio_torch._lsio_torch.read_ranges(array, list(CROP), batches) for r in batch
+    ]
+
+
+def test_memory_reports_each_epoch(sharded):
+    (report,) = bench(
+        "--data", sharded, "--crop", ",".join(map(str, CROP)), "--batch", str(BATCH),
+        "--n", str(N), "--memory", "--epochs", "3",
+    )  # fmt: skip
+    assert report["data"] == sharded
+    assert report["batch_mb"] == pytest.approx(BATCH * np.prod(CROP) * 2 / 2**20)
+    assert report["budget_mb"] == pytest.approx(1.5 * 2 * report["batch_mb"] + 200)
+    assert [e["epoch"] for e in report["epochs"]] == [0, 1, 2]
+    for epoch in report["epochs"]:
+        assert 0 < epoch["first_batch_s"] < 60
+        assert epoch["peak_rss_mb"] >= 0

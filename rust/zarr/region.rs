@@ -193,22 +193,14 @@ impl CopyLayout<'_> {
                 .map(|(s, st)| *s as usize * st)
                 .sum()
         };
-        let src_base = base(&src_strides, self.src_start);
-        let dst_base = base(&dst_strides, self.dst_start);
+        // The offsets move by one stride per step of the index, and back by the dimension's
+        // span when it wraps round: no multiplication per run.
+        let (mut src, mut dst) = (
+            base(&src_strides, self.src_start),
+            base(&dst_strides, self.dst_start),
+        );
         let mut index = vec![0u64; inner];
         loop {
-            let src = src_base
-                + index
-                    .iter()
-                    .zip(&src_strides)
-                    .map(|(i, st)| *i as usize * st)
-                    .sum::<usize>();
-            let dst = dst_base
-                + index
-                    .iter()
-                    .zip(&dst_strides)
-                    .map(|(i, st)| *i as usize * st)
-                    .sum::<usize>();
             run(src, dst, run_bytes);
             let mut d = inner;
             loop {
@@ -217,9 +209,14 @@ impl CopyLayout<'_> {
                 }
                 d -= 1;
                 index[d] += 1;
+                src += src_strides[d];
+                dst += dst_strides[d];
                 if index[d] < self.region[d] {
                     break;
                 }
+                let span = self.region[d] as usize;
+                src -= span * src_strides[d];
+                dst -= span * dst_strides[d];
                 index[d] = 0;
             }
         }

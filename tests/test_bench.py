@@ -16,7 +16,7 @@ from conftest import smooth_field
 from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
 
 import lsio_torch
-from lsio_torch.bench import Result, table
+from lsio_torch.bench import Result, batches_of, table
 
 CROP, BATCH, N = (2, 16, 16), 4, 32
 PEERS = {"zarr-python": "zarr", "zarr-python+zarrs": "zarrs", "tensorstore": "tensorstore"}
@@ -95,7 +95,7 @@ def _ranges(path: str) -> list[tuple[str, int, int]]:
     array = lsio_torch._lsio_torch.Array(path)
     sampler = lsio_torch._lsio_torch.Sampler(list(array.shape), list(CROP), 0)
     origins = sampler.origins(0, 0, N)
-    batches = [origins[i : i + BATCH] for i in range(0, N, BATCH)]
+    batches = batches_of(origins, BATCH)
     return [
         r for batch in lsio_torch._lsio_torch.read_ranges(array, list(CROP), batches) for r in batch
     ]

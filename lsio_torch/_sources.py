@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
@@ -36,6 +37,44 @@ CAST_DTYPES: dict[torch.dtype, str] = {
     torch.float32: "float32",
     torch.float64: "float64",
 }
+
+
+def as_int(value: Any, what: str) -> int:
+    """``value`` as an int: Python and numpy integers and one-element integer tensors; a
+    float (``2.5``, or ``2.0``), a bool or anything else is refused, as numpy refuses them as
+    indices, rather than truncated."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be integers, got {value!r}")
+    return int(value)
+
+
+def integer_rows(values: Any, ndim: int, what: str) -> np.ndarray:
+    """``values`` as an int64 array ``[N, ndim]`` (a list of tuples, a numpy array, a tensor).
+    Non-integers are refused; a start past ``2**63 - 1`` (a uint64 ``2**64 - 1``, say) is an
+    ``IndexError``, never wrapped around to a negative one."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        # Python ints as they are: numpy would make [(2**64 - 1, 0)] floats.
+        rows = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
+    except ValueError:
+        raise ValueError(f"{what} must be an [N, {ndim}] array of integers") from None
+    if rows.size == 0:
+        rows = rows.reshape(rows.shape[0] if rows.ndim == 2 else 0, ndim).astype(np.int64)
+    if rows.dtype.kind == "O":
+        flat = [as_int(v, what) for v in rows.reshape(-1)]
+        rows = np.array(flat, dtype=object).reshape(rows.shape)
+    elif rows.dtype.kind not in "iu":
+        bad = rows.reshape(-1)[0] if rows.size else rows
+        raise ValueError(f"{what} must be integers, got {bad!r} ({rows.dtype})")
+    if rows.ndim != 2 or rows.shape[1] != ndim:
+        raise ValueError(f"{what} must have shape [N, {ndim}], got {tuple(rows.shape)}")
+    too_far = [r for r in rows.tolist() if any(v > 2**63 - 1 for v in r)]
+    if too_far:
+        raise IndexError(f"{what}: origin {too_far[0]} lies past the end of any array")
+    return rows.astype(np.int64)
 
 
 def checked(array: _lsio_torch.Array) -> _lsio_torch.Array:
@@ -70,7 +109,7 @@ def crop_shape(
             )
         crop = tuple(crop.get(n, s) for n, s in zip(names, shape, strict=True))
     try:
-        crop = tuple(int(c) for c in crop)
+        crop = tuple(as_int(c, "crop extents") for c in crop)
     except TypeError:
         raise TypeError(f"crop must be a sequence of ints or a mapping, got {crop!r}") from None
     if len(crop) != len(shape):

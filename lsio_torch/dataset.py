@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
@@ -21,8 +22,10 @@ from lsio_torch import _lsio_torch
 from lsio_torch._sources import (
     TORCH_DTYPES,
     Source,
+    as_int,
     check_crop_on_lattice,
     crop_shape,
+    integer_rows,
     joint_grid,
     per_key,
 )
@@ -72,6 +75,37 @@ def _positive(name: str, value: int | None, *, allow_none: bool = False) -> int 
     return value
 
 
+#: More engine or I/O threads than this is a mistake, not a configuration.
+_MAX_THREADS = 1024
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def _check_batch_memory(batch_bytes: int, batches: int, what: str) -> None:
+    """Refuses, before anything is allocated, ``batches`` batches of ``batch_bytes`` that
+    could never be in memory at once."""
+    memory = _physical_memory()
+    if memory is not None and batch_bytes * batches > memory:
+        raise ValueError(
+            f"{what}: {batches} batches of {batch_bytes} bytes in memory at once "
+            f"({batch_bytes * batches} bytes) exceed this machine's {memory} bytes"
+        )
+
+
+def _thread_count(name: str, value: int | None, *, allow_zero: bool = False) -> int | None:
+    if value is None:
+        return None
+    checked = _non_negative(name, value) if allow_zero else _positive(name, value)
+    if checked > _MAX_THREADS:
+        raise ValueError(f"{name} must be at most {_MAX_THREADS}, got {value!r}")
+    return checked
+
+
 def _non_negative(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -98,12 +132,7 @@ def _dtype(value: Any) -> torch.dtype | None:
 
 
 def _origins_tensor(origins: Any, ndim: int) -> torch.Tensor:
-    starts = torch.as_tensor(origins, dtype=torch.int64)
-    if starts.numel() == 0:
-        starts = starts.reshape(0, ndim)
-    if starts.ndim != 2 or starts.shape[1] != ndim:
-        raise ValueError(f"origins must have shape [N, {ndim}], got {tuple(starts.shape)}")
-    return starts
+    return torch.from_numpy(integer_rows(origins, ndim, "origins"))
 
 
 def _valid_starts(valid: Any, shape: tuple[int, ...]) -> list[list[int]]:
@@ -116,14 +145,23 @@ def _valid_starts(valid: Any, shape: tuple[int, ...]) -> list[list[int]]:
                 f"valid mask of shape {tuple(mask.shape)} must match the leading dimensions "
                 f"of the array {shape}"
             )
-        return mask.nonzero().tolist()
-    starts = torch.as_tensor(valid, dtype=torch.int64)
-    if starts.ndim == 1:
-        starts = starts.reshape(-1, 1)
-    if starts.ndim != 2 or starts.shape[0] == 0 or not 1 <= starts.shape[1] <= len(shape):
+        starts = mask.nonzero().tolist()
+        if not starts:
+            raise ValueError(
+                f"valid mask of shape {tuple(mask.shape)} is all False: no crop may start anywhere"
+            )
+        return starts
+    rows = valid
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().numpy()
+    rows = np.asarray(rows)
+    if rows.ndim == 1:
+        rows = rows.reshape(-1, 1)
+    if rows.ndim != 2 or rows.shape[0] == 0 or not 1 <= rows.shape[1] <= len(shape):
         raise ValueError(
             f"valid must be a boolean mask or a non-empty list of start indices, got {valid!r}"
         )
+    starts = integer_rows(rows, rows.shape[1], "valid start indices")
     if (starts < 0).any():
         raise ValueError("valid start indices must not be negative")
     return starts.tolist()
@@ -257,8 +295,15 @@ class ZarrCropDataset(IterableDataset):
         self.batch_size = _positive("batch_size", batch_size)
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
         self.prefetch = _positive("prefetch", prefetch)
-        self.threads = _positive("threads", threads, allow_none=True)
-        self.io_threads = _non_negative("io_threads", io_threads)
+        self.threads = _thread_count("threads", threads)
+        self.io_threads = _thread_count("io_threads", io_threads, allow_zero=True)
+        # The consumer's batch and the prefetched ones are in memory together.
+        batch_bytes = self.batch_size * sum(
+            math.prod(s.own_crop(self.crop)) * s.out_dtype.itemsize for s in self._sources
+        )
+        _check_batch_memory(
+            batch_bytes, self.prefetch + 1, f"batch_size={batch_size}, prefetch={prefetch}"
+        )
         self.direct_io = bool(direct_io)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
@@ -552,7 +597,7 @@ def read_crops(
     source = Source(None, os.fspath(path), None, None, _dtype(dtype), float(mean), float(std))
     crop = crop_shape(source.array, crop)
     starts = _origins_tensor(origins, len(crop))
-    threads = _positive("threads", threads, allow_none=True) or _default_threads()
+    threads = _thread_count("threads", threads) or _default_threads()
     _log_backend_once()
     out = torch.empty((starts.shape[0], *crop), dtype=source.out_dtype, pin_memory=pin_memory)
     if starts.shape[0] == 0:

@@ -47,6 +47,20 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
+/// Runs the body of a Python entry point, turning a panic (a defect, whatever input caused
+/// it) into an `LsioError` that says what was being done: no `PanicException` reaches Python.
+fn boundary<T>(what: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|panic| {
+        Err(LsioError::new_err(format!(
+            "internal error while {what}: {}",
+            pipeline::panic_message(&panic)
+        )))
+    })
+}
+
+/// Most crops :meth:`Sampler.origins` draws at once.
+const MAX_ORIGINS: u64 = 1 << 28;
+
 /// A Zarr array (v2 or v3) opened for reading: its metadata only (opening starts no thread).
 #[pyclass(module = "lsio_torch._lsio_torch", frozen)]
 struct Array {
@@ -57,8 +71,10 @@ struct Array {
 impl Array {
     #[new]
     fn new(path: PathBuf) -> PyResult<Self> {
-        Ok(Self {
-            inner: Arc::new(ZarrArray::open(path).map_err(to_py)?),
+        boundary("opening an array", || {
+            Ok(Self {
+                inner: Arc::new(ZarrArray::open(path).map_err(to_py)?),
+            })
         })
     }
 
@@ -66,8 +82,10 @@ impl Array {
     /// some).
     #[staticmethod]
     fn in_group(group: PathBuf, name: &str) -> PyResult<Self> {
-        Ok(Self {
-            inner: Arc::new(ZarrArray::open_in_group(group, name).map_err(to_py)?),
+        boundary("opening an array of a group", || {
+            Ok(Self {
+                inner: Arc::new(ZarrArray::open_in_group(group, name).map_err(to_py)?),
+            })
         })
     }
 
@@ -134,18 +152,27 @@ impl Sampler {
         step: Option<Vec<u64>>,
         valid: Option<Vec<Vec<u64>>>,
     ) -> PyResult<Self> {
-        let step = step.unwrap_or_else(|| vec![1; shape.len()]);
-        Ok(Self {
-            inner: sampler::Sampler::restricted(&shape, &crop, seed, &step, valid.as_deref())
-                .map_err(to_py)?,
+        boundary("making a sampler", || {
+            let step = step.unwrap_or_else(|| vec![1; shape.len()]);
+            Ok(Self {
+                inner: sampler::Sampler::restricted(&shape, &crop, seed, &step, valid.as_deref())
+                    .map_err(to_py)?,
+            })
         })
     }
 
     /// The origins of samples ``first .. first + count`` of ``epoch``.
-    fn origins(&self, epoch: u64, first: u64, count: u64) -> Vec<Vec<u64>> {
-        (first..first + count)
-            .map(|i| self.inner.origin(epoch, i))
-            .collect()
+    fn origins(&self, epoch: u64, first: u64, count: u64) -> PyResult<Vec<Vec<u64>>> {
+        boundary("drawing origins", || {
+            let end = first.checked_add(count).filter(|_| count <= MAX_ORIGINS);
+            let Some(end) = end else {
+                return Err(PyValueError::new_err(format!(
+                    "{count} origins from sample {first} on: at most {MAX_ORIGINS} at once, \
+                     and sample indices below 2**64"
+                )));
+            };
+            Ok((first..end).map(|i| self.inner.origin(epoch, i)).collect())
+        })
     }
 }
 
@@ -211,38 +238,40 @@ impl Engine {
         direct_io: bool,
         io_threads: usize,
     ) -> PyResult<Self> {
-        let choice = choose_backend().map_err(to_py)?;
-        let cast = match dtype {
-            None if mean == 0.0 && std == 1.0 => None,
-            None => {
-                return Err(PyValueError::new_err(
-                    "mean and std need a floating dtype to write the normalised values in",
-                ))
-            }
-            Some(name) => {
-                let to = OutType::from_name(name).map_err(to_py)?;
-                let cast = Cast::new(array.inner.dtype, to, mean, std).map_err(|e| {
-                    PyValueError::new_err(format!("{}: {e}", array.inner.path.display()))
-                })?;
-                Some(cast)
-            }
-        };
-        let config = EngineConfig {
-            threads,
-            io_threads,
-            backend: choice.backend,
-            cast,
-            direct_io,
-        };
-        let inner = Arc::clone(&array.inner);
-        let engine = py
-            .detach(|| pipeline::Engine::start(inner, crop, config))
-            .map_err(to_py)?;
-        Ok(Self {
-            engine: Some(engine),
-            pending: VecDeque::new(),
-            consumer_wait: Duration::ZERO,
-            memory: BatchMemory::new(),
+        boundary("starting an engine", || {
+            let choice = choose_backend().map_err(to_py)?;
+            let cast = match dtype {
+                None if mean == 0.0 && std == 1.0 => None,
+                None => {
+                    return Err(PyValueError::new_err(
+                        "mean and std need a floating dtype to write the normalised values in",
+                    ))
+                }
+                Some(name) => {
+                    let to = OutType::from_name(name).map_err(to_py)?;
+                    let cast = Cast::new(array.inner.dtype, to, mean, std).map_err(|e| {
+                        PyValueError::new_err(format!("{}: {e}", array.inner.path.display()))
+                    })?;
+                    Some(cast)
+                }
+            };
+            let config = EngineConfig {
+                threads,
+                io_threads,
+                backend: choice.backend,
+                cast,
+                direct_io,
+            };
+            let inner = Arc::clone(&array.inner);
+            let engine = py
+                .detach(|| pipeline::Engine::start(inner, crop, config))
+                .map_err(to_py)?;
+            Ok(Self {
+                engine: Some(engine),
+                pending: VecDeque::new(),
+                consumer_wait: Duration::ZERO,
+                memory: BatchMemory::new(),
+            })
         })
     }
 
@@ -255,17 +284,19 @@ impl Engine {
     /// ``{"batches", "bytes_read", "chunks_decoded", "reads", "files_opened", "files_direct",
     /// "engine_wait_s", "consumer_wait_s"}``.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.running()?.stats();
-        let out = PyDict::new(py);
-        out.set_item("batches", s.batches)?;
-        out.set_item("bytes_read", s.bytes_read)?;
-        out.set_item("chunks_decoded", s.chunks_decoded)?;
-        out.set_item("reads", s.reads)?;
-        out.set_item("files_opened", s.files_opened)?;
-        out.set_item("files_direct", s.files_direct)?;
-        out.set_item("engine_wait_s", s.engine_wait_s)?;
-        out.set_item("consumer_wait_s", self.consumer_wait.as_secs_f64())?;
-        Ok(out)
+        boundary("reading the engine's counters", || {
+            let s = self.running()?.stats();
+            let out = PyDict::new(py);
+            out.set_item("batches", s.batches)?;
+            out.set_item("bytes_read", s.bytes_read)?;
+            out.set_item("chunks_decoded", s.chunks_decoded)?;
+            out.set_item("reads", s.reads)?;
+            out.set_item("files_opened", s.files_opened)?;
+            out.set_item("files_direct", s.files_direct)?;
+            out.set_item("engine_wait_s", s.engine_wait_s)?;
+            out.set_item("consumer_wait_s", self.consumer_wait.as_secs_f64())?;
+            Ok(out)
+        })
     }
 
     /// ``"io_uring"`` or ``"pread"``.
@@ -283,67 +314,78 @@ impl Engine {
     /// Queues a batch: crops at ``origins`` (a list of int sequences) written into ``out``,
     /// a contiguous CPU tensor ``[len(origins), *crop]`` of the array's dtype.
     fn submit(&mut self, out: Bound<'_, PyAny>, origins: Vec<Vec<i64>>) -> PyResult<()> {
-        let engine = self.running()?;
-        let origins = origins
-            .into_iter()
-            .map(|o| {
-                o.iter()
-                    .map(|&v| u64::try_from(v))
-                    .collect::<Result<Vec<u64>, _>>()
-                    .map_err(|_| PyIndexError::new_err(format!("crop origin {o:?} is negative")))
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let nbytes = origins.len() * engine.crop_bytes();
-        let buffer = tensor_memory(&out, engine.out_dtype(), nbytes)?;
-        let ticket = engine.submit(origins, buffer).map_err(to_py)?;
-        self.pending.push_back((ticket, out.unbind()));
-        Ok(())
+        boundary("submitting a batch", || {
+            let engine = self.running()?;
+            let origins = origins
+                .into_iter()
+                .map(|o| {
+                    o.iter()
+                        .map(|&v| u64::try_from(v))
+                        .collect::<Result<Vec<u64>, _>>()
+                        .map_err(|_| {
+                            PyIndexError::new_err(format!("crop origin {o:?} is negative"))
+                        })
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            let nbytes = origins.len() * engine.crop_bytes();
+            let buffer = tensor_memory(&out, engine.out_dtype(), nbytes)?;
+            let ticket = engine.submit(origins, buffer).map_err(to_py)?;
+            self.pending.push_back((ticket, out.unbind()));
+            Ok(())
+        })
     }
 
     /// Waits (without the GIL) for the oldest batch and returns its tensor. A signal
     /// (Ctrl-C) raises its exception while waiting; the batch stays pending.
     fn next(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let Some((ticket, _)) = self.pending.front() else {
-            return Err(PyValueError::new_err("no batch was submitted"));
-        };
-        let started = Instant::now();
-        let result = loop {
-            if let Some(result) = py.detach(|| ticket.wait_timeout(SIGNAL_CHECK)) {
-                break result;
-            }
-            if let Err(signal) = py.check_signals() {
-                self.consumer_wait += started.elapsed();
-                return Err(signal);
-            }
-        };
-        self.consumer_wait += started.elapsed();
-        let (_, tensor) = self.pending.pop_front().expect("checked above");
-        result.map_err(to_py)?;
-        Ok(tensor)
+        boundary("waiting for a batch", || {
+            let Some((ticket, _)) = self.pending.front() else {
+                return Err(PyValueError::new_err("no batch was submitted"));
+            };
+            let started = Instant::now();
+            let result = loop {
+                if let Some(result) = py.detach(|| ticket.wait_timeout(SIGNAL_CHECK)) {
+                    break result;
+                }
+                if let Err(signal) = py.check_signals() {
+                    self.consumer_wait += started.elapsed();
+                    return Err(signal);
+                }
+            };
+            self.consumer_wait += started.elapsed();
+            let (_, tensor) = self.pending.pop_front().expect("checked above");
+            result.map_err(to_py)?;
+            Ok(tensor)
+        })
     }
 
     /// Memory for a batch of ``shape`` of the output's type, as a DLPack capsule for
     /// ``torch.from_dlpack``: a mapping that goes back to the engine, to be reused by a
     /// later batch, when the tensor made of it is freed.
     fn batch_memory<'py>(&self, py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyAny>> {
-        let dtype = dlpack::data_type(self.running()?.out_dtype()).map_err(to_py)?;
-        let len = shape.iter().product::<usize>() * usize::from(dtype.bits / 8);
-        let memory = self
-            .memory
-            .take(len)
-            .map_err(|e| LsioError::new_err(format!("memory for a batch of {len} bytes: {e}")))?;
-        let tensor = dlpack::managed_tensor(memory, &shape, dtype).map_err(to_py)?;
-        // SAFETY: `tensor` is a live DLManagedTensor; the capsule owns it from here: its
-        // consumer renames it and calls the deleter, or, never consumed, its destructor does.
-        let capsule = unsafe {
-            pyo3::ffi::PyCapsule_New(tensor.cast(), DLTENSOR.as_ptr(), Some(drop_unused_capsule))
-        };
-        if capsule.is_null() {
-            // SAFETY: the capsule was not made, so `tensor` is still ours alone.
-            unsafe { dlpack::delete(tensor) };
-        }
-        // SAFETY: `capsule` is a new reference, or null with a Python error set.
-        unsafe { Bound::from_owned_ptr_or_err(py, capsule) }
+        boundary("making memory for a batch", || {
+            let dtype = dlpack::data_type(self.running()?.out_dtype()).map_err(to_py)?;
+            let len = shape.iter().product::<usize>() * usize::from(dtype.bits / 8);
+            let memory = self.memory.take(len).map_err(|e| {
+                LsioError::new_err(format!("memory for a batch of {len} bytes: {e}"))
+            })?;
+            let tensor = dlpack::managed_tensor(memory, &shape, dtype).map_err(to_py)?;
+            // SAFETY: `tensor` is a live DLManagedTensor; the capsule owns it from here: its
+            // consumer renames it and calls the deleter, or, never consumed, its destructor does.
+            let capsule = unsafe {
+                pyo3::ffi::PyCapsule_New(
+                    tensor.cast(),
+                    DLTENSOR.as_ptr(),
+                    Some(drop_unused_capsule),
+                )
+            };
+            if capsule.is_null() {
+                // SAFETY: the capsule was not made, so `tensor` is still ours alone.
+                unsafe { dlpack::delete(tensor) };
+            }
+            // SAFETY: `capsule` is a new reference, or null with a Python error set.
+            unsafe { Bound::from_owned_ptr_or_err(py, capsule) }
+        })
     }
 
     /// Stops the engine's threads; batches still pending are discarded.
@@ -405,12 +447,14 @@ fn decode_bound<'py>(
     batches: Vec<Vec<Vec<u64>>>,
     threads: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let backend = choose_backend().map_err(to_py)?.backend;
-    let inner = Arc::clone(&array.inner);
-    let m = py
-        .detach(|| bounds::decode_bound(inner, crop, &batches, threads, backend))
-        .map_err(to_py)?;
-    measured(py, m)
+    boundary("measuring the decode bound", || {
+        let backend = choose_backend().map_err(to_py)?.backend;
+        let inner = Arc::clone(&array.inner);
+        let m = py
+            .detach(|| bounds::decode_bound(inner, crop, &batches, threads, backend))
+            .map_err(to_py)?;
+        measured(py, m)
+    })
 }
 
 /// The byte ranges ``(path, offset, length)`` the engine requests for each batch of crops
@@ -422,10 +466,12 @@ fn read_ranges(
     crop: Vec<u64>,
     batches: Vec<Vec<Vec<u64>>>,
 ) -> PyResult<Vec<Vec<bounds::Range>>> {
-    let backend = choose_backend().map_err(to_py)?.backend;
-    let inner = Arc::clone(&array.inner);
-    py.detach(|| bounds::read_ranges(inner, crop, &batches, backend))
-        .map_err(to_py)
+    boundary("listing read ranges", || {
+        let backend = choose_backend().map_err(to_py)?.backend;
+        let inner = Arc::clone(&array.inner);
+        py.detach(|| bounds::read_ranges(inner, crop, &batches, backend))
+            .map_err(to_py)
+    })
 }
 
 /// The disk bound: times reading ``ranges`` (from :func:`read_ranges`) on ``threads``
@@ -436,11 +482,20 @@ fn disk_bound(
     ranges: Vec<Vec<bounds::Range>>,
     threads: usize,
 ) -> PyResult<Bound<'_, PyDict>> {
-    let backend = choose_backend().map_err(to_py)?.backend;
-    let m = py
-        .detach(|| bounds::disk_bound(&ranges, threads, backend))
-        .map_err(to_py)?;
-    measured(py, m)
+    boundary("measuring the disk bound", || {
+        let backend = choose_backend().map_err(to_py)?.backend;
+        let m = py
+            .detach(|| bounds::disk_bound(&ranges, threads, backend))
+            .map_err(to_py)?;
+        measured(py, m)
+    })
+}
+
+/// Panics inside the boundary that every entry point has: the test that a panic reaches
+/// Python as an ``LsioError``, never as a ``PanicException``.
+#[pyfunction]
+fn _panic_at_the_boundary(message: &str) -> PyResult<()> {
+    boundary("testing the panic boundary", || panic!("{message}"))
 }
 
 /// The I/O backend engines use in this process: ``"io_uring"`` or ``"pread"``.
@@ -465,6 +520,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;
     m.add_function(wrap_pyfunction!(read_ranges, m)?)?;
     m.add_function(wrap_pyfunction!(disk_bound, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_at_the_boundary, m)?)?;
     m.add("LsioError", m.py().get_type::<LsioError>())?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! sandbox refuses io_uring. `LSIO_IO=uring|pread` forces either.
 
 pub mod buffer;
+pub mod open_files;
 pub mod pread;
 pub mod uring;
 
@@ -311,7 +312,17 @@ fn uring_probe() -> Result<(), String> {
 /// [`Error::Stopped`] when the kernel refuses a ring.
 pub fn new_reader(backend: Backend) -> Result<Box<dyn Reader>> {
     Ok(match backend {
-        Backend::IoUring => Box::new(uring::UringReader::new()?),
+        // Each ring holds a descriptor: past the budget of rings (as many as files kept
+        // open), or out of descriptors even after closing the idle kept files, this thread
+        // reads with pread, which needs none.
+        Backend::IoUring if uring::rings_open() >= open_files::budget() => {
+            Box::new(pread::PreadReader)
+        }
+        Backend::IoUring => match open_files::with_descriptors(uring::UringReader::new) {
+            Ok(ring) => Box::new(ring),
+            Err(e) if open_files::out_of_descriptors(&e) => Box::new(pread::PreadReader),
+            Err(e) => return Err(Error::Stopped(format!("creating an io_uring ring: {e}"))),
+        },
         Backend::Pread => Box::new(pread::PreadReader),
     })
 }

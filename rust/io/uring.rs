@@ -5,11 +5,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::mem::ManuallyDrop;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use io_uring::{opcode, types, IoUring};
 
 use super::{advance_iov, fit_buffers, ReadOp, Reader, ScatterOp};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Submission queue size; also the most reads in flight at once.
 const RING_ENTRIES: u32 = 256;
@@ -40,8 +41,18 @@ pub struct UringReader {
     broken: bool,
 }
 
+/// Rings open in the process: each holds a file descriptor.
+static RINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many io_uring rings are open in the process.
+#[must_use]
+pub fn rings_open() -> usize {
+    RINGS.load(Ordering::Relaxed)
+}
+
 impl Drop for UringReader {
     fn drop(&mut self) {
+        RINGS.fetch_sub(1, Ordering::Relaxed);
         if !self.broken {
             // SAFETY: dropped once, here; nothing is in flight (every call reaps all it
             // submitted, or marks the reader broken).
@@ -52,10 +63,10 @@ impl Drop for UringReader {
 
 impl UringReader {
     /// # Errors
-    /// [`Error::Stopped`] when the kernel refuses a ring.
-    pub fn new() -> Result<Self> {
-        let ring = IoUring::new(RING_ENTRIES)
-            .map_err(|e| Error::Stopped(format!("creating an io_uring ring: {e}")))?;
+    /// The kernel's error when it refuses a ring.
+    pub fn new() -> std::io::Result<Self> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        RINGS.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             ring: ManuallyDrop::new(ring),
             broken: false,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use super::decode::{copy_targets, decode_task};
+use super::decode::{copy_targets, decode_task, fill_targets};
 use super::groups::{read_groups, Requests};
 use super::planned::{Planned, PlannedRead, Source};
 use super::{guarded, Job, OutBuffer, Shared};
@@ -95,7 +95,7 @@ impl BatchRun {
     }
 }
 
-/// Runs a planned batch on the pool: chunks never written are copied from the fill chunk;
+/// Runs a planned batch on the pool: chunks never written are filled with the fill value;
 /// the others are read by the thread that decodes them, a group at a time, and decoded into
 /// the output. Each group is a job of its own, queued first in first out: the pool's threads
 /// finish one batch's groups before they start the next batch's, and no thread waits inside
@@ -152,7 +152,7 @@ pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) 
                 .counters
                 .chunks_decoded
                 .fetch_add(1, Ordering::Relaxed);
-            copy_targets(shared, &planned.tasks[t], &shared.fill_chunk, 0, out)
+            fill_targets(shared, &planned.tasks[t], out)
         }
         Source::Encoded => Ok(()),
     })

@@ -164,6 +164,56 @@ pub(super) fn copy_targets(
     Ok(())
 }
 
+/// Writes the fill value into each target's places in the output: the pieces of a chunk
+/// never written. Nothing the size of the chunk is made: each run of the crop is filled in
+/// place, so memory follows the crop, not the chunk.
+pub(super) fn fill_targets(shared: &Shared, task: &ChunkTask, out: &OutBuffer) -> Result<()> {
+    let fill = &shared.fill_out;
+    for target in &task.targets {
+        let crop_base = target.crop * shared.crop_bytes;
+        let layout = target_layout(shared, target, fill.len());
+        let mut in_bounds = true;
+        layout.for_each_run(|_, dst, len| {
+            let dst = crop_base + dst;
+            if dst + len > out.len {
+                in_bounds = false;
+                return;
+            }
+            // SAFETY: `dst..dst+len` lies in the output buffer (checked just above), valid for
+            // writes while the batch runs (`OutBuffer::new`); no other task writes this run:
+            // each output element is covered by exactly one target of one chunk (plan_batch).
+            let run = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(dst), len) };
+            fill_run(run, fill);
+        });
+        if !in_bounds {
+            return Err(Error::Stopped(format!(
+                "internal error: the fill of chunk {:?} left the batch",
+                task.chunk
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Repeats the element `fill` over `run`, a whole number of elements.
+fn fill_run(run: &mut [u8], fill: &[u8]) {
+    if let Some(&byte) = fill.first().filter(|&&b| fill.iter().all(|&x| x == b)) {
+        run.fill(byte);
+        return;
+    }
+    let Some(first) = run.get_mut(..fill.len()) else {
+        return;
+    };
+    first.copy_from_slice(fill);
+    // Doubling copies: each pass copies what is already written.
+    let mut done = fill.len();
+    while done < run.len() {
+        let n = done.min(run.len() - done);
+        run.copy_within(..n, done);
+        done += n;
+    }
+}
+
 /// Like [`copy_targets`], converting each run to the output type on the way.
 pub(super) fn cast_targets(
     shared: &Shared,
@@ -205,4 +255,22 @@ pub(super) fn cast_targets(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_run;
+
+    #[test]
+    fn fill_runs_repeat_the_element() {
+        for len in [0usize, 1, 2, 3, 7, 8, 100] {
+            let fill = 0x0102_0304_0506_0708u64.to_ne_bytes();
+            let mut run = vec![0u8; len * 8];
+            fill_run(&mut run, &fill);
+            assert!(run.chunks_exact(8).all(|e| e == fill), "{len}");
+            let mut run = vec![1u8; len * 2];
+            fill_run(&mut run, &[0, 0]);
+            assert!(run.iter().all(|&b| b == 0), "{len}");
+        }
+    }
 }

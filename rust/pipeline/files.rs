@@ -1,47 +1,26 @@
-//! What the planner keeps between batches: chunk and shard files open, and shard indexes.
+//! What the planner keeps between batches: shard indexes and missing files; the files a batch
+//! reads, opened through the process's shared [`open_files`].
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::io::open_direct;
+use crate::io::open_files::{self, Identity};
 use crate::zarr::shard_index::ShardIndex;
 
 /// Shard indexes kept per engine; the oldest is forgotten first.
 const SHARD_INDEX_CACHE: usize = 4096;
-/// Chunk and shard files kept open per engine between batches; the oldest is closed first.
-const OPEN_FILES: usize = 64;
+/// Missing chunk files remembered per engine (an iteration), so each is looked for once.
+const MISSING_FILES: usize = 1 << 16;
 
-/// An opened chunk or shard file with its length; `None` when it does not exist.
+/// A chunk or shard file a batch reads: open (shared with every engine of the process), or
+/// `None` when it does not exist.
 pub(super) struct OpenFile {
     pub(super) path: PathBuf,
-    pub(super) file: Option<(File, u64)>,
-    /// The file opened for direct I/O, with the alignment its reads need, when asked for and
-    /// the file system allows it.
-    pub(super) direct: Option<(File, usize)>,
-}
-
-impl OpenFile {
-    fn open(path: PathBuf, direct_io: bool) -> std::io::Result<Self> {
-        let file = match File::open(&path) {
-            Ok(file) => {
-                let len = file.metadata()?.len();
-                Some((file, len))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        let direct = if direct_io && file.is_some() {
-            open_direct(&path)
-        } else {
-            None
-        };
-        Ok(Self { path, file, direct })
-    }
+    pub(super) file: Option<Arc<open_files::OpenFile>>,
 }
 
 /// At most `limit` values by file coordinates; the oldest entry is dropped first.
@@ -75,51 +54,64 @@ impl<V> Bounded<V> {
         self.map.insert(key, value);
     }
 
+    #[cfg(test)]
     fn clear(&mut self) {
         self.map.clear();
         self.order.clear();
     }
 }
 
-/// What the planner keeps between batches: shard indexes, and files open (or known to be
-/// missing), so each is opened once per iteration rather than once per batch.
+/// What the planner keeps between batches: shard indexes, with the identity of the file each
+/// was read from, and the files known to be missing. Open files are kept by
+/// [`open_files`], for every engine of the process within one budget of descriptors.
 pub(crate) struct PlanCache {
-    pub(super) indexes: Bounded<Arc<ShardIndex>>,
-    files: Bounded<Arc<OpenFile>>,
+    pub(super) indexes: Bounded<(Identity, Arc<ShardIndex>)>,
+    missing: Bounded<()>,
 }
 
 impl Default for PlanCache {
     fn default() -> Self {
         Self {
             indexes: Bounded::new(SHARD_INDEX_CACHE),
-            files: Bounded::new(OPEN_FILES),
+            missing: Bounded::new(MISSING_FILES),
         }
     }
 }
 
 impl PlanCache {
-    /// The file at `coords`, opened now if it is not open yet. Out of file descriptors, the
-    /// cached files are closed and the open tried once more.
-    pub(super) fn file(&mut self, shared: &Shared, coords: &[u64]) -> Result<Arc<OpenFile>> {
-        if let Some(file) = self.files.get(coords) {
-            return Ok(Arc::clone(file));
-        }
+    /// The file at `coords`: kept open from an earlier batch, or opened now.
+    pub(super) fn file(&mut self, shared: &Shared, coords: &[u64]) -> Result<OpenFile> {
         let path = shared.array.file_path(coords);
-        let opened = match OpenFile::open(path.clone(), shared.direct_io) {
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
-                self.files.clear();
-                OpenFile::open(path.clone(), shared.direct_io)
-            }
-            other => other,
-        };
-        let file = Arc::new(opened.map_err(|e| Error::io(&path, "opening a chunk file", e))?);
-        let counters = &shared.counters;
-        counters.files_opened.fetch_add(1, Ordering::Relaxed);
-        if file.direct.is_some() {
-            counters.files_direct.fetch_add(1, Ordering::Relaxed);
+        if self.missing.get(coords).is_some() {
+            return Ok(OpenFile { path, file: None });
         }
-        self.files.insert(coords.to_vec(), Arc::clone(&file));
-        Ok(file)
+        let (file, opened) = open_files::open(&path, shared.direct_io)
+            .map_err(|e| Error::io(&path, "opening a chunk file", e))?;
+        let counters = &shared.counters;
+        match &file {
+            None => self.missing.insert(coords.to_vec(), ()),
+            Some(file) if opened => {
+                counters.files_opened.fetch_add(1, Ordering::Relaxed);
+                if file.direct.is_some() {
+                    counters.files_direct.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(OpenFile { path, file })
+    }
+
+    /// The cached index of the shard at `coords`, if it was read from the file `file` is now
+    /// (a shard replaced since has its index read again).
+    pub(super) fn index(
+        &self,
+        coords: &[u64],
+        file: &open_files::OpenFile,
+    ) -> Option<Arc<ShardIndex>> {
+        self.indexes
+            .get(coords)
+            .filter(|(identity, _)| *identity == file.identity)
+            .map(|(_, index)| Arc::clone(index))
     }
 }
 

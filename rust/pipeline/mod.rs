@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::io::{new_reader, Backend, Reader};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
-use crate::zarr::ZarrArray;
+use crate::zarr::{limits, ZarrArray};
 
 /// Jobs that may wait for the I/O thread.
 const QUEUED_JOBS: usize = 64;
@@ -222,8 +222,8 @@ pub(crate) struct Shared {
     as_stored: bool,
     counters: Counters,
     pub(crate) leaf_bytes: usize,
-    /// A leaf chunk of fill values: missing chunks are copied from it like any other.
-    fill_chunk: Vec<u8>,
+    /// One element of the fill value, of the output's type: what chunks never written read as.
+    fill_out: Vec<u8>,
     pub(crate) leaf_shape: Vec<std::num::NonZeroU64>,
     /// The backend each engine thread opens its reader with.
     backend: Backend,
@@ -246,11 +246,18 @@ impl Shared {
         check_crop(&array.shape, &crop)?;
         let element = array.dtype.size();
         let out_element = cast.map_or(element, |c| c.to().size());
-        let crop_bytes = crop.iter().product::<u64>() as usize * out_element;
-        let leaf_elements = array.leaf_shape().iter().product::<u64>() as usize;
+        // The array's size was checked when it was opened; a crop is no larger, but a cast may
+        // widen its elements.
+        let crop_bytes = limits::box_bytes(&array.path, "crop", &crop, out_element)? as usize;
+        let leaf_bytes = array.leaf_bytes();
+        let mut fill_out = array.fill_value.clone();
+        if let Some(cast) = &cast {
+            fill_out = vec![0; out_element];
+            cast.convert(&array.fill_value, &mut fill_out, 1);
+        }
         Ok(Self {
-            fill_chunk: array.fill_value.repeat(leaf_elements),
-            leaf_bytes: leaf_elements * element,
+            fill_out,
+            leaf_bytes,
             leaf_shape: array.leaf_shape_nonzero(),
             as_stored: array.leaf_codecs().is_stored_as_is(),
             array,
@@ -369,7 +376,7 @@ impl Engine {
                     .iter()
                     .zip(&self.shared.crop)
                     .zip(shape)
-                    .all(|((o, c), s)| o + c <= *s);
+                    .all(|((&o, &c), &s)| c <= s && o <= s - c);
             if !fits {
                 return Err(Error::OutOfBounds(format!(
                     "{}: crop {i} at origin {origin:?} with shape {:?} leaves the array of shape {shape:?}",
@@ -378,11 +385,14 @@ impl Engine {
                 )));
             }
         }
-        let expected = origins.len() * self.shared.crop_bytes;
-        if out.len != expected {
+        let expected = origins.len().checked_mul(self.shared.crop_bytes);
+        if expected != Some(out.len) {
             return Err(Error::InvalidArgument(format!(
-                "output buffer holds {} bytes, the batch needs {expected}",
-                out.len
+                "output buffer holds {} bytes, a batch of {} crops of {} bytes needs {}",
+                out.len,
+                origins.len(),
+                self.shared.crop_bytes,
+                expected.map_or_else(|| "more than 2**64".to_string(), |n| n.to_string()),
             )));
         }
         let (Some(jobs), Some(in_use)) = (&self.jobs, &self.in_use) else {
@@ -415,6 +425,9 @@ impl Engine {
         if let Some(in_use) = self.in_use.take() {
             in_use.wait();
         }
+        // The files this iteration kept open are let go, as its threads are: a later one
+        // opens what it reads anew (and sees files replaced since).
+        crate::io::open_files::close_idle();
         release_freed_memory();
     }
 }
@@ -487,7 +500,8 @@ pub(super) fn guarded<T>(who: &str, f: impl FnOnce() -> Result<T>) -> Result<T> 
     })
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+/// The message a panic was raised with.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(ToString::to_string)

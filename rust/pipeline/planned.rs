@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::decode::{needed_span, target_layout};
 use super::files::{OpenFile, PlanCache};
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::io::{direct_range, ReadOp, Reader};
+use crate::io::{direct_range, open_files, ReadOp, Reader};
 use crate::plan::{plan_batch, ChunkTask};
 use crate::zarr::array::ChunkLocation;
 use crate::zarr::codecs::{decode_index, IndexLocation};
@@ -44,7 +45,7 @@ pub(crate) struct PlannedRead {
 pub(crate) struct Planned {
     pub(super) tasks: Vec<ChunkTask>,
     pub(super) locations: Vec<ChunkLocation>,
-    pub(super) files: Vec<Arc<OpenFile>>,
+    pub(super) files: Vec<OpenFile>,
     pub(super) sources: Vec<Source>,
     pub(crate) reads: Vec<PlannedRead>,
 }
@@ -93,10 +94,12 @@ impl Planned {
     /// buffer needs, and where the run's bytes start in what it reads.
     pub(super) fn direct_op(&self, run: &[&PlannedRead]) -> Result<(ReadOp<'_>, usize, usize)> {
         let op = self.op(run)?;
-        let open = &self.files[run[0].file];
-        if let (Some((file, align)), Some((_, file_len))) = (&open.direct, &open.file) {
-            if let Some((offset, len, skip)) = direct_range(op.offset, op.len, *align, *file_len) {
-                return Ok((ReadOp { file, offset, len }, *align, skip));
+        if let Some(open) = &self.files[run[0].file].file {
+            if let Some((file, align)) = &open.direct {
+                if let Some((offset, len, skip)) = direct_range(op.offset, op.len, *align, open.len)
+                {
+                    return Ok((ReadOp { file, offset, len }, *align, skip));
+                }
             }
         }
         Ok((op, 1, 0))
@@ -125,15 +128,46 @@ impl Planned {
 
     /// The open file a read is from.
     pub(super) fn file(&self, read: &PlannedRead) -> Option<&File> {
-        self.files[read.file].file.as_ref().map(|(file, _)| file)
+        self.files[read.file].file.as_deref().map(|open| &open.file)
     }
 }
 
-/// Plans a batch, opens its files and reads the shard indexes it lacks.
+/// Plans a batch, opens its files and reads the shard indexes it lacks. Out of file
+/// descriptors (other batches in flight hold them), the files it opened are let go and it is
+/// planned again once batches have ended, for up to [`open_files::WAIT_FOR_DESCRIPTORS`].
 ///
 /// # Errors
 /// [`Error::Io`] or [`Error::Corrupt`] for a file or shard index that cannot be read.
 pub(crate) fn plan_reads(
+    shared: &Shared,
+    reader: &mut dyn Reader,
+    cache: &mut PlanCache,
+    origins: &[Vec<u64>],
+) -> Result<Planned> {
+    let started = Instant::now();
+    let mut pause = Duration::from_micros(200);
+    loop {
+        match plan_reads_once(shared, reader, cache, origins) {
+            Err(Error::Io { path, what, source })
+                if open_files::out_of_descriptors(&source)
+                    && !shared.cancel.load(Ordering::Relaxed) =>
+            {
+                if started.elapsed() > open_files::WAIT_FOR_DESCRIPTORS {
+                    let explained =
+                        std::io::Error::new(source.kind(), open_files::explain(&source));
+                    return Err(Error::io(path, what, explained));
+                }
+                // Engines out of descriptors together back off by different amounts.
+                let jitter = u64::from(started.elapsed().subsec_nanos() % 1000);
+                std::thread::sleep(pause + Duration::from_micros(jitter));
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn plan_reads_once(
     shared: &Shared,
     reader: &mut dyn Reader,
     cache: &mut PlanCache,
@@ -145,7 +179,7 @@ pub(crate) fn plan_reads(
 
     // Each file the batch reads, open.
     let mut file_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
-    let mut files: Vec<Arc<OpenFile>> = Vec::new();
+    let mut files: Vec<OpenFile> = Vec::new();
     for location in &locations {
         if file_ids.contains_key(location.file.as_slice()) {
             continue;
@@ -163,13 +197,14 @@ pub(crate) fn plan_reads(
         let mut wanted = Vec::new();
         let mut ops = Vec::new();
         for (coords, &id) in &file_ids {
-            if let Some(index) = cache.indexes.get(coords) {
-                shard_index[id] = Some(Arc::clone(index));
-                continue;
-            }
-            let Some((file, len)) = &files[id].file else {
+            let Some(open) = &files[id].file else {
                 continue;
             };
+            if let Some(index) = cache.index(coords, open) {
+                shard_index[id] = Some(index);
+                continue;
+            }
+            let (file, len) = (&open.file, &open.len);
             if *len < index_len {
                 return Err(Error::corrupt(
                     &files[id].path,
@@ -195,12 +230,17 @@ pub(crate) fn plan_reads(
                 .counters
                 .bytes_read
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            let shard_len = files[id].file.as_ref().map_or(0, |(_, len)| *len);
+            let Some(open) = &files[id].file else {
+                continue;
+            };
+            let shard_len = open.len;
             let index = decode_index(sharding, &bytes, &per_shard_shape)
                 .and_then(|words| ShardIndex::from_words(&words, per_shard, shard_len))
                 .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
             let index = Arc::new(index);
-            cache.indexes.insert(coords, Arc::clone(&index));
+            cache
+                .indexes
+                .insert(coords, (open.identity, Arc::clone(&index)));
             shard_index[id] = Some(index);
         }
     }
@@ -210,12 +250,12 @@ pub(crate) fn plan_reads(
     let mut reads = Vec::new();
     for (t, location) in locations.iter().enumerate() {
         let id = file_ids[location.file.as_slice()];
-        let Some((_, len)) = &files[id].file else {
+        let Some(open) = &files[id].file else {
             sources.push(Source::Fill);
             continue;
         };
         let range = match &shard_index[id] {
-            None if array.sharding().is_none() => Some((0, *len)),
+            None if array.sharding().is_none() => Some((0, open.len)),
             None => None,
             Some(index) => match index.slot(location.inner) {
                 Slot::Empty => None,

@@ -11,6 +11,7 @@ use zarrs_metadata_ext::chunk_grid::regular::RegularChunkGridConfiguration;
 use super::codecs::{ChunkLayout, Sharding};
 use super::dtype::DataType;
 use super::leaf::LeafCodecs;
+use super::limits;
 use super::metadata::{read_array_metadata, read_group_member, StoredMetadata};
 use super::region::c_order_index;
 use crate::error::{Error, Result};
@@ -29,6 +30,8 @@ pub struct ZarrArray {
     pub chunk_shape: Vec<u64>,
     pub layout: ChunkLayout,
     pub dimension_names: Option<Vec<Option<String>>>,
+    /// The bytes of one decoded leaf chunk, at most [`limits::MAX_CHUNK_BYTES`].
+    leaf_bytes: usize,
     /// The validated metadata: data type, fill value, chunk keys.
     zarrs: Array<()>,
 }
@@ -120,7 +123,15 @@ impl ZarrArray {
                 "chunk_shape and shape differ in length",
             ));
         }
+        // Every size the engine multiplies out later, checked once here.
+        limits::box_bytes(&path, "shape", &v3.shape, dtype.size())?;
+        limits::box_bytes(&path, "chunk shape", &chunk_shape, dtype.size())?;
         let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape, dtype.size())?;
+        let leaf_shape = match &layout {
+            ChunkLayout::Whole(_) => &chunk_shape,
+            ChunkLayout::Sharded(s) => &s.inner_shape,
+        };
+        let leaf_bytes = limits::chunk_bytes(&path, "chunk", leaf_shape, dtype.size())?;
         let fill_value = array.fill_value().as_ne_bytes().to_vec();
         if fill_value.len() != dtype.size() {
             return Err(Error::invalid_metadata(
@@ -138,6 +149,7 @@ impl ZarrArray {
             chunk_shape,
             layout,
             dimension_names,
+            leaf_bytes,
             zarrs: array,
         })
     }
@@ -154,6 +166,13 @@ impl ZarrArray {
             ChunkLayout::Whole(_) => &self.chunk_shape,
             ChunkLayout::Sharded(s) => &s.inner_shape,
         }
+    }
+
+    /// The bytes of one decoded leaf chunk (checked at open: at most
+    /// [`limits::MAX_CHUNK_BYTES`]).
+    #[must_use]
+    pub fn leaf_bytes(&self) -> usize {
+        self.leaf_bytes
     }
 
     /// [`ZarrArray::leaf_shape`] as the codecs take it.

@@ -18,6 +18,7 @@ use zarrs_metadata::v3::MetadataV3;
 use zarrs_metadata_ext::codec::sharding::{ShardingCodecConfiguration, ShardingIndexLocation};
 
 use super::leaf::LeafCodecs;
+use super::limits;
 use crate::error::{Error, Result};
 
 /// Where a shard keeps its index.
@@ -66,6 +67,7 @@ impl ChunkLayout {
         chunk_shape: &[u64],
         element_size: usize,
     ) -> Result<Self> {
+        check_codecs(path, codecs, chunk_shape, element_size)?;
         let whole = || -> Result<Self> {
             let chain =
                 CodecChain::from_metadata(codecs).map_err(|e| codec_error(path, "codecs", e))?;
@@ -131,6 +133,80 @@ impl ChunkLayout {
             },
         }))
     }
+}
+
+/// Checks what zarrs takes on trust in a chain for chunks of `chunk_shape`, before anything is
+/// built or decoded: that each `transpose` order is a permutation of the chunk's dimensions,
+/// and that the index and inner chunks of every shard, nested ones too, have sizes that the
+/// engine can hold ([`limits::chunk_bytes`]).
+///
+/// # Errors
+/// [`Error::InvalidMetadata`] or [`Error::Unsupported`] naming the codec and the size.
+fn check_codecs(
+    path: &Path,
+    codecs: &[MetadataV3],
+    chunk_shape: &[u64],
+    element_size: usize,
+) -> Result<()> {
+    // An array-to-array codec hands the next one chunks of its own shape.
+    let mut chunk_shape = chunk_shape.to_vec();
+    for codec in codecs {
+        match codec.name() {
+            "transpose" => {
+                let order = codec
+                    .configuration()
+                    .and_then(|c| c.get("order"))
+                    .and_then(serde_json::Value::as_array)
+                    .map(|o| {
+                        o.iter()
+                            .map(serde_json::Value::as_u64)
+                            .collect::<Option<Vec<_>>>()
+                    });
+                let ndim = chunk_shape.len();
+                let mut sorted = order.clone().flatten().unwrap_or_default();
+                sorted.sort_unstable();
+                if !sorted.iter().copied().eq(0..ndim as u64) {
+                    return Err(Error::invalid_metadata(
+                        path,
+                        format!(
+                            "transpose order {} is not a permutation of the {ndim} dimensions",
+                            codec
+                                .configuration()
+                                .and_then(|c| c.get("order"))
+                                .map_or_else(|| "(missing)".to_string(), ToString::to_string)
+                        ),
+                    ));
+                }
+                let order = order.flatten().unwrap_or_default();
+                chunk_shape = order.iter().map(|&d| chunk_shape[d as usize]).collect();
+            }
+            "sharding_indexed" => {
+                let Ok(ShardingCodecConfiguration::V1(config)) = codec.to_typed_configuration()
+                else {
+                    // Reported by the caller, which parses it again.
+                    continue;
+                };
+                let inner: Vec<u64> = config.chunk_shape.iter().map(|n| n.get()).collect();
+                if inner.len() != chunk_shape.len()
+                    || inner.iter().zip(&chunk_shape).any(|(i, s)| s % i != 0)
+                {
+                    return Err(Error::invalid_metadata(
+                        path,
+                        format!("inner chunk shape {inner:?} does not divide the shard shape {chunk_shape:?}"),
+                    ));
+                }
+                let mut index: Vec<u64> =
+                    chunk_shape.iter().zip(&inner).map(|(s, i)| s / i).collect();
+                index.push(2);
+                limits::chunk_bytes(path, "shard index", &index, 8)?;
+                limits::chunk_bytes(path, "inner chunk", &inner, element_size)?;
+                check_codecs(path, &config.codecs, &inner, element_size)?;
+                check_codecs(path, &config.index_codecs, &index, 8)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The shape of a shard index: one (offset, length) pair per inner chunk.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use zarrs::array::{ArrayMetadata, ArrayMetadataV2, ArrayMetadataV3};
 
+use super::json;
 use crate::error::{Error, Result};
 
 /// An array's metadata and, for v2 stores written by xarray, its `_ARRAY_DIMENSIONS`.
@@ -17,7 +18,7 @@ pub struct StoredMetadata {
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
+        Ok(bytes) => json::parse(&bytes)
             .map(Some)
             .map_err(|e| Error::invalid_metadata(path, format!("not JSON: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -35,7 +36,9 @@ pub fn read_array_metadata(path: &Path) -> Result<StoredMetadata> {
         return v3_metadata(path, v3);
     }
     if let Some(v2) = read_json(&path.join(".zarray"))? {
-        let attributes = read_json(&path.join(".zattrs"))?;
+        // Attributes never stop an array from being read: ones that do not parse are left out
+        // (and with them xarray's dimension names).
+        let attributes = read_json(&path.join(".zattrs")).unwrap_or(None);
         return v2_metadata(path, v2, attributes);
     }
     if path.join(".zgroup").exists() {
@@ -88,9 +91,12 @@ fn not_an_array(path: &Path) -> Error {
     ))
 }
 
-fn v3_metadata(path: &Path, value: Value) -> Result<StoredMetadata> {
+fn v3_metadata(path: &Path, mut value: Value) -> Result<StoredMetadata> {
     if value.get("node_type").and_then(Value::as_str) == Some("group") {
         return Err(not_an_array(path));
+    }
+    if let Some(codecs) = value.get_mut("codecs") {
+        json::fill_codec_defaults(codecs);
     }
     let metadata: ArrayMetadataV3 = serde_json::from_value(value)
         .map_err(|e| Error::invalid_metadata(path, format!("zarr.json: {e}")))?;

@@ -3,7 +3,9 @@
 pub mod array;
 pub mod codecs;
 pub mod dtype;
+pub mod json;
 pub mod leaf;
+pub mod limits;
 pub mod metadata;
 pub mod region;
 pub mod shard_index;

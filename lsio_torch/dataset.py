@@ -462,7 +462,8 @@ class ZarrCropDataset(IterableDataset):
             return self._origin_list[first : first + count].tolist()
         if self._origin_fn is not None:
             origins = [
-                [int(o) for o in self._origin_fn(epoch, i)] for i in range(first, first + count)
+                [as_int(o, "origins") for o in self._origin_fn(epoch, i)]
+                for i in range(first, first + count)
             ]
             self._check_origins(origins, f"origins({epoch}, {first}..)")
             return origins

@@ -157,7 +157,7 @@ def test_the_sampler_refuses_more_origins_than_it_can_hold():
 
 
 def test_a_panic_reaches_python_as_an_lsio_error():
-    with pytest.raises(lsio_torch.LsioError, match="internal error while testing.*boom") as info:
+    with pytest.raises(lsio_torch.LsioError, match=r"internal error while testing.*boom") as info:
         lsio_torch._lsio_torch._panic_at_the_boundary("boom")
     assert type(info.value).__name__ == "LsioError"
 
@@ -255,7 +255,7 @@ def test_read_crops_of_a_0d_array_returns_one_value_per_origin(tmp_path):
 def test_non_integer_crops_and_origins_are_refused(tmp_path):
     path = tmp_path / "a.zarr"
     small_v3(path)
-    with pytest.raises(ValueError, match="crop extents must be integers, got 2.5"):
+    with pytest.raises(ValueError, match=r"crop extents must be integers, got 2\.5"):
         read_crops(path, [(0, 0)], (2.5, 4))
     with pytest.raises(ValueError, match="origins must be integers"):
         read_crops(path, [(0.5, 0)], (2, 4))
@@ -263,6 +263,8 @@ def test_non_integer_crops_and_origins_are_refused(tmp_path):
         read_crops(path, torch.tensor([[1.0, 0.0]]), (2, 4))
     with pytest.raises(ValueError, match="origins must be integers"):
         ZarrCropDataset(path, (2, 4), origins=np.array([[1.5, 2.0]]))
+    with pytest.raises(ValueError, match=r"origins must be integers, got 2\.5"):
+        next(iter(ZarrCropDataset(path, (2, 4), origins=lambda epoch, i: (2.5, 0))))
     # Integers of any integer type are fine.
     got = read_crops(path, np.array([[1, 2]], dtype=np.uint8), (np.int64(2), 4))
     assert got.shape == (1, 2, 4)

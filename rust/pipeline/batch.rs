@@ -55,7 +55,7 @@ impl BatchRun {
         });
         let fill = Arc::clone(&batch);
         pool.spawn_fifo(move || {
-            let result = guarded("engine thread", || {
+            let result = guarded("engine thread", &fill.shared.array.path, || {
                 fill_missing(&fill.shared, &fill.planned, &fill.job.out)
             });
             fill.finish_part(result);
@@ -116,7 +116,7 @@ pub(super) fn run_batch(
             } else if batch.failed() {
                 Ok(())
             } else {
-                guarded("engine thread", || {
+                guarded("engine thread", &batch.shared.array.path, || {
                     read_and_decode(&batch, &batch.planned.reads[group])
                 })
             };
@@ -126,22 +126,23 @@ pub(super) fn run_batch(
 }
 
 /// Reads a group with this thread's reader into its buffer, and decodes it.
+///
+/// The reader and buffer are taken out of the thread's slot while they are used: a codec that
+/// decodes in parallel (zarrs, on nested shards) makes this thread run other pool jobs while
+/// it waits, and such a job, finding the slot empty, reads with a reader of its own.
 fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
     let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
-    LOCAL_IO.with(|cell| {
-        let mut local = cell.borrow_mut();
-        if local.is_none() {
-            *local = Some(LocalIo {
-                reader: new_reader(shared.backend)?,
-                buf: ReadBuf::new(),
-            });
-        }
-        let Some(LocalIo { reader, buf }) = local.as_mut() else {
-            return Err(Error::Stopped("no reader on this thread".into()));
-        };
-        let starts = read_group(shared, planned, group, reader.as_mut(), buf, out)?;
-        decode_group(shared, planned, group, buf, &starts, out)
-    })
+    let mut local = match LOCAL_IO.with(std::cell::RefCell::take) {
+        Some(local) => local,
+        None => LocalIo {
+            reader: new_reader(shared.backend)?,
+            buf: ReadBuf::new(),
+        },
+    };
+    let result = read_group(shared, planned, group, local.reader.as_mut(), &mut local.buf, out)
+        .and_then(|starts| decode_group(shared, planned, group, &local.buf, &starts, out));
+    LOCAL_IO.with(|cell| cell.replace(Some(local)));
+    result
 }
 
 /// Copies the fill value into the places of a batch's chunks that were never written.

@@ -63,18 +63,22 @@ pub(super) fn decode_task(
     // The crops need the chunk's bytes up to the end of the last piece: codecs that can stop
     // there do.
     let needed = needed_span(shared, task).map_or(shared.leaf_bytes, |(_, end)| end);
-    SCRATCH.with(|scratch| {
-        array.leaf_codecs().decode_then(
-            bytes,
-            &mut scratch.borrow_mut(),
-            &shared.leaf_shape,
-            array.codec_data_type(),
-            array.codec_fill_value(),
-            needed,
-            |chunk| copy_targets(shared, task, chunk, 0, out),
-            corrupt,
-        )
-    })
+    // Taken out while in use: a codec that decodes in parallel has this thread run other
+    // chunks' decodes while it waits (see `read_and_decode`), and they get a scratch of their
+    // own.
+    let mut scratch = SCRATCH.take();
+    let result = array.leaf_codecs().decode_then(
+        bytes,
+        &mut scratch,
+        &shared.leaf_shape,
+        array.codec_data_type(),
+        array.codec_fill_value(),
+        needed,
+        |chunk| copy_targets(shared, task, chunk, 0, out),
+        corrupt,
+    );
+    SCRATCH.set(scratch);
+    result
 }
 
 /// The bytes of a decoded chunk its crops need, from the first to the last: `(start, end)`;

@@ -145,7 +145,7 @@ fn io_loop(
             continue;
         };
         let reads = &batch.planned.reads[group.clone()];
-        let starts = guarded("I/O thread", || {
+        let starts = guarded("I/O thread", &batch.shared.array.path, || {
             read_group(
                 &batch.shared,
                 &batch.planned,
@@ -166,7 +166,7 @@ fn io_loop(
         let free = free.clone();
         pool.spawn_fifo(move || {
             let reads = &batch.planned.reads[group];
-            let result = guarded("engine thread", || {
+            let result = guarded("engine thread", &batch.shared.array.path, || {
                 decode_group(
                     &batch.shared,
                     &batch.planned,

@@ -466,7 +466,7 @@ fn plan_loop(
                 .send(Err(Error::Stopped("the engine was closed".into())));
             continue;
         }
-        let planned = guarded("planning thread", || {
+        let planned = guarded("planning thread", &shared.array.path, || {
             let mut planned = plan_reads(shared, reader.as_mut(), &mut cache, &job.origins)?;
             read_only_what_crops_need(shared, &mut planned)?;
             Ok(planned)
@@ -490,11 +490,16 @@ fn plan_loop(
     }
 }
 
-/// Runs `f`, turning a panic into an error that names `who`.
-pub(super) fn guarded<T>(who: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// Runs `f`, turning a panic into an error that names `who` and the array it was reading.
+pub(super) fn guarded<T>(
+    who: &str,
+    array: &std::path::Path,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         Err(Error::Stopped(format!(
-            "{who} panicked: {}",
+            "{who} panicked reading {}: {}",
+            array.display(),
             panic_message(&panic)
         )))
     })

@@ -139,8 +139,15 @@ fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
             buf: ReadBuf::new(),
         },
     };
-    let result = read_group(shared, planned, group, local.reader.as_mut(), &mut local.buf, out)
-        .and_then(|starts| decode_group(shared, planned, group, &local.buf, &starts, out));
+    let result = read_group(
+        shared,
+        planned,
+        group,
+        local.reader.as_mut(),
+        &mut local.buf,
+        out,
+    )
+    .and_then(|starts| decode_group(shared, planned, group, &local.buf, &starts, out));
     LOCAL_IO.with(|cell| cell.replace(Some(local)));
     result
 }

@@ -71,6 +71,7 @@ impl ZarrArray {
     /// # Errors
     /// As [`ZarrArray::open`].
     pub fn from_metadata(path: PathBuf, stored: StoredMetadata) -> Result<Self> {
+        super::numcodecs::install();
         let zarr_format = match stored.metadata {
             ArrayMetadata::V2(_) => 2,
             ArrayMetadata::V3(_) => 3,

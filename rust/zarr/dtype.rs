@@ -42,7 +42,8 @@ impl DataType {
         }
     }
 
-    /// Parses a Zarr v3 data type name; `None` for names this engine does not read.
+    /// Parses a Zarr v3 data type name; `None` for names this engine does not read. numpy's
+    /// times, whose elements are int64 counts of their unit (NaT the least), read as int64.
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
@@ -50,7 +51,7 @@ impl DataType {
             "int8" => Self::Int8,
             "int16" => Self::Int16,
             "int32" => Self::Int32,
-            "int64" => Self::Int64,
+            "int64" | "numpy.datetime64" | "numpy.timedelta64" => Self::Int64,
             "uint8" => Self::UInt8,
             "uint16" => Self::UInt16,
             "uint32" => Self::UInt32,
@@ -87,5 +88,9 @@ mod tests {
             assert_eq!(DataType::from_name(name).unwrap().name(), name);
         }
         assert_eq!(DataType::from_name("string"), None);
+        assert_eq!(
+            DataType::from_name("numpy.datetime64"),
+            Some(DataType::Int64)
+        );
     }
 }

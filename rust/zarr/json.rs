@@ -54,8 +54,8 @@ fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// Fills in the optional fields of v3 codec configurations that zarrs requires, as the spec
 /// defines them: zstd's `checksum` (NGFF examples and zarr-java leave it out), blosc's
-/// `blocksize`, sharding's `index_codecs`; inside shards too. Fields that are present are
-/// left as they are.
+/// `blocksize`, numcodecs' bz2 `level`, sharding's `index_codecs`; inside shards too. Fields
+/// that are present are left as they are.
 pub fn fill_codec_defaults(codecs: &mut Value) {
     let Value::Array(codecs) = codecs else {
         return;
@@ -79,6 +79,8 @@ pub fn fill_codec_defaults(codecs: &mut Value) {
             "zstd" => vec![("level", 0.into()), ("checksum", false.into())],
             "blosc" => vec![("clevel", 5.into()), ("blocksize", 0.into())],
             "gzip" => vec![("level", 5.into())],
+            // zarr-python writes `{}` for numcodecs.BZ2(); its default level is 1.
+            "numcodecs.bz2" => vec![("level", 1.into())],
             "sharding_indexed" => vec![(
                 "index_codecs",
                 serde_json::json!([

@@ -7,6 +7,7 @@ pub mod json;
 pub mod leaf;
 pub mod limits;
 pub mod metadata;
+pub mod numcodecs;
 pub mod region;
 pub mod shard_index;
 

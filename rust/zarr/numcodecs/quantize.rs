@@ -1,0 +1,239 @@
+//! numcodecs' `quantize` filter (v2 `quantize`, v3 `numcodecs.quantize`). The rounding is all
+//! in the encoding; decoding is numcodecs' cast:
+//!
+//! ```python
+//! dec = buf.view(astype).astype(dtype)
+//! ```
+//!
+//! Encoding is numcodecs' `np.around(scale * x) / scale` with `scale = 2**bits` for the
+//! configured decimal `digits`, computed in `dtype`, cast to `astype`.
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use zarrs::array::{ArrayBytes, DataType, FillValue};
+use zarrs_codec::{
+    ArrayCodecTraits, ArrayToArrayCodecTraits, Codec, CodecError, CodecMetadataOptions,
+    CodecOptions, CodecPluginV2, CodecPluginV3, CodecTraits, CodecTraitsV2, CodecTraitsV3,
+    PartialDecoderCapability, PartialEncoderCapability, RecommendedConcurrency,
+};
+use zarrs_metadata::v2::MetadataV2;
+use zarrs_metadata::v3::MetadataV3;
+use zarrs_metadata::Configuration;
+use zarrs_plugin::{PluginCreateError, ZarrVersion};
+
+use super::numpy::{NumpyType, Scalar};
+
+const NAME: &str = "quantize";
+
+/// The configuration numcodecs writes (`get_config`, less the `id`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantizeConfiguration {
+    digits: i32,
+    dtype: String,
+    #[serde(default)]
+    astype: Option<String>,
+}
+
+/// The `quantize` codec.
+#[derive(Clone, Debug)]
+pub struct QuantizeCodec {
+    /// As read: written back unchanged.
+    configuration: Configuration,
+    digits: i32,
+    dtype: NumpyType,
+    astype: NumpyType,
+}
+
+zarrs_plugin::impl_extension_aliases!(QuantizeCodec,
+    v3: "numcodecs.quantize", [],
+    v2: "quantize", []
+);
+
+inventory::submit! {
+    CodecPluginV3::new::<QuantizeCodec>()
+}
+inventory::submit! {
+    CodecPluginV2::new::<QuantizeCodec>()
+}
+
+impl CodecTraitsV3 for QuantizeCodec {
+    fn create(metadata: &MetadataV3) -> Result<Codec, PluginCreateError> {
+        let configuration = metadata.configuration().cloned().unwrap_or_default();
+        Ok(Codec::ArrayToArray(Arc::new(Self::new(configuration)?)))
+    }
+}
+
+impl CodecTraitsV2 for QuantizeCodec {
+    fn create(metadata: &MetadataV2) -> Result<Codec, PluginCreateError> {
+        let configuration = metadata.configuration().clone();
+        Ok(Codec::ArrayToArray(Arc::new(Self::new(configuration)?)))
+    }
+}
+
+impl QuantizeCodec {
+    /// Creates the codec from its configuration.
+    ///
+    /// # Errors
+    /// [`PluginCreateError`] when a field is missing or unknown, or a dtype is not a float in
+    /// native byte order (numcodecs takes floats only).
+    pub fn new(configuration: Configuration) -> Result<Self, PluginCreateError> {
+        let parsed: QuantizeConfiguration = configuration.to_typed()?;
+        let (dtype, astype) = super::dtypes(NAME, &parsed.dtype, parsed.astype.as_deref())?;
+        if !dtype.is_float() || !astype.is_float() {
+            return Err(PluginCreateError::Other(format!(
+                "{NAME}: only floating point types are supported, got dtype {} and astype {}",
+                dtype.name(),
+                astype.name()
+            )));
+        }
+        Ok(Self {
+            configuration,
+            digits: parsed.digits,
+            dtype,
+            astype,
+        })
+    }
+
+    /// Decodes `encoded`, elements of `astype`, to elements of `dtype`.
+    ///
+    /// # Errors
+    /// When `encoded` is not a whole number of elements.
+    pub fn decode_elements(&self, encoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+        super::map_elements(NAME, encoded, self.astype, self.dtype, |x| x)
+    }
+
+    /// numcodecs' `scale`: `2**ceil(log2(10**-exp))`, `exp` the decimal exponent of
+    /// `10**-digits` rounded away from zero.
+    fn scale(&self) -> f64 {
+        let precision = 10f64.powf(-f64::from(self.digits));
+        let exp = precision.log10();
+        let exp = if exp < 0.0 { exp.floor() } else { exp.ceil() };
+        let bits = 10f64.powf(-exp).log2().ceil();
+        2f64.powf(bits)
+    }
+
+    /// Encodes `decoded`, elements of `dtype`, to elements of `astype`.
+    ///
+    /// # Errors
+    /// When `decoded` is not a whole number of elements.
+    pub fn encode_elements(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let (t, scale) = (self.dtype, Scalar::Float(self.scale()));
+        super::map_elements(NAME, decoded, self.dtype, self.astype, |x| {
+            t.div(t.round(t.mul(scale, x)), scale)
+        })
+    }
+}
+
+impl CodecTraits for QuantizeCodec {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn configuration(
+        &self,
+        _version: ZarrVersion,
+        _options: &CodecMetadataOptions,
+    ) -> Option<Configuration> {
+        Some(self.configuration.clone())
+    }
+
+    fn partial_decoder_capability(&self) -> PartialDecoderCapability {
+        // Element by element: zarrs' default partial decoder decodes just the elements asked.
+        PartialDecoderCapability {
+            partial_read: true,
+            partial_decode: true,
+        }
+    }
+
+    fn partial_encoder_capability(&self) -> PartialEncoderCapability {
+        PartialEncoderCapability {
+            partial_encode: false,
+        }
+    }
+}
+
+impl ArrayCodecTraits for QuantizeCodec {
+    fn recommended_concurrency(
+        &self,
+        _shape: &[NonZeroU64],
+        _data_type: &DataType,
+    ) -> Result<RecommendedConcurrency, CodecError> {
+        Ok(RecommendedConcurrency::new_maximum(1))
+    }
+}
+
+impl ArrayToArrayCodecTraits for QuantizeCodec {
+    fn into_dyn(self: Arc<Self>) -> Arc<dyn ArrayToArrayCodecTraits> {
+        self as Arc<dyn ArrayToArrayCodecTraits>
+    }
+
+    fn encoded_data_type(&self, decoded_data_type: &DataType) -> Result<DataType, CodecError> {
+        super::check_dtype(NAME, self.dtype, decoded_data_type)?;
+        Ok(self.astype.data_type())
+    }
+
+    fn encode<'a>(
+        &self,
+        bytes: ArrayBytes<'a>,
+        _shape: &[NonZeroU64],
+        data_type: &DataType,
+        _fill_value: &FillValue,
+        _options: &CodecOptions,
+    ) -> Result<ArrayBytes<'a>, CodecError> {
+        super::check_dtype(NAME, self.dtype, data_type)?;
+        Ok(self.encode_elements(&bytes.into_fixed()?)?.into())
+    }
+
+    fn decode<'a>(
+        &self,
+        bytes: ArrayBytes<'a>,
+        _shape: &[NonZeroU64],
+        data_type: &DataType,
+        _fill_value: &FillValue,
+        _options: &CodecOptions,
+    ) -> Result<ArrayBytes<'a>, CodecError> {
+        super::check_dtype(NAME, self.dtype, data_type)?;
+        Ok(self.decode_elements(&bytes.into_fixed()?)?.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(json: serde_json::Value) -> Result<QuantizeCodec, PluginCreateError> {
+        QuantizeCodec::new(serde_json::from_value(json).unwrap())
+    }
+
+    #[test]
+    fn encodes_numcodecs_example_and_decodes_by_casting() {
+        // numcodecs' docstring: Quantize(digits=1, dtype='f8') of linspace(0, 1, 10).
+        let c = codec(serde_json::json!({"digits": 1, "dtype": "<f8"})).unwrap();
+        let x: Vec<u8> = (0..10)
+            .flat_map(|i| (f64::from(i) / 9.0).to_ne_bytes())
+            .collect();
+        let encoded = c.encode_elements(&x).unwrap();
+        let want = [
+            0.0, 0.125, 0.25, 0.3125, 0.4375, 0.5625, 0.6875, 0.75, 0.875, 1.0,
+        ];
+        assert_eq!(encoded, want.map(f64::to_ne_bytes).concat());
+        assert_eq!(c.decode_elements(&encoded).unwrap(), encoded);
+
+        let c = codec(serde_json::json!({"digits": 2, "dtype": "<f4", "astype": "<f8"})).unwrap();
+        assert_eq!(
+            c.decode_elements(&0.1f64.to_ne_bytes()).unwrap(),
+            0.1f32.to_ne_bytes()
+        );
+    }
+
+    #[test]
+    fn integer_types_are_refused() {
+        let err = codec(serde_json::json!({"digits": 1, "dtype": "<i4"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("floating point"), "{err}");
+    }
+}

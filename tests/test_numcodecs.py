@@ -4,6 +4,7 @@ bit with zarr-python's reads of the same regions."""
 
 from __future__ import annotations
 
+import json
 import lzma
 from pathlib import Path
 
@@ -326,3 +327,13 @@ def test_missing_time_chunks_read_as_nat(tmp_path):
     whole = lsio_torch.read_crops(tmp_path / "a.zarr", [(0, 0, 0)], SHAPE)[0].numpy()
     assert whole[0, 0, 0] == np.datetime64("2024-01-01T00:00:00", "ns").astype("int64")
     assert (whole.ravel()[1:] == np.iinfo("int64").min).all()
+
+
+def test_a_filter_dtype_other_than_the_arrays_is_refused_at_open(tmp_path):
+    codec = numcodecs.FixedScaleOffset(offset=OFFSET, scale=SCALE, dtype="<f8", astype="<i2")
+    path = write(tmp_path / "a.zarr", scaled("<f8", "<i2", seed=2), 2, filters=[codec])
+    metadata = json.loads((path / ".zarray").read_text())
+    metadata["filters"][0]["dtype"] = "<f4"
+    (path / ".zarray").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match=r"a\.zarr: codecs: .*fixedscaleoffset"):
+        lsio_torch._lsio_torch.Array(str(path))

@@ -5,7 +5,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use zarrs::array::{Array, ArrayMetadata, FillValue};
+use zarrs::array::{Array, ArrayMetadata, ArrayToBytesCodecTraits, FillValue};
 use zarrs_metadata_ext::chunk_grid::regular::RegularChunkGridConfiguration;
 
 use super::codecs::{ChunkLayout, Sharding};
@@ -133,6 +133,20 @@ impl ZarrArray {
             ChunkLayout::Sharded(s) => &s.inner_shape,
         };
         let leaf_bytes = limits::chunk_bytes(&path, "chunk", leaf_shape, dtype.size())?;
+        // The codecs' own checks of the chunks they are given (a filter's `dtype` that is not
+        // the array's, say), made now rather than at the first chunk read.
+        let leaf_codecs = match &layout {
+            ChunkLayout::Whole(c) => c,
+            ChunkLayout::Sharded(s) => &s.inner,
+        };
+        let leaf_nonzero: Vec<NonZeroU64> = leaf_shape
+            .iter()
+            .map(|&n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
+            .collect();
+        leaf_codecs
+            .chain()
+            .encoded_representation(&leaf_nonzero, array.data_type(), array.fill_value())
+            .map_err(|e| Error::unsupported_because(&path, format!("codecs: {e}")))?;
         let fill_value = array.fill_value().as_ne_bytes().to_vec();
         if fill_value.len() != dtype.size() {
             return Err(Error::invalid_metadata(

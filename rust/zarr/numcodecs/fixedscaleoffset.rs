@@ -15,24 +15,13 @@
 //! Encoding is `round((x - offset) * scale)` in `float64` (in `dtype` when that is a float),
 //! cast to `astype`: numcodecs' for float dtypes.
 
-use std::num::NonZeroU64;
-use std::sync::Arc;
-
 use serde::Deserialize;
-use zarrs::array::{ArrayBytes, DataType, FillValue};
-use zarrs_codec::{
-    ArrayCodecTraits, ArrayToArrayCodecTraits, Codec, CodecError, CodecMetadataOptions,
-    CodecOptions, CodecPluginV2, CodecPluginV3, CodecTraits, CodecTraitsV2, CodecTraitsV3,
-    PartialDecoderCapability, PartialEncoderCapability, RecommendedConcurrency,
-};
-use zarrs_metadata::v2::MetadataV2;
-use zarrs_metadata::v3::MetadataV3;
+use zarrs_codec::CodecError;
 use zarrs_metadata::Configuration;
-use zarrs_plugin::{PluginCreateError, ZarrVersion};
+use zarrs_plugin::PluginCreateError;
 
+use super::filter::{self, Filter};
 use super::numpy::{NumpyType, Scalar};
-
-const NAME: &str = "fixedscaleoffset";
 
 /// The configuration numcodecs writes (`get_config`, less the `id`).
 #[derive(Deserialize)]
@@ -56,31 +45,9 @@ pub struct FixedScaleOffsetCodec {
     astype: NumpyType,
 }
 
-zarrs_plugin::impl_extension_aliases!(FixedScaleOffsetCodec,
-    v3: "numcodecs.fixedscaleoffset", [],
-    v2: "fixedscaleoffset", []
+super::filter::impl_filter!(FixedScaleOffsetCodec,
+    v3: "numcodecs.fixedscaleoffset", v2: "fixedscaleoffset"
 );
-
-inventory::submit! {
-    CodecPluginV3::new::<FixedScaleOffsetCodec>()
-}
-inventory::submit! {
-    CodecPluginV2::new::<FixedScaleOffsetCodec>()
-}
-
-impl CodecTraitsV3 for FixedScaleOffsetCodec {
-    fn create(metadata: &MetadataV3) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().cloned().unwrap_or_default();
-        Ok(Codec::ArrayToArray(Arc::new(Self::new(configuration)?)))
-    }
-}
-
-impl CodecTraitsV2 for FixedScaleOffsetCodec {
-    fn create(metadata: &MetadataV2) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().clone();
-        Ok(Codec::ArrayToArray(Arc::new(Self::new(configuration)?)))
-    }
-}
 
 impl FixedScaleOffsetCodec {
     /// Creates the codec from its configuration.
@@ -90,7 +57,7 @@ impl FixedScaleOffsetCodec {
     /// not in native byte order.
     pub fn new(configuration: Configuration) -> Result<Self, PluginCreateError> {
         let parsed: FixedScaleOffsetConfiguration = configuration.to_typed()?;
-        let (dtype, astype) = super::dtypes(NAME, &parsed.dtype, parsed.astype.as_deref())?;
+        let (dtype, astype) = filter::dtypes(Self::NAME, &parsed.dtype, parsed.astype.as_deref())?;
         Ok(Self {
             configuration,
             offset: Scalar::from_json(&parsed.offset),
@@ -108,110 +75,44 @@ impl FixedScaleOffsetCodec {
             NumpyType::Float64
         }
     }
+}
 
-    /// Decodes `encoded`, elements of `astype`, to elements of `dtype`.
-    ///
-    /// # Errors
-    /// When `encoded` is not a whole number of elements.
-    pub fn decode_elements(&self, encoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+impl Filter for FixedScaleOffsetCodec {
+    const NAME: &'static str = "fixedscaleoffset";
+
+    fn dtype(&self) -> NumpyType {
+        self.dtype
+    }
+
+    fn astype(&self) -> NumpyType {
+        self.astype
+    }
+
+    fn decode_elements(&self, encoded: &[u8]) -> Result<Vec<u8>, CodecError> {
         let t = self.decode_type();
         let (scale, offset) = (t.cast(self.scale), t.cast(self.offset));
-        super::map_elements(NAME, encoded, self.astype, self.dtype, |x| {
+        filter::map_elements(Self::NAME, encoded, self.astype, self.dtype, |x| {
             t.add(t.div(x, scale), offset)
         })
     }
 
-    /// Encodes `decoded`, elements of `dtype`, to elements of `astype`.
-    ///
-    /// # Errors
-    /// When `decoded` is not a whole number of elements.
-    pub fn encode_elements(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+    fn encode_elements(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
         let t = if self.dtype.is_float() {
             self.dtype
         } else {
             NumpyType::Float64
         };
-        super::map_elements(NAME, decoded, self.dtype, self.astype, |x| {
+        filter::map_elements(Self::NAME, decoded, self.dtype, self.astype, |x| {
             t.round(t.mul(t.sub(x, self.offset), self.scale))
         })
     }
 }
 
-impl CodecTraits for FixedScaleOffsetCodec {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn configuration(
-        &self,
-        _version: ZarrVersion,
-        _options: &CodecMetadataOptions,
-    ) -> Option<Configuration> {
-        Some(self.configuration.clone())
-    }
-
-    fn partial_decoder_capability(&self) -> PartialDecoderCapability {
-        // Element by element: zarrs' default partial decoder decodes just the elements asked.
-        PartialDecoderCapability {
-            partial_read: true,
-            partial_decode: true,
-        }
-    }
-
-    fn partial_encoder_capability(&self) -> PartialEncoderCapability {
-        PartialEncoderCapability {
-            partial_encode: false,
-        }
-    }
-}
-
-impl ArrayCodecTraits for FixedScaleOffsetCodec {
-    fn recommended_concurrency(
-        &self,
-        _shape: &[NonZeroU64],
-        _data_type: &DataType,
-    ) -> Result<RecommendedConcurrency, CodecError> {
-        Ok(RecommendedConcurrency::new_maximum(1))
-    }
-}
-
-impl ArrayToArrayCodecTraits for FixedScaleOffsetCodec {
-    fn into_dyn(self: Arc<Self>) -> Arc<dyn ArrayToArrayCodecTraits> {
-        self as Arc<dyn ArrayToArrayCodecTraits>
-    }
-
-    fn encoded_data_type(&self, decoded_data_type: &DataType) -> Result<DataType, CodecError> {
-        super::check_dtype(NAME, self.dtype, decoded_data_type)?;
-        Ok(self.astype.data_type())
-    }
-
-    fn encode<'a>(
-        &self,
-        bytes: ArrayBytes<'a>,
-        _shape: &[NonZeroU64],
-        data_type: &DataType,
-        _fill_value: &FillValue,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytes<'a>, CodecError> {
-        super::check_dtype(NAME, self.dtype, data_type)?;
-        Ok(self.encode_elements(&bytes.into_fixed()?)?.into())
-    }
-
-    fn decode<'a>(
-        &self,
-        bytes: ArrayBytes<'a>,
-        _shape: &[NonZeroU64],
-        data_type: &DataType,
-        _fill_value: &FillValue,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytes<'a>, CodecError> {
-        super::check_dtype(NAME, self.dtype, data_type)?;
-        Ok(self.decode_elements(&bytes.into_fixed()?)?.into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use zarrs_codec::{ArrayToArrayCodecTraits, CodecMetadataOptions, CodecTraits};
+    use zarrs_plugin::ZarrVersion;
+
     use super::*;
 
     fn codec(json: &str) -> FixedScaleOffsetCodec {

@@ -3,21 +3,12 @@
 //! `LZ4_decompress_safe` call decodes it: the size must be positive and the block must decode
 //! to exactly that many bytes. Blocks are decoded by `lz4_flex`.
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use serde::Deserialize;
-use zarrs::array::{ArrayBytesRaw, BytesRepresentation};
-use zarrs_codec::{
-    BytesToBytesCodecTraits, Codec, CodecError, CodecMetadataOptions, CodecOptions, CodecPluginV2,
-    CodecPluginV3, CodecTraits, CodecTraitsV2, CodecTraitsV3, PartialDecoderCapability,
-    PartialEncoderCapability, RecommendedConcurrency,
-};
-use zarrs_metadata::v2::MetadataV2;
-use zarrs_metadata::v3::MetadataV3;
+use zarrs_codec::CodecError;
 use zarrs_metadata::Configuration;
-use zarrs_plugin::{PluginCreateError, ZarrVersion};
+use zarrs_plugin::PluginCreateError;
 
+use super::compressor::Compressor;
 use crate::zarr::limits::MAX_CHUNK_BYTES;
 
 /// The configuration numcodecs writes (`get_config`, less the `id`).
@@ -37,31 +28,7 @@ pub struct Lz4Codec {
     configuration: Configuration,
 }
 
-zarrs_plugin::impl_extension_aliases!(Lz4Codec,
-    v3: "numcodecs.lz4", [],
-    v2: "lz4", []
-);
-
-inventory::submit! {
-    CodecPluginV3::new::<Lz4Codec>()
-}
-inventory::submit! {
-    CodecPluginV2::new::<Lz4Codec>()
-}
-
-impl CodecTraitsV3 for Lz4Codec {
-    fn create(metadata: &MetadataV3) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().cloned().unwrap_or_default();
-        Ok(Codec::BytesToBytes(Arc::new(Self::new(configuration)?)))
-    }
-}
-
-impl CodecTraitsV2 for Lz4Codec {
-    fn create(metadata: &MetadataV2) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().clone();
-        Ok(Codec::BytesToBytes(Arc::new(Self::new(configuration)?)))
-    }
-}
+super::compressor::impl_compressor!(Lz4Codec, v3: "numcodecs.lz4", v2: "lz4");
 
 impl Lz4Codec {
     /// Creates the codec from its configuration.
@@ -104,88 +71,26 @@ pub fn decompress(encoded: &[u8], expected: Option<u64>) -> Result<Vec<u8>, Stri
     }
 }
 
-impl CodecTraits for Lz4Codec {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn configuration(
-        &self,
-        _version: ZarrVersion,
-        _options: &CodecMetadataOptions,
-    ) -> Option<Configuration> {
-        Some(self.configuration.clone())
-    }
-
-    fn partial_decoder_capability(&self) -> PartialDecoderCapability {
-        PartialDecoderCapability {
-            partial_read: false,
-            partial_decode: false,
-        }
-    }
-
-    fn partial_encoder_capability(&self) -> PartialEncoderCapability {
-        PartialEncoderCapability {
-            partial_encode: false,
-        }
-    }
-}
-
-impl BytesToBytesCodecTraits for Lz4Codec {
-    fn into_dyn(self: Arc<Self>) -> Arc<dyn BytesToBytesCodecTraits> {
-        self as Arc<dyn BytesToBytesCodecTraits>
-    }
-
-    fn recommended_concurrency(
-        &self,
-        _decoded_representation: &BytesRepresentation,
-    ) -> Result<RecommendedConcurrency, CodecError> {
-        Ok(RecommendedConcurrency::new_maximum(1))
-    }
-
-    fn encoded_representation(
-        &self,
-        decoded_representation: &BytesRepresentation,
-    ) -> BytesRepresentation {
-        decoded_representation
-            .size()
-            .map_or(BytesRepresentation::UnboundedSize, |size| {
-                let bound = usize::try_from(size)
-                    .map(lz4_flex::block::get_maximum_output_size)
-                    .unwrap_or(usize::MAX);
-                BytesRepresentation::BoundedSize(4 + bound as u64)
-            })
-    }
-
-    fn encode<'a>(
-        &self,
-        decoded_value: ArrayBytesRaw<'a>,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytesRaw<'a>, CodecError> {
-        if i32::try_from(decoded_value.len()).is_err() {
+impl Compressor for Lz4Codec {
+    fn compress(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+        if i32::try_from(decoded.len()).is_err() {
             return Err(CodecError::Other(format!(
                 "lz4: {} bytes, more than numcodecs' 32-bit size header holds",
-                decoded_value.len()
+                decoded.len()
             )));
         }
-        Ok(Cow::Owned(lz4_flex::block::compress_prepend_size(
-            &decoded_value,
-        )))
+        Ok(lz4_flex::block::compress_prepend_size(decoded))
     }
 
-    fn decode<'a>(
-        &self,
-        encoded_value: ArrayBytesRaw<'a>,
-        decoded_representation: &BytesRepresentation,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytesRaw<'a>, CodecError> {
-        let expected = match decoded_representation {
-            BytesRepresentation::FixedSize(n) => Some(*n),
-            _ => None,
-        };
-        decompress(&encoded_value, expected)
-            .map(Cow::Owned)
-            .map_err(CodecError::Other)
+    fn decompress(&self, encoded: &[u8], expected: Option<u64>) -> Result<Vec<u8>, String> {
+        decompress(encoded, expected)
+    }
+
+    fn max_encoded_size(&self, decoded_size: u64) -> Option<u64> {
+        let bound = usize::try_from(decoded_size)
+            .map(lz4_flex::block::get_maximum_output_size)
+            .unwrap_or(usize::MAX);
+        Some(4 + bound as u64)
     }
 }
 

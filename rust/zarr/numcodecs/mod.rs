@@ -17,10 +17,17 @@
 //!
 //! zarrs has a `fixedscaleoffset` of its own, which computes in `float32` where numcodecs
 //! computes in `float64`; [`install`] makes it match no name, so that ours decodes.
+//!
+//! What the codecs share is written once: `register!` makes a codec type a zarrs plugin, and
+//! the traits [`filter::Filter`] (delta, fixedscaleoffset, quantize) and
+//! [`compressor::Compressor`] (lz4, lzma) hold what each codec does, from which
+//! `impl_filter!` and `impl_compressor!` implement zarrs' traits.
 
 pub mod bitround;
+pub mod compressor;
 pub mod datetime;
 pub mod delta;
+pub mod filter;
 pub mod fixedscaleoffset;
 pub mod lz4;
 pub mod lzma;
@@ -30,11 +37,7 @@ pub mod quantize;
 use std::borrow::Cow;
 use std::sync::Once;
 
-use zarrs::array::DataType;
-use zarrs_codec::CodecError;
 use zarrs_plugin::{ExtensionAliasesConfig, ExtensionAliasesV2, ExtensionAliasesV3};
-
-use numpy::{NumpyType, Scalar};
 
 /// Takes `fixedscaleoffset` from zarrs' codec, leaving ours ([`fixedscaleoffset`]) the only
 /// one that matches its names. Call it before any metadata is read; calls after the first do
@@ -59,57 +62,79 @@ pub fn install() {
     });
 }
 
-/// The numpy type of the chunk a filter is handed, which must be its configured `dtype`.
-fn check_dtype(codec: &str, dtype: NumpyType, data_type: &DataType) -> Result<(), CodecError> {
-    if NumpyType::of(data_type) == Some(dtype) {
-        Ok(())
-    } else {
-        Err(CodecError::Other(format!(
-            "{codec}: its dtype {} is not the array's data type {data_type}",
-            dtype.name()
-        )))
-    }
-}
+/// Registers `$codec` with zarrs as zarrs registers its own codecs: names it (v3 `$v3`, v2
+/// `$v2`), submits a `CodecPluginV3` and a `CodecPluginV2` that make it (a `Codec::$kind`) with
+/// `$codec::new` from its configuration (`{}` when v3 metadata has none), and implements
+/// `CodecTraits`: the configuration, kept as read in its field `configuration`, is written
+/// back unchanged, and a chunk decodes in part when `$partial_decode`. Never encodes in part.
+macro_rules! register {
+    (
+        $codec:ident, $kind:ident, v3: $v3:literal, v2: $v2:literal,
+        partial_decode: $partial_decode:literal
+    ) => {
+        ::zarrs_plugin::impl_extension_aliases!($codec,
+            v3: $v3, [],
+            v2: $v2, []
+        );
 
-/// Maps each element of `input`, of type `from`, through `f` and stores the result as `to`.
-fn map_elements(
-    codec: &str,
-    input: &[u8],
-    from: NumpyType,
-    to: NumpyType,
-    mut f: impl FnMut(Scalar) -> Scalar,
-) -> Result<Vec<u8>, CodecError> {
-    if input.len() % from.size() != 0 {
-        return Err(CodecError::Other(format!(
-            "{codec}: {} bytes are not a whole number of {} elements",
-            input.len(),
-            from.name()
-        )));
-    }
-    let mut out = vec![0u8; input.len() / from.size() * to.size()];
-    for (element, slot) in input
-        .chunks_exact(from.size())
-        .zip(out.chunks_exact_mut(to.size()))
-    {
-        to.store(f(from.load(element)), slot);
-    }
-    Ok(out)
-}
+        ::inventory::submit! {
+            ::zarrs_codec::CodecPluginV3::new::<$codec>()
+        }
+        ::inventory::submit! {
+            ::zarrs_codec::CodecPluginV2::new::<$codec>()
+        }
 
-/// The dtype (and `astype`, defaulting to it) of a filter's configuration.
-fn dtypes(
-    codec: &str,
-    dtype: &str,
-    astype: Option<&str>,
-) -> Result<(NumpyType, NumpyType), zarrs_plugin::PluginCreateError> {
-    let parse = |text: &str| {
-        NumpyType::parse(text)
-            .map_err(|e| zarrs_plugin::PluginCreateError::Other(format!("{codec}: {e}")))
+        impl ::zarrs_codec::CodecTraitsV3 for $codec {
+            fn create(
+                metadata: &::zarrs_metadata::v3::MetadataV3,
+            ) -> Result<::zarrs_codec::Codec, ::zarrs_plugin::PluginCreateError> {
+                let configuration = metadata.configuration().cloned().unwrap_or_default();
+                Ok(::zarrs_codec::Codec::$kind(::std::sync::Arc::new(
+                    Self::new(configuration)?,
+                )))
+            }
+        }
+
+        impl ::zarrs_codec::CodecTraitsV2 for $codec {
+            fn create(
+                metadata: &::zarrs_metadata::v2::MetadataV2,
+            ) -> Result<::zarrs_codec::Codec, ::zarrs_plugin::PluginCreateError> {
+                let configuration = metadata.configuration().clone();
+                Ok(::zarrs_codec::Codec::$kind(::std::sync::Arc::new(
+                    Self::new(configuration)?,
+                )))
+            }
+        }
+
+        impl ::zarrs_codec::CodecTraits for $codec {
+            fn as_any(&self) -> &dyn ::std::any::Any {
+                self
+            }
+
+            fn configuration(
+                &self,
+                _version: ::zarrs_plugin::ZarrVersion,
+                _options: &::zarrs_codec::CodecMetadataOptions,
+            ) -> Option<::zarrs_metadata::Configuration> {
+                Some(self.configuration.clone())
+            }
+
+            fn partial_decoder_capability(&self) -> ::zarrs_codec::PartialDecoderCapability {
+                ::zarrs_codec::PartialDecoderCapability {
+                    partial_read: $partial_decode,
+                    partial_decode: $partial_decode,
+                }
+            }
+
+            fn partial_encoder_capability(&self) -> ::zarrs_codec::PartialEncoderCapability {
+                ::zarrs_codec::PartialEncoderCapability {
+                    partial_encode: false,
+                }
+            }
+        }
     };
-    let dtype = parse(dtype)?;
-    let astype = astype.map_or(Ok(dtype), parse)?;
-    Ok((dtype, astype))
 }
+pub(crate) use register;
 
 #[cfg(test)]
 mod tests {

@@ -8,24 +8,13 @@
 //! Encoding is numcodecs' `np.around(scale * x) / scale` with `scale = 2**bits` for the
 //! configured decimal `digits`, computed in `dtype`, cast to `astype`.
 
-use std::num::NonZeroU64;
-use std::sync::Arc;
-
 use serde::Deserialize;
-use zarrs::array::{ArrayBytes, DataType, FillValue};
-use zarrs_codec::{
-    ArrayCodecTraits, ArrayToArrayCodecTraits, Codec, CodecError, CodecMetadataOptions,
-    CodecOptions, CodecPluginV2, CodecPluginV3, CodecTraits, CodecTraitsV2, CodecTraitsV3,
-    PartialDecoderCapability, PartialEncoderCapability, RecommendedConcurrency,
-};
-use zarrs_metadata::v2::MetadataV2;
-use zarrs_metadata::v3::MetadataV3;
+use zarrs_codec::CodecError;
 use zarrs_metadata::Configuration;
-use zarrs_plugin::{PluginCreateError, ZarrVersion};
+use zarrs_plugin::PluginCreateError;
 
+use super::filter::{self, Filter};
 use super::numpy::{NumpyType, Scalar};
-
-const NAME: &str = "quantize";
 
 /// The configuration numcodecs writes (`get_config`, less the `id`).
 #[derive(Deserialize)]
@@ -47,31 +36,9 @@ pub struct QuantizeCodec {
     astype: NumpyType,
 }
 
-zarrs_plugin::impl_extension_aliases!(QuantizeCodec,
-    v3: "numcodecs.quantize", [],
-    v2: "quantize", []
+super::filter::impl_filter!(QuantizeCodec,
+    v3: "numcodecs.quantize", v2: "quantize"
 );
-
-inventory::submit! {
-    CodecPluginV3::new::<QuantizeCodec>()
-}
-inventory::submit! {
-    CodecPluginV2::new::<QuantizeCodec>()
-}
-
-impl CodecTraitsV3 for QuantizeCodec {
-    fn create(metadata: &MetadataV3) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().cloned().unwrap_or_default();
-        Ok(Codec::ArrayToArray(Arc::new(Self::new(configuration)?)))
-    }
-}
-
-impl CodecTraitsV2 for QuantizeCodec {
-    fn create(metadata: &MetadataV2) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().clone();
-        Ok(Codec::ArrayToArray(Arc::new(Self::new(configuration)?)))
-    }
-}
 
 impl QuantizeCodec {
     /// Creates the codec from its configuration.
@@ -81,10 +48,11 @@ impl QuantizeCodec {
     /// native byte order (numcodecs takes floats only).
     pub fn new(configuration: Configuration) -> Result<Self, PluginCreateError> {
         let parsed: QuantizeConfiguration = configuration.to_typed()?;
-        let (dtype, astype) = super::dtypes(NAME, &parsed.dtype, parsed.astype.as_deref())?;
+        let (dtype, astype) = filter::dtypes(Self::NAME, &parsed.dtype, parsed.astype.as_deref())?;
         if !dtype.is_float() || !astype.is_float() {
             return Err(PluginCreateError::Other(format!(
-                "{NAME}: only floating point types are supported, got dtype {} and astype {}",
+                "{}: only floating point types are supported, got dtype {} and astype {}",
+                Self::NAME,
                 dtype.name(),
                 astype.name()
             )));
@@ -97,14 +65,6 @@ impl QuantizeCodec {
         })
     }
 
-    /// Decodes `encoded`, elements of `astype`, to elements of `dtype`.
-    ///
-    /// # Errors
-    /// When `encoded` is not a whole number of elements.
-    pub fn decode_elements(&self, encoded: &[u8]) -> Result<Vec<u8>, CodecError> {
-        super::map_elements(NAME, encoded, self.astype, self.dtype, |x| x)
-    }
-
     /// numcodecs' `scale`: `2**ceil(log2(10**-exp))`, `exp` the decimal exponent of
     /// `10**-digits` rounded away from zero.
     fn scale(&self) -> f64 {
@@ -114,89 +74,28 @@ impl QuantizeCodec {
         let bits = 10f64.powf(-exp).log2().ceil();
         2f64.powf(bits)
     }
+}
 
-    /// Encodes `decoded`, elements of `dtype`, to elements of `astype`.
-    ///
-    /// # Errors
-    /// When `decoded` is not a whole number of elements.
-    pub fn encode_elements(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+impl Filter for QuantizeCodec {
+    const NAME: &'static str = "quantize";
+
+    fn dtype(&self) -> NumpyType {
+        self.dtype
+    }
+
+    fn astype(&self) -> NumpyType {
+        self.astype
+    }
+
+    fn decode_elements(&self, encoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+        filter::map_elements(Self::NAME, encoded, self.astype, self.dtype, |x| x)
+    }
+
+    fn encode_elements(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
         let (t, scale) = (self.dtype, Scalar::Float(self.scale()));
-        super::map_elements(NAME, decoded, self.dtype, self.astype, |x| {
+        filter::map_elements(Self::NAME, decoded, self.dtype, self.astype, |x| {
             t.div(t.round(t.mul(scale, x)), scale)
         })
-    }
-}
-
-impl CodecTraits for QuantizeCodec {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn configuration(
-        &self,
-        _version: ZarrVersion,
-        _options: &CodecMetadataOptions,
-    ) -> Option<Configuration> {
-        Some(self.configuration.clone())
-    }
-
-    fn partial_decoder_capability(&self) -> PartialDecoderCapability {
-        // Element by element: zarrs' default partial decoder decodes just the elements asked.
-        PartialDecoderCapability {
-            partial_read: true,
-            partial_decode: true,
-        }
-    }
-
-    fn partial_encoder_capability(&self) -> PartialEncoderCapability {
-        PartialEncoderCapability {
-            partial_encode: false,
-        }
-    }
-}
-
-impl ArrayCodecTraits for QuantizeCodec {
-    fn recommended_concurrency(
-        &self,
-        _shape: &[NonZeroU64],
-        _data_type: &DataType,
-    ) -> Result<RecommendedConcurrency, CodecError> {
-        Ok(RecommendedConcurrency::new_maximum(1))
-    }
-}
-
-impl ArrayToArrayCodecTraits for QuantizeCodec {
-    fn into_dyn(self: Arc<Self>) -> Arc<dyn ArrayToArrayCodecTraits> {
-        self as Arc<dyn ArrayToArrayCodecTraits>
-    }
-
-    fn encoded_data_type(&self, decoded_data_type: &DataType) -> Result<DataType, CodecError> {
-        super::check_dtype(NAME, self.dtype, decoded_data_type)?;
-        Ok(self.astype.data_type())
-    }
-
-    fn encode<'a>(
-        &self,
-        bytes: ArrayBytes<'a>,
-        _shape: &[NonZeroU64],
-        data_type: &DataType,
-        _fill_value: &FillValue,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytes<'a>, CodecError> {
-        super::check_dtype(NAME, self.dtype, data_type)?;
-        Ok(self.encode_elements(&bytes.into_fixed()?)?.into())
-    }
-
-    fn decode<'a>(
-        &self,
-        bytes: ArrayBytes<'a>,
-        _shape: &[NonZeroU64],
-        data_type: &DataType,
-        _fill_value: &FillValue,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytes<'a>, CodecError> {
-        super::check_dtype(NAME, self.dtype, data_type)?;
-        Ok(self.decode_elements(&bytes.into_fixed()?)?.into())
     }
 }
 

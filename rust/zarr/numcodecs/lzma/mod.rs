@@ -10,23 +10,14 @@
 //!   error. Python refuses `filters` with any format but raw, and so does this.
 //! - `check` and `preset` only matter to the encoder. Encoding writes xz only.
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use liblzma::stream::{Action, Check, Status, Stream};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use zarrs::array::{ArrayBytesRaw, BytesRepresentation};
-use zarrs_codec::{
-    BytesToBytesCodecTraits, Codec, CodecError, CodecMetadataOptions, CodecOptions, CodecPluginV2,
-    CodecPluginV3, CodecTraits, CodecTraitsV2, CodecTraitsV3, PartialDecoderCapability,
-    PartialEncoderCapability, RecommendedConcurrency,
-};
-use zarrs_metadata::v2::MetadataV2;
-use zarrs_metadata::v3::MetadataV3;
+use zarrs_codec::CodecError;
 use zarrs_metadata::Configuration;
-use zarrs_plugin::{PluginCreateError, ZarrVersion};
+use zarrs_plugin::PluginCreateError;
 
+use super::compressor::Compressor;
 use crate::zarr::limits::MAX_CHUNK_BYTES;
 
 mod filters;
@@ -80,31 +71,7 @@ pub struct LzmaCodec {
     preset: Option<u32>,
 }
 
-zarrs_plugin::impl_extension_aliases!(LzmaCodec,
-    v3: "numcodecs.lzma", [],
-    v2: "lzma", []
-);
-
-inventory::submit! {
-    CodecPluginV3::new::<LzmaCodec>()
-}
-inventory::submit! {
-    CodecPluginV2::new::<LzmaCodec>()
-}
-
-impl CodecTraitsV3 for LzmaCodec {
-    fn create(metadata: &MetadataV3) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().cloned().unwrap_or_default();
-        Ok(Codec::BytesToBytes(Arc::new(Self::new(configuration)?)))
-    }
-}
-
-impl CodecTraitsV2 for LzmaCodec {
-    fn create(metadata: &MetadataV2) -> Result<Codec, PluginCreateError> {
-        let configuration = metadata.configuration().clone();
-        Ok(Codec::BytesToBytes(Arc::new(Self::new(configuration)?)))
-    }
-}
+super::compressor::impl_compressor!(LzmaCodec, v3: "numcodecs.lzma", v2: "lzma");
 
 fn refused(what: impl std::fmt::Display) -> PluginCreateError {
     PluginCreateError::Other(format!("lzma: {what}"))
@@ -156,44 +123,6 @@ impl LzmaCodec {
         }
         .map_err(|e| format!("lzma: {e}"))
     }
-
-    /// Decodes `encoded`, which must hold `expected` bytes when that is known.
-    ///
-    /// # Errors
-    /// liblzma's message for bad data or a failed check, or a stream that ends early or
-    /// holds other than `expected` bytes.
-    pub fn decompress(&self, encoded: &[u8], expected: Option<u64>) -> Result<Vec<u8>, String> {
-        let limit = expected.unwrap_or(MAX_CHUNK_BYTES);
-        let mut out = Vec::new();
-        let mut rest = encoded;
-        let mut first = true;
-        loop {
-            let mut stream = self.decoder()?;
-            let (ended, consumed) = match decode_stream(&mut stream, rest, &mut out, limit) {
-                Ok(done) => done,
-                // As Python: what follows a stream and is not one is ignored.
-                Err(_) if !first => break,
-                Err(e) => return Err(e),
-            };
-            if !ended {
-                return Err(
-                    "lzma: compressed data ended before the end-of-stream marker was reached"
-                        .into(),
-                );
-            }
-            rest = &rest[consumed..];
-            if rest.is_empty() {
-                break;
-            }
-            first = false;
-        }
-        match expected {
-            Some(n) if out.len() as u64 != n => {
-                Err(format!("lzma: decoded {} bytes, expected {n}", out.len()))
-            }
-            _ => Ok(out),
-        }
-    }
 }
 
 /// Runs `stream` over `input`, appending to `out` (at most `limit` bytes in all). Returns
@@ -237,57 +166,8 @@ fn decode_stream(
     }
 }
 
-impl CodecTraits for LzmaCodec {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn configuration(
-        &self,
-        _version: ZarrVersion,
-        _options: &CodecMetadataOptions,
-    ) -> Option<Configuration> {
-        Some(self.configuration.clone())
-    }
-
-    fn partial_decoder_capability(&self) -> PartialDecoderCapability {
-        PartialDecoderCapability {
-            partial_read: false,
-            partial_decode: false,
-        }
-    }
-
-    fn partial_encoder_capability(&self) -> PartialEncoderCapability {
-        PartialEncoderCapability {
-            partial_encode: false,
-        }
-    }
-}
-
-impl BytesToBytesCodecTraits for LzmaCodec {
-    fn into_dyn(self: Arc<Self>) -> Arc<dyn BytesToBytesCodecTraits> {
-        self as Arc<dyn BytesToBytesCodecTraits>
-    }
-
-    fn recommended_concurrency(
-        &self,
-        _decoded_representation: &BytesRepresentation,
-    ) -> Result<RecommendedConcurrency, CodecError> {
-        Ok(RecommendedConcurrency::new_maximum(1))
-    }
-
-    fn encoded_representation(
-        &self,
-        _decoded_representation: &BytesRepresentation,
-    ) -> BytesRepresentation {
-        BytesRepresentation::UnboundedSize
-    }
-
-    fn encode<'a>(
-        &self,
-        decoded_value: ArrayBytesRaw<'a>,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytesRaw<'a>, CodecError> {
+impl Compressor for LzmaCodec {
+    fn compress(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
         let unsupported = |what: &str| {
             CodecError::Other(format!(
                 "lzma: encoding {what} is not supported (lsio_torch reads)"
@@ -305,31 +185,58 @@ impl BytesToBytesCodecTraits for LzmaCodec {
         };
         let stream = Stream::new_easy_encoder(self.preset.unwrap_or(PRESET_DEFAULT), check)
             .map_err(|e| CodecError::Other(format!("lzma: {e}")))?;
-        let mut encoder = liblzma::read::XzEncoder::new_stream(&decoded_value[..], stream);
+        let mut encoder = liblzma::read::XzEncoder::new_stream(decoded, stream);
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut encoder, &mut out)
             .map_err(|e| CodecError::Other(format!("lzma: {e}")))?;
-        Ok(Cow::Owned(out))
+        Ok(out)
     }
 
-    fn decode<'a>(
-        &self,
-        encoded_value: ArrayBytesRaw<'a>,
-        decoded_representation: &BytesRepresentation,
-        _options: &CodecOptions,
-    ) -> Result<ArrayBytesRaw<'a>, CodecError> {
-        let expected = match decoded_representation {
-            BytesRepresentation::FixedSize(n) => Some(*n),
-            _ => None,
-        };
-        self.decompress(&encoded_value, expected)
-            .map(Cow::Owned)
-            .map_err(CodecError::Other)
+    /// Decodes `encoded`, which must hold `expected` bytes when that is known.
+    ///
+    /// # Errors
+    /// liblzma's message for bad data or a failed check, or a stream that ends early or
+    /// holds other than `expected` bytes.
+    fn decompress(&self, encoded: &[u8], expected: Option<u64>) -> Result<Vec<u8>, String> {
+        let limit = expected.unwrap_or(MAX_CHUNK_BYTES);
+        let mut out = Vec::new();
+        let mut rest = encoded;
+        let mut first = true;
+        loop {
+            let mut stream = self.decoder()?;
+            let (ended, consumed) = match decode_stream(&mut stream, rest, &mut out, limit) {
+                Ok(done) => done,
+                // As Python: what follows a stream and is not one is ignored.
+                Err(_) if !first => break,
+                Err(e) => return Err(e),
+            };
+            if !ended {
+                return Err(
+                    "lzma: compressed data ended before the end-of-stream marker was reached"
+                        .into(),
+                );
+            }
+            rest = &rest[consumed..];
+            if rest.is_empty() {
+                break;
+            }
+            first = false;
+        }
+        match expected {
+            Some(n) if out.len() as u64 != n => {
+                Err(format!("lzma: decoded {} bytes, expected {n}", out.len()))
+            }
+            _ => Ok(out),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
+    use zarrs_codec::{BytesToBytesCodecTraits, CodecOptions};
+
     use super::*;
 
     fn codec(json: serde_json::Value) -> Result<LzmaCodec, PluginCreateError> {

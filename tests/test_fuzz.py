@@ -1,13 +1,13 @@
 """A fuzz test of the engine on hostile arrays, bounded in time.
 
-Mutated copies of seed arrays (``fuzz_inputs.py``: metadata, shard indexes and chunk
+Mutated copies of seed arrays (the ``fuzz`` package: metadata, shard indexes and chunk
 payloads) are read with ``read_crops`` in a long-lived subprocess (``fuzz_worker.py``), so
 that a crash is counted rather than taking pytest with it. Each input ends as a clean
 exception (counted by type), a success (compared with zarr-python's read of the same store,
 in a second subprocess, where zarr-python reads it), or a failure: a signal, a
 ``PanicException`` (or a panic the engine caught and raised as "internal error" or
 "panicked"), a hang, or a success that differs from zarr-python. The test requires no
-failures; ``REGRESSIONS`` in ``fuzz_inputs.py`` are inputs once found failing, each run by
+failures; ``REGRESSIONS`` in ``fuzz/regressions.py`` are inputs once found failing, each run by
 ``test_fuzz_regression``.
 
 Environment:
@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzz_inputs import REGRESSIONS, Case, CaseGenerator, materialize, spec_summary, write_seeds
+from fuzz.cases import Case, CaseGenerator, materialize, spec_summary
+from fuzz.regressions import REGRESSIONS
+from fuzz.seeds import write_seeds
 
 WORKER = Path(__file__).with_name("fuzz_worker.py")
 READY_TIMEOUT = 300.0  # importing torch on a busy machine

@@ -24,8 +24,8 @@ def engine_threads() -> list[str]:
         try:
             with open(f"/proc/self/task/{task}/comm") as f:
                 names.append(f.read().strip())
-        except FileNotFoundError:
-            pass  # the thread exited while we listed
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread exited while we listed, or while we read its name
     return [n for n in names if n.startswith("lsio-")]
 
 

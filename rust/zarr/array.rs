@@ -128,25 +128,6 @@ impl ZarrArray {
         limits::box_bytes(&path, "shape", &v3.shape, dtype.size())?;
         limits::box_bytes(&path, "chunk shape", &chunk_shape, dtype.size())?;
         let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape, dtype.size())?;
-        let leaf_shape = match &layout {
-            ChunkLayout::Whole(_) => &chunk_shape,
-            ChunkLayout::Sharded(s) => &s.inner_shape,
-        };
-        let leaf_bytes = limits::chunk_bytes(&path, "chunk", leaf_shape, dtype.size())?;
-        // The codecs' own checks of the chunks they are given (a filter's `dtype` that is not
-        // the array's, say), made now rather than at the first chunk read.
-        let leaf_codecs = match &layout {
-            ChunkLayout::Whole(c) => c,
-            ChunkLayout::Sharded(s) => &s.inner,
-        };
-        let leaf_nonzero: Vec<NonZeroU64> = leaf_shape
-            .iter()
-            .map(|&n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
-            .collect();
-        leaf_codecs
-            .chain()
-            .encoded_representation(&leaf_nonzero, array.data_type(), array.fill_value())
-            .map_err(|e| Error::unsupported_because(&path, format!("codecs: {e}")))?;
         let fill_value = array.fill_value().as_ne_bytes().to_vec();
         if fill_value.len() != dtype.size() {
             return Err(Error::invalid_metadata(
@@ -155,7 +136,7 @@ impl ZarrArray {
             ));
         }
         let dimension_names = v3.dimension_names.clone().or(stored.dimension_names);
-        Ok(Self {
+        let mut opened = Self {
             path,
             zarr_format,
             shape: v3.shape,
@@ -164,9 +145,23 @@ impl ZarrArray {
             chunk_shape,
             layout,
             dimension_names,
-            leaf_bytes,
+            leaf_bytes: 0,
             zarrs: array,
-        })
+        };
+        opened.leaf_bytes =
+            limits::chunk_bytes(&opened.path, "chunk", opened.leaf_shape(), dtype.size())?;
+        // The codecs' own checks of the chunks they are given (a filter's `dtype` that is not
+        // the array's, say), made now rather than at the first chunk read.
+        opened
+            .leaf_codecs()
+            .chain()
+            .encoded_representation(
+                &opened.leaf_shape_nonzero(),
+                opened.codec_data_type(),
+                opened.codec_fill_value(),
+            )
+            .map_err(|e| Error::unsupported_because(&opened.path, format!("codecs: {e}")))?;
+        Ok(opened)
     }
 
     #[must_use]

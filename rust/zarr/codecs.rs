@@ -86,15 +86,8 @@ impl ChunkLayout {
         let ShardingCodecConfiguration::V1(config) = config else {
             return Err(Error::unsupported(path, "sharding_indexed configuration"));
         };
+        // `check_codecs` made sure it divides the shard shape.
         let inner_shape: Vec<u64> = config.chunk_shape.iter().map(|n| n.get()).collect();
-        let divides = inner_shape.len() == chunk_shape.len()
-            && inner_shape.iter().zip(chunk_shape).all(|(i, s)| s % i == 0);
-        if !divides {
-            return Err(Error::invalid_metadata(
-                path,
-                format!("inner chunk shape {inner_shape:?} does not divide the shard shape {chunk_shape:?}"),
-            ));
-        }
         if codecs.len() > 1 {
             // Codecs after sharding transform the whole shard: it can only be decoded whole.
             return whole();

@@ -1,8 +1,6 @@
 """The compiled engine (rust/python.rs). Use `lsio_torch.ZarrCropDataset` and
 `lsio_torch.read_crops` rather than these directly."""
 
-from os import PathLike
-
 import torch
 
 class LsioError(Exception):
@@ -11,13 +9,15 @@ class LsioError(Exception):
 class Array:
     """A Zarr array (v2 or v3) opened for reading: its metadata only (opening starts no thread)."""
 
-    def __init__(self, path: str | PathLike[str]) -> None: ...
+    def __init__(self, path: str, storage_options: list[tuple[str, str]] | None = None) -> None: ...
     @staticmethod
-    def in_group(group: str | PathLike[str], name: str) -> Array: ...
+    def in_group(
+        group: str, name: str, storage_options: list[tuple[str, str]] | None = None
+    ) -> Array: ...
     @property
     def zarr_format(self) -> int: ...
     @property
-    def path(self) -> PathLike[str]: ...
+    def path(self) -> str: ...
     @property
     def shape(self) -> list[int]: ...
     @property

@@ -83,11 +83,50 @@ def checked(array: _lsio_torch.Array) -> _lsio_torch.Array:
     return array
 
 
-def open_array(path: str | os.PathLike[str], name: str | None = None) -> _lsio_torch.Array:
-    """The array at ``path``, or array ``name`` of the group at ``path``."""
+URL_SCHEMES = (
+    "s3://",
+    "s3a://",
+    "gs://",
+    "gcs://",
+    "az://",
+    "abfs://",
+    "abfss://",
+    "http://",
+    "https://",
+)
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` names an object store rather than a local file."""
+    return path.lower().startswith(URL_SCHEMES)
+
+
+def option_pairs(path: str, options: Mapping[str, Any] | None) -> list[tuple[str, str]] | None:
+    """``storage_options`` as the engine takes them, for a URL (a local path takes none):
+    strings, booleans as ``"true"``/``"false"``."""
+    if not options or not is_url(path):
+        return None
+    pairs = []
+    for key, value in options.items():
+        if not isinstance(key, str):
+            raise TypeError(f"storage_options keys must be strings, got {key!r}")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        pairs.append((key, str(value)))
+    return pairs
+
+
+def open_array(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> _lsio_torch.Array:
+    """The array at ``path`` (a directory or a URL), or array ``name`` of the group there."""
+    path = os.fspath(path)
+    options = option_pairs(path, storage_options)
     if name is None:
-        return checked(_lsio_torch.Array(os.fspath(path)))
-    return checked(_lsio_torch.Array.in_group(os.fspath(path), name))
+        return checked(_lsio_torch.Array(path, options))
+    return checked(_lsio_torch.Array.in_group(path, name, options))
 
 
 def crop_shape(
@@ -154,13 +193,14 @@ class Source:
     dtype: torch.dtype | None = None
     mean: float = 0.0
     std: float = 1.0
+    storage_options: Mapping[str, Any] | None = None
     array: _lsio_torch.Array = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.open()
 
     def open(self) -> None:
-        self.array = open_array(self.path, self.name)
+        self.array = open_array(self.path, self.name, self.storage_options)
         if self.scale is None:
             self.scale = (1,) * len(self.array.shape)
         if len(self.scale) != len(self.array.shape) or any(

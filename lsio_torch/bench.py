@@ -288,6 +288,9 @@ def measure(args, name: str) -> list[Result]:
         rate = len(origins) / seconds
         return Result(system, rate, rate * crop_mb, seconds, note)
 
+    if args.store == "http":
+        return measure_remote(args, name, path, array, crop, batches, result)
+
     def cache_state() -> None:
         if args.cold:
             drop_caches()
@@ -371,6 +374,92 @@ def measure(args, name: str) -> list[Result]:
     return results
 
 
+def measure_remote(args, name, path, array, crop, batches, result) -> list[Result]:
+    """Every system on the same crops of ``path`` served over HTTP at ``args.latency_ms``."""
+    from lsio_torch import _remote_bench as rb
+
+    threads, chosen = args.threads, args.systems.split(",")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+    ranges = _lsio_torch.read_ranges(array, list(crop), batches)
+    v3 = (path / "zarr.json").exists()
+    results = []
+    with rb.ServedFolder(path.parent, args.latency_ms, bandwidth) as server:
+        url = f"{server.url}/{path.name}"
+        print(
+            f"\n{name}: {url} {tuple(array.shape)} {array.dtype}; crop {crop}, batch "
+            f"{args.batch}, {sum(map(len, batches))} crops, {threads} threads; first byte "
+            f"+{args.latency_ms:g} ms, {args.bandwidth or 'unlimited'} MB/s a connection",
+            file=sys.stderr,
+        )
+        runners = {
+            "lsio": (
+                "lsio_torch",
+                lambda: (
+                    rb.run_lsio(url, crop, batches, threads, args.max_requests, consume),
+                    f"max_requests={args.max_requests or 'default'}",
+                ),
+                None,
+            ),
+            "zarr": (
+                "zarr-python (obstore)",
+                lambda: _best(
+                    lambda c: rb.run_zarr(url, crop, batches, c, "zarr-python", touch, progress),
+                    concurrency,
+                ),
+                missing("zarr") or missing("obstore"),
+            ),
+            "zarrs": (
+                "zarr-python+zarrs (obstore)",
+                lambda: _best(
+                    lambda c: rb.run_zarr(
+                        url,
+                        crop,
+                        batches,
+                        c,
+                        "zarrs",
+                        touch,
+                        progress,
+                        pipeline="zarrs.ZarrsCodecPipeline",
+                    ),
+                    concurrency,
+                ),
+                missing("zarr") or missing("obstore") or missing("zarrs"),
+            ),
+            "tensorstore": (
+                "tensorstore (http)",
+                lambda: (
+                    rb.run_tensorstore(url, crop, batches, v3, "tensorstore", touch, progress),
+                    "",
+                ),
+                missing("tensorstore"),
+            ),
+            "xbatcher": ("xbatcher", None, missing("xbatcher")),
+            "get": (
+                "GET bound",
+                lambda: _best(
+                    lambda c: rb.run_get_bound(server.url, path.parent, ranges, c), concurrency
+                ),
+                missing("obstore"),
+            ),
+        }
+        for key, (system, run, absent) in runners.items():
+            if key not in chosen:
+                continue
+            if absent or run is None:
+                results.append(result(system, None, absent or "not measured"))
+                continue
+            seconds, note = run()
+            sys.stderr.write(f"\n  {system}: {seconds:.2f} s\n")
+            results.append(result(system, seconds, note))
+    return results
+
+
+def _best(run: Callable[[int], float], choices: list[int]) -> tuple[float, str]:
+    seconds, choice = min((run(c), c) for c in choices)
+    return seconds, f"concurrency {choice} (best of {','.join(map(str, choices))})"
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -384,9 +473,17 @@ def memory(args, name: str) -> dict:
     array = _lsio_torch.Array(str(path))
     crop = tuple(args.crop) if args.crop else (spec.crop if spec else tuple(array.chunk_shape))
     prefetch = 2
+    server, source, in_flight_mb = None, path, 0.0
+    if args.store == "http":
+        from lsio_torch._remote_bench import ServedFolder
+
+        bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+        server = ServedFolder(path.parent, args.latency_ms, bandwidth)
+        source = f"{server.url}/{path.name}"
+        in_flight_mb = 64.0  # the engine's max_bytes_in_flight, by default
     ds = ZarrCropDataset(
-        path, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
-        threads=args.threads, io_threads=args.io_threads,
+        source, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
+        threads=args.threads, io_threads=args.io_threads, max_requests=args.max_requests,
     )  # fmt: skip
     batch_bytes = args.batch * int(np.prod(crop)) * np.dtype(array.dtype).itemsize
     warm(path)
@@ -405,10 +502,12 @@ def memory(args, name: str) -> dict:
         epochs.append({"epoch": epoch, "first_batch_s": first, "peak_rss_mb": peak})
         progress(f"memory {name}", epoch + 1, args.epochs, "epochs")
     sys.stderr.write("\n")
+    if server is not None:
+        server.close()
     return {
         "data": name,
         "batch_mb": batch_bytes / 2**20,
-        "budget_mb": 1.5 * prefetch * batch_bytes / 2**20 + 200,
+        "budget_mb": 1.5 * prefetch * batch_bytes / 2**20 + 200 + in_flight_mb,
         "baseline_rss_mb": baseline / 1024,
         "epochs": epochs,
     }
@@ -416,6 +515,8 @@ def memory(args, name: str) -> dict:
 
 def table(name: str, results: list[Result], cold: bool) -> str:
     ceiling_name = "disk bound" if cold else "decode bound"
+    if any(r.system == "GET bound" for r in results):
+        ceiling_name = "GET bound"
     lsio = next((r for r in results if r.system == "lsio_torch" and r.crops_per_s), None)
     ceiling = next((r for r in results if r.system == ceiling_name and r.crops_per_s), None)
     lines = [
@@ -472,7 +573,24 @@ def main(argv: Iterator[str] | None = None) -> None:
         "--memory", action="store_true", help="lsio_torch only: RSS and first batch per epoch"
     )
     parser.add_argument("--epochs", type=int, default=20, help="epochs for --memory")
+    parser.add_argument(
+        "--store", choices=["file", "http"], default="file",
+        help="http: serve the data over HTTP from a local object server (systems lsio, zarr, "
+        "zarrs, tensorstore, xbatcher, get)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--latency-ms", type=float, default=20.0, help="--store http: added first-byte latency"
+    )
+    parser.add_argument(
+        "--bandwidth", type=float, default=90.0, help="--store http: MB/s per connection (0: any)"
+    )
+    parser.add_argument("--max-requests", type=int, default=None, help="lsio_torch's")
+    parser.add_argument(
+        "--concurrency", default="16,64", help="--store http: the peers' concurrencies tried"
+    )
     args = parser.parse_args(argv)
+    if args.store == "http" and args.systems == parser.get_default("systems"):
+        args.systems = "lsio,zarr,zarrs,tensorstore,xbatcher,get"
     torch.set_num_threads(1)  # the consumer: see the module docstring
 
     if args.memory:

@@ -214,6 +214,13 @@ class ZarrCropDataset(IterableDataset):
             are read through the page cache. ``stats()["files_direct"]`` counts the others.
         rank, world_size: this process's place among distributed ranks; ``None`` takes them
             from ``torch.distributed`` when it is initialised.
+        storage_options: for arrays in object stores (``s3://``, ``gs://``, ``az://``,
+            ``http(s)://``): the store's options as the ``object_store`` crate names them
+            (``region``, ``endpoint``, ``skip_signature``, ``access_key_id``, ...), over those
+            of the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``); and the engine's
+            ``max_bytes_in_flight``, ``merge_gap``, ``part_bytes``, ``max_retries``,
+            ``retry_timeout``, ``timeout``. Local arrays ignore them.
+        max_requests: requests open at once per array, for object stores.
 
     Raises:
         FileNotFoundError: no array at ``source``.
@@ -244,8 +251,11 @@ class ZarrCropDataset(IterableDataset):
         direct_io: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        max_requests: int | None = None,
     ) -> None:
         super().__init__()
+        storage_options = _with_max_requests(storage_options, max_requests)
         if isinstance(source, Mapping):
             if variables is not None:
                 raise ValueError("give either a mapping of arrays or a group with variables")
@@ -281,6 +291,7 @@ class ZarrCropDataset(IterableDataset):
                     _dtype(dtypes[k]),
                     0.0 if means[k] is None else float(means[k]),
                     1.0 if stds[k] is None else float(stds[k]),
+                    storage_options,
                 )
             )
         self.shape, self._step = joint_grid(self._sources)
@@ -568,6 +579,14 @@ class _Grid:
         self.dimension_names = None
 
 
+def _with_max_requests(
+    storage_options: Mapping[str, Any] | None, max_requests: int | None
+) -> dict[str, Any] | None:
+    if max_requests is None:
+        return None if storage_options is None else dict(storage_options)
+    return {**(storage_options or {}), "max_requests": _positive("max_requests", max_requests)}
+
+
 def read_crops(
     path: str | os.PathLike[str],
     origins: Any,
@@ -578,16 +597,18 @@ def read_crops(
     dtype: torch.dtype | str | None = None,
     mean: float = 0.0,
     std: float = 1.0,
+    storage_options: Mapping[str, Any] | None = None,
+    max_requests: int | None = None,
 ) -> torch.Tensor:
     """Reads crops of shape ``crop`` at explicit ``origins`` with the same engine.
 
     Args:
-        path: a Zarr array (v2 or v3).
+        path: a Zarr array (v2 or v3): a directory, or a URL of an object store.
         origins: ``[N, ndim]`` crop starts: a list of tuples, a numpy array or a tensor.
         crop: the crop shape, as a tuple or a mapping by dimension name.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
         pin_memory: allocate the result in pinned memory (needs CUDA).
-        dtype, mean, std: as for :class:`ZarrCropDataset`.
+        dtype, mean, std, storage_options, max_requests: as for :class:`ZarrCropDataset`.
 
     Returns:
         A tensor ``[N, *crop]`` of the array's dtype, or of ``dtype``.
@@ -595,7 +616,10 @@ def read_crops(
     Raises:
         IndexError: an origin whose crop leaves the array.
     """
-    source = Source(None, os.fspath(path), None, None, _dtype(dtype), float(mean), float(std))
+    options = _with_max_requests(storage_options, max_requests)
+    source = Source(
+        None, os.fspath(path), None, None, _dtype(dtype), float(mean), float(std), options
+    )
     crop = crop_shape(source.array, crop)
     starts = _origins_tensor(origins, len(crop))
     threads = _thread_count("threads", threads) or _default_threads()

@@ -6,7 +6,6 @@
 //! writes into it, and waits for batches with the GIL released.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use crate::error::Error;
 use crate::io::choose_backend;
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
+use crate::zarr::location::Location;
 use crate::zarr::ZarrArray;
 
 // Named by the package users import it from, so that it pickles (an error raised in a
@@ -69,11 +69,21 @@ struct Array {
 
 #[pymethods]
 impl Array {
+    /// ``path``: a directory, or an ``s3://``, ``gs://``, ``az://`` or ``http(s)://`` URL;
+    /// ``storage_options``: the object store's options (strings), for a URL.
     #[new]
-    fn new(path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, storage_options=None))]
+    fn new(
+        py: Python<'_>,
+        path: &str,
+        storage_options: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
         boundary("opening an array", || {
+            let options = storage_options.unwrap_or_default();
+            let location = Location::parse(path, &options).map_err(to_py)?;
+            let array = py.detach(|| ZarrArray::open_at(location)).map_err(to_py)?;
             Ok(Self {
-                inner: Arc::new(ZarrArray::open(path).map_err(to_py)?),
+                inner: Arc::new(array),
             })
         })
     }
@@ -81,10 +91,21 @@ impl Array {
     /// Opens array ``name`` of the group at ``group`` (its consolidated metadata when it has
     /// some).
     #[staticmethod]
-    fn in_group(group: PathBuf, name: &str) -> PyResult<Self> {
+    #[pyo3(signature = (group, name, storage_options=None))]
+    fn in_group(
+        py: Python<'_>,
+        group: &str,
+        name: &str,
+        storage_options: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
         boundary("opening an array of a group", || {
+            let options = storage_options.unwrap_or_default();
+            let location = Location::parse(group, &options).map_err(to_py)?;
+            let array = py
+                .detach(|| ZarrArray::open_in_group(&location, name))
+                .map_err(to_py)?;
             Ok(Self {
-                inner: Arc::new(ZarrArray::open_in_group(group, name).map_err(to_py)?),
+                inner: Arc::new(array),
             })
         })
     }
@@ -95,10 +116,10 @@ impl Array {
         self.inner.zarr_format
     }
 
-    /// The array's directory.
+    /// The array's directory or URL.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.inner.path.clone()
+    fn path(&self) -> String {
+        self.inner.path.to_string_lossy().into_owned()
     }
 
     #[getter]

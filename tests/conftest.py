@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+
+# The object stores (moto's S3, the HTTP object server) the remote tests read from.
+from object_stores import object_server, s3  # noqa: F401
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
 DTYPES = ["uint8", "int16", "uint16", "int32", "float32", "float64"]

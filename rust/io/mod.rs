@@ -6,6 +6,7 @@
 pub mod buffer;
 pub mod open_files;
 pub mod pread;
+pub mod remote;
 pub mod uring;
 
 use std::fs::File;

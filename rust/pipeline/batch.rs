@@ -1,7 +1,6 @@
 //! A planned batch run on the engine threads: each thread reads a group of chunks into its
 //! own buffer with its own reader, then decodes them into the output.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -36,21 +35,21 @@ pub(super) struct BatchRun {
 }
 
 impl BatchRun {
-    /// Starts a planned batch: the fill of its missing chunks is queued on the pool now, and
-    /// its read groups are returned for the caller to queue, each ending with
+    /// Starts a planned batch of `parts` parts besides the fill of its missing chunks, which
+    /// is queued on the pool now; the caller queues the parts, each ending with
     /// [`BatchRun::finish_part`].
     pub(super) fn start(
         shared: &Arc<Shared>,
         planned: Planned,
         job: Job,
         pool: &rayon::ThreadPool,
-    ) -> (Arc<Self>, Vec<Range<usize>>) {
-        let groups = read_groups(&planned.reads);
+        parts: usize,
+    ) -> Arc<Self> {
         let batch = Arc::new(Self {
             shared: Arc::clone(shared),
             planned,
             job,
-            remaining: AtomicUsize::new(groups.len() + 1),
+            remaining: AtomicUsize::new(parts + 1),
             error: Mutex::new(None),
         });
         let fill = Arc::clone(&batch);
@@ -60,7 +59,7 @@ impl BatchRun {
             });
             fill.finish_part(result);
         });
-        (batch, groups)
+        batch
     }
 
     pub(super) fn failed(&self) -> bool {
@@ -107,7 +106,8 @@ pub(super) fn run_batch(
     job: Job,
     pool: &rayon::ThreadPool,
 ) {
-    let (batch, groups) = BatchRun::start(shared, planned, job, pool);
+    let groups = read_groups(&planned.reads);
+    let batch = BatchRun::start(shared, planned, job, pool, groups.len());
     for group in groups {
         let batch = Arc::clone(&batch);
         pool.spawn_fifo(move || {

@@ -16,11 +16,27 @@ const SHARD_INDEX_CACHE: usize = 4096;
 /// Missing chunk files remembered per engine (an iteration), so each is looked for once.
 const MISSING_FILES: usize = 1 << 16;
 
-/// A chunk or shard file a batch reads: open (shared with every engine of the process), or
-/// `None` when it does not exist.
+/// A chunk or shard file a batch reads: open (shared with every engine of the process), an
+/// object of a store, or neither when it does not exist.
 pub(super) struct OpenFile {
     pub(super) path: PathBuf,
     pub(super) file: Option<Arc<open_files::OpenFile>>,
+    pub(super) object: Option<Object>,
+}
+
+/// A chunk or shard in an object store.
+#[derive(Clone, Debug)]
+pub(super) struct Object {
+    pub(super) key: object_store::path::Path,
+    /// The object's size, once a request has told it (a shard's, from its index read).
+    pub(super) size: Option<u64>,
+}
+
+impl OpenFile {
+    /// Whether the file or object is known not to exist (its chunks are the fill value).
+    pub(super) fn is_missing(&self) -> bool {
+        self.file.is_none() && self.object.is_none()
+    }
 }
 
 /// At most `limit` values by file coordinates; the oldest entry is dropped first.
@@ -62,17 +78,21 @@ impl<V> Bounded<V> {
 }
 
 /// What the planner keeps between batches: shard indexes, with the identity of the file each
-/// was read from, and the files known to be missing. Open files are kept by
-/// [`open_files`], for every engine of the process within one budget of descriptors.
+/// was read from (for an object, its size), and the files known to be missing. Open files are
+/// kept by [`open_files`], for every engine of the process within one budget of descriptors.
 pub(crate) struct PlanCache {
     pub(super) indexes: Bounded<(Identity, Arc<ShardIndex>)>,
-    missing: Bounded<()>,
+    /// Indexes of shards in an object store: an engine reads each once (a later iteration
+    /// reads them anew, and sees shards replaced since).
+    pub(super) object_indexes: Bounded<(u64, Arc<ShardIndex>)>,
+    pub(super) missing: Bounded<()>,
 }
 
 impl Default for PlanCache {
     fn default() -> Self {
         Self {
             indexes: Bounded::new(SHARD_INDEX_CACHE),
+            object_indexes: Bounded::new(SHARD_INDEX_CACHE),
             missing: Bounded::new(MISSING_FILES),
         }
     }
@@ -83,7 +103,20 @@ impl PlanCache {
     pub(super) fn file(&mut self, shared: &Shared, coords: &[u64]) -> Result<OpenFile> {
         let path = shared.array.file_path(coords);
         if self.missing.get(coords).is_some() {
-            return Ok(OpenFile { path, file: None });
+            return Ok(OpenFile {
+                path,
+                file: None,
+                object: None,
+            });
+        }
+        if let Some(store) = shared.array.location.remote() {
+            let key = store.key(&shared.array.file_key(coords));
+            let size = self.object_indexes.get(coords).map(|(size, _)| *size);
+            return Ok(OpenFile {
+                path,
+                file: None,
+                object: Some(Object { key, size }),
+            });
         }
         let (file, opened) = open_files::open(&path, shared.direct_io)
             .map_err(|e| Error::io(&path, "opening a chunk file", e))?;
@@ -98,7 +131,11 @@ impl PlanCache {
             }
             Some(_) => {}
         }
-        Ok(OpenFile { path, file })
+        Ok(OpenFile {
+            path,
+            file,
+            object: None,
+        })
     }
 
     /// The cached index of the shard at `coords`, if it was read from the file `file` is now

@@ -112,6 +112,7 @@ mod tests {
             len,
             chunk_start: 0,
             direct: None,
+            whole: false,
         }
     }
 

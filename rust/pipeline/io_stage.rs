@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::batch::{decode_group, read_group, BatchRun};
+use super::groups::read_groups;
 use super::planned::Planned;
 use super::{guarded, Job, Shared};
 use crate::error::{Error, Result};
@@ -80,7 +81,8 @@ impl IoStage {
         job: Job,
         pool: &rayon::ThreadPool,
     ) {
-        let (batch, groups) = BatchRun::start(shared, planned, job, pool);
+        let groups = read_groups(&planned.reads);
+        let batch = BatchRun::start(shared, planned, job, pool, groups.len());
         for group in groups {
             let work = GroupWork {
                 batch: Arc::clone(&batch),

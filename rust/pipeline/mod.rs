@@ -23,6 +23,7 @@ mod files;
 mod groups;
 mod io_stage;
 mod planned;
+mod remote;
 
 pub(crate) use files::PlanCache;
 pub(crate) use groups::requested_ranges;
@@ -34,6 +35,7 @@ use planned::advise;
 
 use crate::cast::Cast;
 use crate::error::{Error, Result};
+use crate::io::remote::Net;
 use crate::io::{new_reader, Backend, Reader};
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
@@ -228,6 +230,8 @@ pub(crate) struct Shared {
     /// The backend each engine thread opens its reader with.
     backend: Backend,
     cancel: AtomicBool,
+    /// Wakes what waits for a remote store when the engine is closed.
+    stopping: tokio::sync::Notify,
     /// The last group of reads waited for the disk: batches are then advised ahead.
     reads_wait: AtomicBool,
     /// Chunk files are opened for direct I/O too (see [`EngineConfig::direct_io`]).
@@ -267,6 +271,7 @@ impl Shared {
             counters: Counters::default(),
             backend,
             cancel: AtomicBool::new(false),
+            stopping: tokio::sync::Notify::new(),
             reads_wait: AtomicBool::new(true),
             direct_io: false,
         })
@@ -305,9 +310,15 @@ impl Engine {
         shared.direct_io = config.direct_io;
         let shared = Arc::new(shared);
         let reader = new_reader(config.backend)?;
+        // A remote array's runtime; it reads with it, and with no I/O threads.
+        let net = match shared.array.location.remote() {
+            Some(store) => Some(Net::start(store)?),
+            None => None,
+        };
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let decode = Arc::new(decode);
         let stage = match config.io_threads {
+            _ if net.is_some() => None,
             0 => None,
             n => Some(IoStage::start(&shared, n, config.threads, &decode)?),
         };
@@ -316,8 +327,17 @@ impl Engine {
         let io_thread = std::thread::Builder::new()
             .name("lsio-plan".into())
             .spawn(move || {
-                plan_loop(&thread_shared, reader, &decode, stage.as_ref(), &job_rx);
-                drop(stage); // the I/O threads exit once the groups queued are read
+                let stages = Stages {
+                    pool: &decode,
+                    io: stage.as_ref(),
+                    net: net.as_ref(),
+                };
+                plan_loop(&thread_shared, reader, &stages, &job_rx);
+                // Requests still open are cancelled and the runtime's threads joined; then
+                // the I/O threads exit once the groups queued are read, and the pool once
+                // the chunks queued are decoded.
+                drop(net);
+                drop(stage);
                 drop(decode);
                 decode_exited.wait();
             })
@@ -417,6 +437,7 @@ impl Engine {
     /// returns, every engine thread has exited and none writes to any output buffer.
     pub fn close(&mut self) {
         self.shared.cancel.store(true, Ordering::SeqCst);
+        self.shared.stopping.notify_waiters();
         self.jobs = None;
         let Some(thread) = self.io_thread.take() else {
             return;
@@ -448,13 +469,20 @@ impl Drop for Engine {
     }
 }
 
+/// What runs a planned batch: the pool, and the I/O threads or the runtime when there are.
+struct Stages<'a> {
+    pool: &'a Arc<rayon::ThreadPool>,
+    io: Option<&'a IoStage>,
+    net: Option<&'a Net>,
+}
+
 /// The planning thread: plans each batch (files, shard indexes, byte ranges) and hands it to
-/// the pool, which reads and decodes it while the next batch is planned.
+/// the pool (through the I/O threads or the runtime), which reads and decodes it while the
+/// next batch is planned.
 fn plan_loop(
     shared: &Arc<Shared>,
     mut reader: Box<dyn Reader>,
-    pool: &rayon::ThreadPool,
-    stage: Option<&IoStage>,
+    stages: &Stages<'_>,
     jobs: &Receiver<Job>,
 ) {
     let mut cache = PlanCache::default();
@@ -467,7 +495,13 @@ fn plan_loop(
             continue;
         }
         let planned = guarded("planning thread", &shared.array.path, || {
-            let mut planned = plan_reads(shared, reader.as_mut(), &mut cache, &job.origins)?;
+            let mut planned = plan_reads(
+                shared,
+                reader.as_mut(),
+                stages.net,
+                &mut cache,
+                &job.origins,
+            )?;
             read_only_what_crops_need(shared, &mut planned)?;
             Ok(planned)
         });
@@ -479,14 +513,18 @@ fn plan_loop(
             }
             Ok(planned) => planned,
         };
+        if let Some(net) = stages.net {
+            remote::run_remote(shared, net, planned, job, stages.pool);
+            continue;
+        }
         if shared.reads_wait.load(Ordering::Relaxed) && !shared.direct_io {
             advise(reader.as_mut(), &planned);
         }
-        if let Some(stage) = stage {
-            stage.run(shared, planned, job, pool);
+        if let Some(stage) = stages.io {
+            stage.run(shared, planned, job, stages.pool);
             continue;
         }
-        run_batch(shared, planned, job, pool);
+        run_batch(shared, planned, job, stages.pool);
     }
 }
 

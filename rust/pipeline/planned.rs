@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::decode::{needed_span, target_layout};
 use super::files::{OpenFile, PlanCache};
+use super::remote::unless_stopped;
 use super::Shared;
 use crate::error::{Error, Result};
+use crate::io::remote::{self, Net, Wanted};
 use crate::io::{direct_range, open_files, ReadOp, Reader};
 use crate::plan::{plan_batch, ChunkTask};
 use crate::zarr::array::ChunkLocation;
@@ -27,7 +29,7 @@ pub(crate) enum Source {
 }
 
 /// One chunk read of a planned batch.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct PlannedRead {
     pub(crate) task: usize,
     /// An index into `Planned::files`.
@@ -38,6 +40,9 @@ pub(crate) struct PlannedRead {
     pub(super) chunk_start: usize,
     /// Where in the output the bytes go when they are read straight into it.
     pub(super) direct: Option<usize>,
+    /// The whole object, whatever its size (`len` is then 0): a chunk of a remote array that
+    /// is not sharded, whose size nothing has told yet.
+    pub(super) whole: bool,
 }
 
 /// A batch whose files are open and whose shard indexes are read: what remains is reading
@@ -141,13 +146,14 @@ impl Planned {
 pub(crate) fn plan_reads(
     shared: &Shared,
     reader: &mut dyn Reader,
+    net: Option<&Net>,
     cache: &mut PlanCache,
     origins: &[Vec<u64>],
 ) -> Result<Planned> {
     let started = Instant::now();
     let mut pause = Duration::from_micros(200);
     loop {
-        match plan_reads_once(shared, reader, cache, origins) {
+        match plan_reads_once(shared, reader, net, cache, origins) {
             Err(Error::Io { path, what, source })
                 if open_files::out_of_descriptors(&source)
                     && !shared.cancel.load(Ordering::Relaxed) =>
@@ -170,6 +176,7 @@ pub(crate) fn plan_reads(
 fn plan_reads_once(
     shared: &Shared,
     reader: &mut dyn Reader,
+    net: Option<&Net>,
     cache: &mut PlanCache,
     origins: &[Vec<u64>],
 ) -> Result<Planned> {
@@ -190,13 +197,81 @@ fn plan_reads_once(
 
     // Shard indexes not yet cached, read together.
     let mut shard_index: Vec<Option<Arc<ShardIndex>>> = vec![None; files.len()];
-    if let Some(sharding) = array.sharding() {
-        let per_shard_shape = array.leaves_per_file();
+    if array.sharding().is_some() {
+        match net {
+            Some(net) => {
+                fetch_indexes(shared, net, cache, &file_ids, &mut files, &mut shard_index)?;
+            }
+            None => read_indexes(shared, reader, cache, &file_ids, &files, &mut shard_index)?,
+        }
+    }
+
+    // Every chunk's bytes, read together.
+    let mut sources: Vec<Source> = Vec::with_capacity(tasks.len());
+    let mut reads = Vec::new();
+    for (t, location) in locations.iter().enumerate() {
+        let id = file_ids[location.file.as_slice()];
+        let file = &files[id];
+        if file.is_missing() {
+            sources.push(Source::Fill);
+            continue;
+        }
+        // (offset, len, whole)
+        let range = match (&shard_index[id], &file.file) {
+            (Some(index), _) => match index.slot(location.inner) {
+                Slot::Empty => None,
+                Slot::Bytes { offset, len } => Some((offset, len, false)),
+            },
+            (None, _) if array.sharding().is_some() => None,
+            (None, Some(open)) => Some((0, open.len, false)),
+            // An object not sharded: stored as its elements it has the leaf's size, else
+            // the whole object is fetched.
+            (None, None) if shared.as_stored => Some((0, shared.leaf_bytes as u64, false)),
+            (None, None) => Some((0, 0, true)),
+        };
+        match range {
+            None => sources.push(Source::Fill),
+            Some((offset, len, whole)) => {
+                sources.push(Source::Encoded);
+                reads.push(PlannedRead {
+                    task: t,
+                    file: id,
+                    offset,
+                    len: len as usize,
+                    chunk_start: 0,
+                    direct: None,
+                    whole,
+                });
+            }
+        }
+    }
+    // In file order, so that chunks stored side by side are read together.
+    reads.sort_by_key(|read| (read.file, read.offset));
+    Ok(Planned {
+        tasks,
+        locations,
+        files,
+        sources,
+        reads,
+    })
+}
+
+/// Reads the indexes of a batch's local shards that are not cached, together.
+fn read_indexes(
+    shared: &Shared,
+    reader: &mut dyn Reader,
+    cache: &mut PlanCache,
+    file_ids: &BTreeMap<&[u64], usize>,
+    files: &[OpenFile],
+    shard_index: &mut [Option<Arc<ShardIndex>>],
+) -> Result<()> {
+    if let Some(sharding) = shared.array.sharding() {
+        let per_shard_shape = shared.array.leaves_per_file();
         let per_shard: u64 = per_shard_shape.iter().product();
         let index_len = sharding.index_len;
         let mut wanted = Vec::new();
         let mut ops = Vec::new();
-        for (coords, &id) in &file_ids {
+        for (coords, &id) in file_ids {
             let Some(open) = &files[id].file else {
                 continue;
             };
@@ -244,48 +319,93 @@ fn plan_reads_once(
             shard_index[id] = Some(index);
         }
     }
+    Ok(())
+}
 
-    // Every chunk's bytes, read together.
-    let mut sources: Vec<Source> = Vec::with_capacity(tasks.len());
-    let mut reads = Vec::new();
-    for (t, location) in locations.iter().enumerate() {
-        let id = file_ids[location.file.as_slice()];
-        let Some(open) = &files[id].file else {
-            sources.push(Source::Fill);
+/// Fetches the indexes of a batch's shards in an object store that are not cached, all at
+/// once: an index at the end by a suffix range (a HEAD first where the store refuses those).
+/// A shard that is missing is remembered as such: its chunks are the fill value.
+fn fetch_indexes(
+    shared: &Shared,
+    net: &Net,
+    cache: &mut PlanCache,
+    file_ids: &BTreeMap<&[u64], usize>,
+    files: &mut [OpenFile],
+    shard_index: &mut [Option<Arc<ShardIndex>>],
+) -> Result<()> {
+    let Some(sharding) = shared.array.sharding() else {
+        return Ok(());
+    };
+    let per_shard_shape = shared.array.leaves_per_file();
+    let per_shard: u64 = per_shard_shape.iter().product();
+    let index_len = sharding.index_len;
+    let mut wanted = Vec::new();
+    for (coords, &id) in file_ids {
+        let Some(object) = &files[id].object else {
             continue;
         };
-        let range = match &shard_index[id] {
-            None if array.sharding().is_none() => Some((0, open.len)),
-            None => None,
-            Some(index) => match index.slot(location.inner) {
-                Slot::Empty => None,
-                Slot::Bytes { offset, len } => Some((offset, len)),
-            },
-        };
-        match range {
-            None => sources.push(Source::Fill),
-            Some((offset, len)) => {
-                sources.push(Source::Encoded);
-                reads.push(PlannedRead {
-                    task: t,
-                    file: id,
-                    offset,
-                    len: len as usize,
-                    chunk_start: 0,
-                    direct: None,
-                });
-            }
+        if let Some((_, index)) = cache.object_indexes.get(coords) {
+            shard_index[id] = Some(Arc::clone(index));
+            continue;
         }
+        wanted.push((coords.to_vec(), id, object.key.clone()));
     }
-    // In file order, so that chunks stored side by side are read together.
-    reads.sort_by_key(|read| (read.file, read.offset));
-    Ok(Planned {
-        tasks,
-        locations,
-        files,
-        sources,
-        reads,
-    })
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let (store, requests) = (net.store.as_ref(), net.requests.as_ref());
+    let part_bytes = net.remote.settings.part_bytes;
+    let suffix = net.remote.serves_suffix_ranges();
+    let at_start = matches!(sharding.index_location, IndexLocation::Start);
+    let fetches = wanted.iter().map(|(_, _, key)| async move {
+        let range = if at_start {
+            Wanted::Range(0..index_len)
+        } else if suffix {
+            Wanted::Suffix(index_len)
+        } else {
+            match remote::size(store, key, requests).await? {
+                None => return Ok(None),
+                Some(size) => Wanted::Range(size.saturating_sub(index_len)..size),
+            }
+        };
+        remote::get(store, key, range, part_bytes, requests).await
+    });
+    let fetched = net.block_on(unless_stopped(shared, futures::future::join_all(fetches)))?;
+    for ((coords, id), result) in wanted.into_iter().map(|(c, i, _)| (c, i)).zip(fetched) {
+        let path = &files[id].path;
+        let fetched = result.map_err(|e| Error::io(path, "reading the shard index", e))?;
+        let Some(fetched) = fetched else {
+            cache.missing.insert(coords, ());
+            files[id].object = None;
+            continue;
+        };
+        shared
+            .counters
+            .bytes_read
+            .fetch_add(fetched.bytes.len() as u64, Ordering::Relaxed);
+        if fetched.size < index_len {
+            return Err(Error::corrupt(
+                path,
+                "shard",
+                format!(
+                    "{} bytes, too short for its index of {index_len} bytes",
+                    fetched.size
+                ),
+            ));
+        }
+        let index = decode_index(sharding, &fetched.bytes, &per_shard_shape)
+            .and_then(|words| ShardIndex::from_words(&words, per_shard, fetched.size))
+            .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
+        let index = Arc::new(index);
+        cache
+            .object_indexes
+            .insert(coords, (fetched.size, Arc::clone(&index)));
+        if let Some(object) = &mut files[id].object {
+            object.size = Some(fetched.size);
+        }
+        shard_index[id] = Some(index);
+    }
+    Ok(())
 }
 
 /// Narrows each read of a chunk stored as its elements to the bytes its crops need, from the

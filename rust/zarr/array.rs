@@ -1,5 +1,5 @@
 //! An opened Zarr array (v2 or v3): its metadata, validated by the zarrs crate, and where each
-//! chunk lives on disk.
+//! chunk lives, on disk or in an object store.
 
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -12,14 +12,17 @@ use super::codecs::{ChunkLayout, Sharding};
 use super::dtype::DataType;
 use super::leaf::LeafCodecs;
 use super::limits;
+use super::location::Location;
 use super::metadata::{read_array_metadata, read_group_member, StoredMetadata};
 use super::region::c_order_index;
 use crate::error::{Error, Result};
 
-/// A Zarr array on local disk.
+/// A Zarr array on local disk or in an object store.
 #[derive(Debug)]
 pub struct ZarrArray {
+    /// The directory or URL, for messages.
     pub path: PathBuf,
+    pub location: Location,
     /// 2 or 3.
     pub zarr_format: u8,
     pub shape: Vec<u64>,
@@ -52,25 +55,33 @@ impl ZarrArray {
     /// [`Error::NotFound`] when there is no array at `path`, [`Error::InvalidMetadata`] when
     /// its metadata does not parse, [`Error::Unsupported`] for features this engine lacks.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let stored = read_array_metadata(&path)?;
-        Self::from_metadata(path, stored)
+        Self::open_at(Location::Local(path.as_ref().to_path_buf()))
+    }
+
+    /// Opens the array at `location`: a directory, or a prefix of an object store.
+    ///
+    /// # Errors
+    /// As [`ZarrArray::open`]; [`Error::Io`] for metadata that cannot be fetched.
+    pub fn open_at(location: Location) -> Result<Self> {
+        let stored = read_array_metadata(&location)?;
+        Self::from_metadata(location, stored)
     }
 
     /// Opens array `name` of the group at `group`, using its consolidated metadata if any.
     ///
     /// # Errors
-    /// As [`ZarrArray::open`].
-    pub fn open_in_group(group: impl AsRef<Path>, name: &str) -> Result<Self> {
-        let (path, stored) = read_group_member(group.as_ref(), name)?;
-        Self::from_metadata(path, stored)
+    /// As [`ZarrArray::open_at`].
+    pub fn open_in_group(group: &Location, name: &str) -> Result<Self> {
+        let (location, stored) = read_group_member(group, name)?;
+        Self::from_metadata(location, stored)
     }
 
-    /// Builds the array from metadata read for `path`.
+    /// Builds the array from metadata read at `location`.
     ///
     /// # Errors
     /// As [`ZarrArray::open`].
-    pub fn from_metadata(path: PathBuf, stored: StoredMetadata) -> Result<Self> {
+    pub fn from_metadata(location: Location, stored: StoredMetadata) -> Result<Self> {
+        let path = location.path();
         super::numcodecs::install();
         let zarr_format = match stored.metadata {
             ArrayMetadata::V2(_) => 2,
@@ -138,6 +149,7 @@ impl ZarrArray {
         let dimension_names = v3.dimension_names.clone().or(stored.dimension_names);
         let mut opened = Self {
             path,
+            location,
             zarr_format,
             shape: v3.shape,
             dtype,
@@ -246,10 +258,17 @@ impl ZarrArray {
         }
     }
 
-    /// The file that holds the chunk (or shard) at grid coordinates `file`.
+    /// The file that holds the chunk (or shard) at grid coordinates `file` (for a remote
+    /// array, its URL as a path).
     #[must_use]
     pub fn file_path(&self, file: &[u64]) -> PathBuf {
-        self.path.join(self.zarrs.chunk_key(file).as_str())
+        self.path.join(self.file_key(file))
+    }
+
+    /// The key of the chunk (or shard) at grid coordinates `file`, relative to the array.
+    #[must_use]
+    pub fn file_key(&self, file: &[u64]) -> String {
+        self.zarrs.chunk_key(file).as_str().to_string()
     }
 }
 
@@ -276,7 +295,7 @@ mod tests {
     fn array(text: &str) -> Result<ZarrArray> {
         let v3: ArrayMetadataV3 = serde_json::from_str(text).unwrap();
         ZarrArray::from_metadata(
-            "/d/a.zarr".into(),
+            Location::Local("/d/a.zarr".into()),
             StoredMetadata {
                 metadata: ArrayMetadata::V3(v3),
                 dimension_names: None,

@@ -1,12 +1,14 @@
-//! Reading array metadata from disk: Zarr v3 `zarr.json`, Zarr v2 `.zarray` + `.zattrs`, and
-//! the consolidated metadata of a group (v2 `.zmetadata`, v3 `consolidated_metadata`).
+//! Reading array metadata from a directory or an object store: Zarr v3 `zarr.json`, Zarr v2
+//! `.zarray` + `.zattrs`, and the consolidated metadata of a group (v2 `.zmetadata`, v3
+//! `consolidated_metadata`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use zarrs::array::{ArrayMetadata, ArrayMetadataV2, ArrayMetadataV3};
 
 use super::json;
+use super::location::Location;
 use crate::error::{Error, Result};
 
 /// An array's metadata and, for v2 stores written by xarray, its `_ARRAY_DIMENSIONS`.
@@ -16,41 +18,41 @@ pub struct StoredMetadata {
     pub dimension_names: Option<Vec<Option<String>>>,
 }
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    match std::fs::read(path) {
-        Ok(bytes) => json::parse(&bytes)
-            .map(Some)
-            .map_err(|e| Error::invalid_metadata(path, format!("not JSON: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, "reading metadata", e)),
-    }
+fn read_json(at: &Location, key: &str) -> Result<Option<Value>> {
+    let Some(bytes) = at.read(key)? else {
+        return Ok(None);
+    };
+    json::parse(&bytes)
+        .map(Some)
+        .map_err(|e| Error::invalid_metadata(at.path().join(key), format!("not JSON: {e}")))
 }
 
-/// Reads the metadata of the array at `path`.
+/// Reads the metadata of the array at `at`.
 ///
 /// # Errors
-/// [`Error::NotFound`] when `path` holds no array metadata, [`Error::InvalidArgument`] when it
+/// [`Error::NotFound`] when `at` holds no array metadata, [`Error::InvalidArgument`] when it
 /// is a group, [`Error::InvalidMetadata`] when the metadata does not parse.
-pub fn read_array_metadata(path: &Path) -> Result<StoredMetadata> {
-    if let Some(v3) = read_json(&path.join("zarr.json"))? {
-        return v3_metadata(path, v3);
+pub fn read_array_metadata(at: &Location) -> Result<StoredMetadata> {
+    let path = at.path();
+    if let Some(v3) = read_json(at, "zarr.json")? {
+        return v3_metadata(&path, v3);
     }
-    if let Some(v2) = read_json(&path.join(".zarray"))? {
+    if let Some(v2) = read_json(at, ".zarray")? {
         // Attributes never stop an array from being read: ones that do not parse are left out
         // (and with them xarray's dimension names).
-        let attributes = read_json(&path.join(".zattrs")).unwrap_or(None);
-        return v2_metadata(path, v2, attributes);
+        let attributes = read_json(at, ".zattrs").unwrap_or(None);
+        return v2_metadata(&path, v2, attributes);
     }
-    if path.join(".zgroup").exists() {
-        return Err(not_an_array(path));
+    if at.read(".zgroup")?.is_some() {
+        return Err(not_an_array(&path));
     }
-    let what = if path.exists() {
-        "no zarr.json or .zarray in this directory"
-    } else {
-        "path does not exist"
+    let what = match at {
+        Location::Remote(_) => "no zarr.json or .zarray under this URL",
+        Location::Local(_) if at.exists() => "no zarr.json or .zarray in this directory",
+        Location::Local(_) => "path does not exist",
     };
     Err(Error::NotFound {
-        path: path.to_path_buf(),
+        path,
         what: what.into(),
     })
 }
@@ -60,17 +62,18 @@ pub fn read_array_metadata(path: &Path) -> Result<StoredMetadata> {
 ///
 /// # Errors
 /// As [`read_array_metadata`], for the path `group/name`.
-pub fn read_group_member(group: &Path, name: &str) -> Result<(PathBuf, StoredMetadata)> {
-    let path = group.join(name);
-    if let Some(Value::Object(root)) = read_json(&group.join("zarr.json"))? {
+pub fn read_group_member(group: &Location, name: &str) -> Result<(Location, StoredMetadata)> {
+    let member = group.join(name);
+    let path = member.path();
+    if let Some(Value::Object(root)) = read_json(group, "zarr.json")? {
         let consolidated = root
             .get("consolidated_metadata")
             .and_then(|c| c.get("metadata"))
             .and_then(|m| m.get(name));
         if let Some(v3) = consolidated {
-            return Ok((path.clone(), v3_metadata(&path, v3.clone())?));
+            return Ok((member, v3_metadata(&path, v3.clone())?));
         }
-    } else if let Some(consolidated) = read_json(&group.join(".zmetadata"))? {
+    } else if let Some(consolidated) = read_json(group, ".zmetadata")? {
         let entries = consolidated.get("metadata");
         let entry = |file: &str| {
             entries
@@ -78,10 +81,11 @@ pub fn read_group_member(group: &Path, name: &str) -> Result<(PathBuf, StoredMet
                 .cloned()
         };
         if let Some(v2) = entry(".zarray") {
-            return Ok((path.clone(), v2_metadata(&path, v2, entry(".zattrs"))?));
+            return Ok((member, v2_metadata(&path, v2, entry(".zattrs"))?));
         }
     }
-    Ok((path.clone(), read_array_metadata(&path)?))
+    let metadata = read_array_metadata(&member)?;
+    Ok((member, metadata))
 }
 
 fn not_an_array(path: &Path) -> Error {

@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod json;
 pub mod leaf;
 pub mod limits;
+pub mod location;
 pub mod metadata;
 pub mod numcodecs;
 pub mod region;

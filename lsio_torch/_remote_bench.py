@@ -1,0 +1,142 @@
+"""The object-store half of ``python -m lsio_torch.bench --store http``: the standard datasets
+served by the project's object server in a process of its own, with a first-byte latency and
+a per-connection bandwidth injected, and every system reading the same crops from it.
+
+Systems:
+  lsio         ZarrCropDataset on the http:// URL (``max_requests`` from ``--max-requests``)
+  zarr         zarr-python 3 on obstore's HTTPStore, a batch's crops read by threads at once
+               (``async.concurrency`` the best of ``--concurrency``)
+  zarrs        the same with the zarrs codec pipeline
+  tensorstore  tensorstore's http kvstore, all crops of a batch in flight at once
+  get          the GET bound: the byte ranges lsio_torch reads (chunks, merged as it merges
+               them), fetched by obstore at the best of ``--concurrency``, nothing decoded
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lsio_torch.dataset import ZarrCropDataset
+
+
+class ServedFolder:
+    """The object server over ``root`` in a child process; ``url`` while it runs."""
+
+    def __init__(self, root: Path, latency_ms: float, bandwidth: float | None) -> None:
+        command = [sys.executable, "-m", "lsio_torch._object_server", str(root)]
+        command += ["--latency-ms", str(latency_ms)]
+        if bandwidth:
+            command += ["--bandwidth", str(bandwidth)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline().strip() if self.process.stdout else ""
+        if not line.startswith("http://"):
+            self.close()
+            raise RuntimeError(f"the object server did not start: {line!r}")
+        self.url = line
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def __enter__(self) -> ServedFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def regions(origins, crop) -> list[tuple[slice, ...]]:
+    return [tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True)) for origin in origins]
+
+
+def run_lsio(url, crop, batches, threads, max_requests, consume) -> float:
+    n = sum(len(b) for b in batches)
+    ds = ZarrCropDataset(
+        url, crop, batch_size=len(batches[0]), samples_per_epoch=n, seed=0, threads=threads,
+        max_requests=max_requests,
+    )  # fmt: skip
+    return consume(torch.utils.data.DataLoader(ds, batch_size=None), "lsio_torch", n)
+
+
+def _batches_read(read_batch: Callable, batches, label, touch, progress) -> float:
+    total = sum(len(b) for b in batches)
+    done = 0
+    start = time.perf_counter()
+    for group in batches:
+        tensor = read_batch(group)
+        touch(tensor)
+        done += len(group)
+        progress(label, done, total)
+    return time.perf_counter() - start
+
+
+def run_zarr(url, crop, batches, concurrency, label, touch, progress, pipeline=None) -> float:
+    import obstore.store
+    import zarr
+
+    config = {"async.concurrency": concurrency}
+    if pipeline:
+        config["codec_pipeline.path"] = pipeline
+    with zarr.config.set(config):
+        store = zarr.storage.ObjectStore(obstore.store.HTTPStore.from_url(url), read_only=True)
+        array = zarr.open_array(store, mode="r")
+        with ThreadPoolExecutor(len(batches[0])) as pool:
+
+            def read_batch(group):
+                crops = list(pool.map(lambda r: array[r], regions(group, crop)))
+                return torch.from_numpy(np.stack(crops))
+
+            return _batches_read(read_batch, batches, label, touch, progress)
+
+
+def run_tensorstore(url, crop, batches, v3: bool, label, touch, progress) -> float:
+    import tensorstore as ts
+
+    store = ts.open(
+        {"driver": "zarr3" if v3 else "zarr", "kvstore": {"driver": "http", "base_url": url}},
+        read=True,
+    ).result()
+
+    def read_batch(group):
+        futures = [store[r].read() for r in regions(group, crop)]
+        return torch.from_numpy(np.stack([f.result() for f in futures]))
+
+    return _batches_read(read_batch, batches, label, touch, progress)
+
+
+def run_get_bound(server_url, root: Path, ranges: Sequence, concurrency: int) -> float:
+    """Fetches every ``(path, offset, length)`` of ``ranges`` (all batches'), ``concurrency``
+    at a time, with obstore; returns the seconds."""
+    import obstore
+    import obstore.store
+
+    store = obstore.store.HTTPStore.from_url(server_url)
+    keys = [(str(Path(p).relative_to(root)), o, n) for batch in ranges for p, o, n in batch]
+
+    async def fetch_all() -> None:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(key, offset, length):
+            async with limit:
+                await obstore.get_range_async(store, key, start=offset, length=length)
+
+        await asyncio.gather(*(one(*k) for k in keys))
+
+    start = time.perf_counter()
+    asyncio.run(fetch_all())
+    return time.perf_counter() - start
+
+
+def best_of(run: Callable[[int], float], choices: Sequence[int]) -> tuple[float, int]:
+    """The fastest of ``run(c)`` over ``choices``: its seconds, and the choice."""
+    timed = [(run(c), c) for c in choices]
+    return min(timed)

@@ -1,0 +1,178 @@
+//! One object's bytes, or a range of them, fetched from a store: a missing object is `None`
+//! (Zarr reads it as the fill value), every other failure an `io::Error` that says why.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use tokio::sync::Semaphore;
+
+/// Which bytes of an object a request wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wanted {
+    Whole,
+    Range(Range<u64>),
+    /// The last `n` bytes.
+    Suffix(u64),
+}
+
+/// What a request brought back.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub bytes: Bytes,
+    /// The whole object's size.
+    pub size: u64,
+}
+
+/// Fetches `wanted` of the object at `key`, holding one of `requests`' permits while the
+/// request is open; ranges longer than `part_bytes` are fetched in parts, in parallel.
+///
+/// # Errors
+/// An `io::Error` naming the cause: `PermissionDenied` for 401/403, `UnexpectedEof` for an
+/// object shorter than the range, `Other` for a request that failed after its retries.
+pub async fn get(
+    store: &dyn ObjectStore,
+    key: &Path,
+    wanted: Wanted,
+    part_bytes: u64,
+    requests: &Semaphore,
+) -> std::io::Result<Option<Fetched>> {
+    if let Wanted::Range(range) = &wanted {
+        let len = range.end - range.start;
+        if len > part_bytes.max(1) {
+            return get_parts(store, key, range.clone(), part_bytes.max(1), requests).await;
+        }
+    }
+    let _permit = requests.acquire().await.map_err(closed)?;
+    get_one(store, key, wanted).await
+}
+
+async fn get_parts(
+    store: &dyn ObjectStore,
+    key: &Path,
+    range: Range<u64>,
+    part_bytes: u64,
+    requests: &Semaphore,
+) -> std::io::Result<Option<Fetched>> {
+    let parts = (range.start..range.end)
+        .step_by(part_bytes as usize)
+        .map(|start| start..(start + part_bytes).min(range.end));
+    let fetched = futures::future::try_join_all(parts.map(|part| async move {
+        let _permit = requests.acquire().await.map_err(closed)?;
+        get_one(store, key, Wanted::Range(part)).await
+    }))
+    .await?;
+    let mut joined = BytesMut::with_capacity((range.end - range.start) as usize);
+    let mut size = 0;
+    for part in fetched {
+        let Some(part) = part else {
+            return Ok(None);
+        };
+        joined.extend_from_slice(&part.bytes);
+        size = part.size;
+    }
+    Ok(Some(Fetched {
+        bytes: joined.freeze(),
+        size,
+    }))
+}
+
+async fn get_one(
+    store: &dyn ObjectStore,
+    key: &Path,
+    wanted: Wanted,
+) -> std::io::Result<Option<Fetched>> {
+    let range = match &wanted {
+        Wanted::Whole => None,
+        Wanted::Range(r) if r.is_empty() => {
+            // An empty range is refused by stores; the object's existence still matters.
+            let meta = match store.head(key).await {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(to_io(e)),
+            };
+            return Ok(Some(Fetched {
+                bytes: Bytes::new(),
+                size: meta.size,
+            }));
+        }
+        Wanted::Range(r) => Some(GetRange::Bounded(r.clone())),
+        Wanted::Suffix(n) => Some(GetRange::Suffix(*n)),
+    };
+    let options = GetOptions {
+        range,
+        ..GetOptions::default()
+    };
+    let result = match store.get_opts(key, options).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(to_io(e)),
+    };
+    let size = result.meta.size;
+    let bytes = result.bytes().await.map_err(to_io)?;
+    let expected = match &wanted {
+        Wanted::Whole => size,
+        Wanted::Range(r) => r.end - r.start,
+        Wanted::Suffix(n) => (*n).min(size),
+    };
+    if bytes.len() as u64 != expected {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} bytes came back of the {expected} asked for (the object holds {size})",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(Some(Fetched { bytes, size }))
+}
+
+/// The object's size, from a HEAD request; `None` when it does not exist.
+///
+/// # Errors
+/// As [`get`].
+pub async fn size(
+    store: &dyn ObjectStore,
+    key: &Path,
+    requests: &Semaphore,
+) -> std::io::Result<Option<u64>> {
+    let _permit = requests.acquire().await.map_err(closed)?;
+    match store.head(key).await {
+        Ok(meta) => Ok(Some(meta.size)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(to_io(e)),
+    }
+}
+
+fn closed(_: tokio::sync::AcquireError) -> std::io::Error {
+    std::io::Error::other("the engine stopped")
+}
+
+/// An `object_store` error as an `io::Error` of the matching kind, its message kept (it
+/// names the URL, the status and the retries made).
+#[must_use]
+pub fn to_io(e: object_store::Error) -> std::io::Error {
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+        _ => std::io::ErrorKind::Other,
+    };
+    std::io::Error::new(kind, full_message(&e))
+}
+
+/// An error's message followed by those of its sources, each once.
+fn full_message(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}

@@ -1,0 +1,121 @@
+//! An engine's connection to an object store: a runtime of its own, the store's client, and
+//! the bounds on what is in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{RemoteStore, Settings};
+use crate::error::{Error, Result};
+
+/// Threads of an engine's runtime: they only wait for sockets and copy bytes off them.
+const NET_THREADS: usize = 2;
+/// The unit of the bytes-in-flight bound.
+const BYTE_UNIT: usize = 1 << 10;
+/// How long stopping waits for the runtime's threads to exit.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// An engine's runtime and client, started with the engine and stopped with it.
+pub struct Net {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub store: Arc<dyn ObjectStore>,
+    pub remote: Arc<RemoteStore>,
+    /// Requests open at once ([`Settings::max_requests`]).
+    pub requests: Arc<Semaphore>,
+    /// Bytes fetched and not yet decoded, in [`BYTE_UNIT`]s
+    /// ([`Settings::max_bytes_in_flight`]).
+    bytes: Arc<Semaphore>,
+    byte_units: usize,
+}
+
+impl Net {
+    /// Starts the runtime's threads and builds the store's client.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the runtime cannot start, [`Error::InvalidArgument`] when the
+    /// store refuses its configuration.
+    pub fn start(remote: &Arc<RemoteStore>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(NET_THREADS)
+            .thread_name("lsio-net")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Stopped(format!("starting the network runtime: {e}")))?;
+        let store = remote.build()?;
+        let Settings {
+            max_requests,
+            max_bytes_in_flight,
+            ..
+        } = remote.settings;
+        let byte_units = max_bytes_in_flight.div_ceil(BYTE_UNIT).max(1);
+        Ok(Self {
+            runtime: Some(runtime),
+            store,
+            remote: Arc::clone(remote),
+            requests: Arc::new(Semaphore::new(max_requests)),
+            bytes: Arc::new(Semaphore::new(byte_units)),
+            byte_units,
+        })
+    }
+
+    /// Runs `future` to completion on the runtime, from a thread that is not one of its own.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime().block_on(future)
+    }
+
+    /// Runs `future` on the runtime's threads.
+    pub fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.runtime().spawn(future);
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the runtime lives until the Net is dropped"))
+    }
+
+    /// A future that waits until `len` more bytes may be in flight; the permit it gives frees
+    /// them when dropped. A request larger than the whole bound waits for all of it.
+    #[must_use]
+    pub fn bytes_permit(
+        &self,
+        len: usize,
+    ) -> impl Future<Output = Option<OwnedSemaphorePermit>> + Send + 'static {
+        let units = len.div_ceil(BYTE_UNIT).clamp(1, self.byte_units);
+        let bytes = Arc::clone(&self.bytes);
+        async move {
+            let units = u32::try_from(units).unwrap_or(u32::MAX);
+            bytes.acquire_many_owned(units).await.ok()
+        }
+    }
+}
+
+impl Drop for Net {
+    /// Cancels the requests still open and joins the runtime's threads.
+    fn drop(&mut self) {
+        self.requests.close();
+        self.bytes.close();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(STOP_WAIT);
+        }
+    }
+}
+
+/// Runs `future` on a runtime made for it on the calling thread, gone when this returns:
+/// opening an array reads its metadata this way and leaves no thread behind.
+///
+/// # Errors
+/// [`Error::Stopped`] when the runtime cannot start.
+pub fn on_this_thread<F: Future>(future: F) -> Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Stopped(format!("starting a network runtime: {e}")))?;
+    Ok(runtime.block_on(future))
+}

@@ -1,0 +1,210 @@
+//! A planned batch run against an object store: its chunk reads merged into requests, all of
+//! them in flight together on the engine's runtime, each decoded on the pool as soon as its
+//! bytes land.
+//!
+//! ```text
+//! planner ─requests─▶ runtime: GET (≤ max_requests open, ≤ max_bytes_in_flight held) ─▶ pool: decode
+//! ```
+
+use std::future::Future;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::batch::BatchRun;
+use super::decode::{copy_targets, decode_task, fill_targets};
+use super::planned::{Planned, PlannedRead};
+use super::{guarded, Job, Shared};
+use crate::error::{Error, Result};
+use crate::io::remote::{self, Fetched, Net, Wanted};
+
+/// Runs `future` unless the engine is closed first.
+///
+/// # Errors
+/// [`Error::Stopped`] when the engine was closed before `future` finished.
+pub(super) async fn unless_stopped<F: Future>(shared: &Shared, future: F) -> Result<F::Output> {
+    let stopped = async {
+        loop {
+            // Created before the flag is read: a close between the two still wakes it.
+            let notified = shared.stopping.notified();
+            if shared.cancel.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    };
+    tokio::select! {
+        out = future => Ok(out),
+        () = stopped => Err(Error::Stopped("the engine was closed".into())),
+    }
+}
+
+/// Splits a batch's reads (sorted by file and offset) into requests: reads of one object
+/// whose gap is at most `merge_gap` bytes share a request, up to `max_len` bytes; a whole
+/// object is a request of its own.
+pub(super) fn requests(reads: &[PlannedRead], merge_gap: u64, max_len: u64) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=reads.len() {
+        let joins = i < reads.len() && {
+            let (first, prev, next) = (&reads[start], &reads[i - 1], &reads[i]);
+            let prev_end = prev.offset + prev.len as u64;
+            !first.whole
+                && !next.whole
+                && next.file == first.file
+                && next.offset >= prev_end
+                && next.offset - prev_end <= merge_gap
+                && next.offset + next.len as u64 - first.offset <= max_len
+        };
+        if !joins {
+            out.push(start..i);
+            start = i;
+        }
+    }
+    out
+}
+
+/// Queues a planned batch's requests on the runtime; each lands on the pool to be decoded.
+pub(super) fn run_remote(
+    shared: &Arc<Shared>,
+    net: &Net,
+    planned: Planned,
+    job: Job,
+    pool: &Arc<rayon::ThreadPool>,
+) {
+    let settings = &net.remote.settings;
+    let requests = requests(&planned.reads, settings.merge_gap, settings.part_bytes);
+    let batch = BatchRun::start(shared, planned, job, pool, requests.len());
+    let part_bytes = settings.part_bytes;
+    for request in requests {
+        let reads = &batch.planned.reads[request.clone()];
+        let (first, last) = (&reads[0], &reads[reads.len() - 1]);
+        let span = first.offset..last.offset + last.len as u64;
+        let wanted = if first.whole {
+            Wanted::Whole
+        } else {
+            Wanted::Range(span.clone())
+        };
+        let Some(object) = batch.planned.files[first.file].object.clone() else {
+            batch.finish_part(Err(Error::Stopped(format!(
+                "internal error: no object for {first:?}"
+            ))));
+            continue;
+        };
+        // A whole object's size is not known before it lands: a leaf's worth is held for it.
+        let held = if first.whole {
+            shared.leaf_bytes
+        } else {
+            (span.end - span.start) as usize
+        };
+        let bytes_permit = net.bytes_permit(held);
+        let (store, requests) = (Arc::clone(&net.store), Arc::clone(&net.requests));
+        let (batch, pool) = (Arc::clone(&batch), Arc::clone(pool));
+        net.spawn(async move {
+            let permit = bytes_permit.await;
+            if permit.is_none() || batch.shared.cancel.load(Ordering::Relaxed) {
+                batch.finish_part(Err(Error::Stopped("the engine was closed".into())));
+                return;
+            }
+            if batch.failed() {
+                batch.finish_part(Ok(()));
+                return;
+            }
+            let fetched =
+                remote::get(store.as_ref(), &object.key, wanted, part_bytes, &requests).await;
+            pool.spawn_fifo(move || {
+                let reads = &batch.planned.reads[request];
+                let result = guarded("engine thread", &batch.shared.array.path, || {
+                    decode_fetched(&batch, reads, fetched)
+                });
+                drop(permit);
+                batch.finish_part(result);
+            });
+        });
+    }
+}
+
+/// Decodes the chunks of one request from the bytes it fetched; a chunk whose object is
+/// missing reads as the fill value.
+fn decode_fetched(
+    batch: &BatchRun,
+    reads: &[PlannedRead],
+    fetched: std::io::Result<Option<Fetched>>,
+) -> Result<()> {
+    let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
+    let counters = &shared.counters;
+    counters.reads.fetch_add(1, Ordering::Relaxed);
+    counters
+        .chunks_decoded
+        .fetch_add(reads.len() as u64, Ordering::Relaxed);
+    let fetched = fetched.map_err(|e| planned.read_error(&reads[0], e))?;
+    let Some(fetched) = fetched else {
+        return reads
+            .iter()
+            .try_for_each(|read| fill_targets(shared, &planned.tasks[read.task], out));
+    };
+    counters
+        .bytes_read
+        .fetch_add(fetched.bytes.len() as u64, Ordering::Relaxed);
+    let start = reads[0].offset;
+    for read in reads {
+        let task = &planned.tasks[read.task];
+        let bytes = if read.whole {
+            &fetched.bytes[..]
+        } else {
+            let at = (read.offset - start) as usize;
+            fetched.bytes.get(at..at + read.len).ok_or_else(|| {
+                Error::Stopped(format!(
+                    "internal error: chunk {:?} left its request",
+                    task.chunk
+                ))
+            })?
+        };
+        if shared.as_stored {
+            copy_targets(shared, task, bytes, read.chunk_start, out)?;
+        } else {
+            let location = &planned.locations[read.task];
+            decode_task(shared, task, location, planned.path(read), bytes, out)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(file: usize, offset: u64, len: usize) -> PlannedRead {
+        PlannedRead {
+            task: 0,
+            file,
+            offset,
+            len,
+            chunk_start: 0,
+            direct: None,
+            whole: false,
+        }
+    }
+
+    #[test]
+    fn reads_close_together_share_a_request() {
+        let reads = [
+            read(0, 0, 100),
+            read(0, 100, 100),  // adjacent
+            read(0, 250, 100),  // a gap of 50
+            read(0, 1000, 100), // a gap of 650
+            read(1, 1100, 100), // another object
+            read(1, 1200, 900), // would pass 1000 bytes in all
+        ];
+        assert_eq!(requests(&reads, 64, 1000), vec![0..3, 3..4, 4..5, 5..6]);
+        assert_eq!(
+            requests(&reads, 0, 1000),
+            vec![0..2, 2..3, 3..4, 4..5, 5..6]
+        );
+        let mut whole = read(2, 0, 0);
+        whole.whole = true;
+        let reads = [whole.clone(), whole];
+        assert_eq!(requests(&reads, 64, 1000), vec![0..1, 1..2]);
+        assert!(requests(&[], 64, 1000).is_empty());
+    }
+}

@@ -1,0 +1,110 @@
+//! Where an array or group lives: a local directory, or a prefix of an object store. Its
+//! metadata is read through here; its chunks through the engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+use crate::io::remote::{self, is_url, RemoteStore, Wanted};
+
+#[derive(Clone, Debug)]
+pub enum Location {
+    Local(PathBuf),
+    Remote(Arc<RemoteStore>),
+}
+
+impl Location {
+    /// A local path, or a URL of an object store (`s3://`, `gs://`, `az://`, `http(s)://`)
+    /// with its `storage_options`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a URL or option that does not parse, or options given
+    /// for a local path.
+    pub fn parse(path: &str, options: &[(String, String)]) -> Result<Self> {
+        if is_url(path) {
+            return Ok(Self::Remote(Arc::new(RemoteStore::parse(path, options)?)));
+        }
+        if let Some((key, _)) = options.first() {
+            return Err(Error::InvalidArgument(format!(
+                "{path}: storage option {key:?} given for a local path (storage_options are for \
+                 s3://, gs://, az:// and http(s):// URLs)"
+            )));
+        }
+        Ok(Self::Local(PathBuf::from(path)))
+    }
+
+    /// The path or URL, for messages (a URL as a path: `s3://bucket/a.zarr/c/0`).
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Self::Local(path) => path.clone(),
+            Self::Remote(store) => PathBuf::from(&store.url),
+        }
+    }
+
+    /// The member `name` of this group.
+    #[must_use]
+    pub fn join(&self, name: &str) -> Self {
+        match self {
+            Self::Local(path) => Self::Local(path.join(name)),
+            Self::Remote(store) => Self::Remote(Arc::new(store.child(name))),
+        }
+    }
+
+    /// The bytes of `key` (`zarr.json`, `.zarray`...), or `None` when there is no such file
+    /// or object.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file or object when it cannot be read.
+    pub fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path().join(key);
+        match self {
+            Self::Local(dir) => match std::fs::read(dir.join(key)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(path, "reading metadata", e)),
+            },
+            Self::Remote(store) => {
+                let fetched = remote::on_this_thread(async {
+                    let client = store.build()?;
+                    let one = Semaphore::new(1);
+                    let part = store.settings.part_bytes;
+                    remote::get(client.as_ref(), &store.key(key), Wanted::Whole, part, &one)
+                        .await
+                        .map_err(|e| Error::io(&path, "reading metadata", e))
+                })??;
+                Ok(fetched.map(|f| f.bytes.to_vec()))
+            }
+        }
+    }
+
+    /// Whether the local directory exists (always true of a URL: an object store has no
+    /// directories to look for).
+    #[must_use]
+    pub fn exists(&self) -> bool {
+        match self {
+            Self::Local(path) => path.exists(),
+            Self::Remote(_) => true,
+        }
+    }
+
+    /// The local directory, if this is one.
+    #[must_use]
+    pub fn local(&self) -> Option<&Path> {
+        match self {
+            Self::Local(path) => Some(path),
+            Self::Remote(_) => None,
+        }
+    }
+
+    /// The object store, if this is one.
+    #[must_use]
+    pub fn remote(&self) -> Option<&Arc<RemoteStore>> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote(store) => Some(store),
+        }
+    }
+}

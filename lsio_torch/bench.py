@@ -3,6 +3,8 @@
     python -m lsio_torch.bench [--data NAME|PATH ...] [--crop T,Y,X] [--batch 16] [--n 2000]
                                [--threads N] [--io-threads N] [--systems lsio,zarr,...]
                                [--small] [--cold] [--direct] [--memory] [--json]
+                               [--store http --latency-ms 0,5,20,50 --bandwidth 90
+                                --max-requests N --concurrency 16,64 --plot out.png]
 
 Generates (once, with zarr-python) and caches the standard datasets, then reads the same
 seeded crop origins with every system and prints crops/s, MB/s, the ratio to lsio_torch and
@@ -19,6 +21,8 @@ Systems:
              bound, the cost of copying the bytes out of the page cache, printed with
              "read + decode", the two bounds one after the other on the same threads (what
              any reader that copies the bytes before decoding them spends on these cores)
+With ``--store http`` the data is served over HTTP instead (see ``_remote_bench``), to
+lsio_torch, zarr-python and zarrs on obstore, tensorstore's http kvstore, and the GET bound.
 Peers that are not installed are reported missing. Every system's every batch is touched
 the same way: each of its bytes read once (``view(uint8).max()``), on one torch thread, so
 the consumer costs little and the same for all (a ``.sum()`` of int16 would first cast the
@@ -460,6 +464,33 @@ def _best(run: Callable[[int], float], choices: list[int]) -> tuple[float, str]:
     return seconds, f"concurrency {choice} (best of {','.join(map(str, choices))})"
 
 
+def plot_latency(report: dict, path: Path) -> None:
+    """Crops/s of each system against the first-byte latency, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_data: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for key, results in report["data"].items():
+        name, latency = key.rsplit(", ", 1)
+        for r in results:
+            if r["crops_per_s"]:
+                points = by_data.setdefault(name, {}).setdefault(r["system"], [])
+                points.append((float(latency.removesuffix(" ms")), r["crops_per_s"]))
+    fig, axes = plt.subplots(1, len(by_data), figsize=(6 * len(by_data), 4), squeeze=False)
+    for ax, (name, systems) in zip(axes[0], by_data.items(), strict=True):
+        for system, points in systems.items():
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=system, linestyle="--" if "bound" in system else "-")
+        ax.set(title=name, xlabel="first-byte latency (ms)", ylabel="crops/s", yscale="log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"over HTTP, {report['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -478,7 +509,7 @@ def memory(args, name: str) -> dict:
         from lsio_torch._remote_bench import ServedFolder
 
         bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
-        server = ServedFolder(path.parent, args.latency_ms, bandwidth)
+        server = ServedFolder(path.parent, args.latency_ms[0], bandwidth)
         source = f"{server.url}/{path.name}"
         in_flight_mb = 64.0  # the engine's max_bytes_in_flight, by default
     ds = ZarrCropDataset(
@@ -579,7 +610,13 @@ def main(argv: Iterator[str] | None = None) -> None:
         "zarrs, tensorstore, xbatcher, get)",
     )  # fmt: skip
     parser.add_argument(
-        "--latency-ms", type=float, default=20.0, help="--store http: added first-byte latency"
+        "--latency-ms",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[20.0],
+        help="--store http: added first-byte latency; a list (0,5,20,50) measures each",
+    )
+    parser.add_argument(
+        "--plot", type=Path, help="--store http: write throughput against latency to this PNG"
     )
     parser.add_argument(
         "--bandwidth", type=float, default=90.0, help="--store http: MB/s per connection (0: any)"
@@ -619,7 +656,17 @@ def main(argv: Iterator[str] | None = None) -> None:
         "data": {},
     }
     for name in args.data:
+        if args.store == "http":
+            latencies = args.latency_ms
+            for latency in latencies:
+                args.latency_ms = latency
+                results = measure(args, name)
+                report["data"][f"{name}, {latency:g} ms"] = [asdict(r) for r in results]
+            args.latency_ms = latencies
+            continue
         report["data"][name] = [asdict(r) for r in measure(args, name)]
+    if args.plot:
+        plot_latency(report, args.plot)
     if args.json:
         print(json.dumps(report, indent=2))
         return

@@ -82,7 +82,6 @@ impl Net {
 
     /// A future that waits until `len` more bytes may be in flight; the permit it gives frees
     /// them when dropped. A request larger than the whole bound waits for all of it.
-    #[must_use]
     pub fn bytes_permit(
         &self,
         len: usize,

@@ -194,7 +194,7 @@ mod tests {
             read(0, 250, 100),  // a gap of 50
             read(0, 1000, 100), // a gap of 650
             read(1, 1100, 100), // another object
-            read(1, 1200, 900), // would pass 1000 bytes in all
+            read(1, 1200, 901), // would pass 1000 bytes in all
         ];
         assert_eq!(requests(&reads, 64, 1000), vec![0..3, 3..4, 4..5, 5..6]);
         assert_eq!(

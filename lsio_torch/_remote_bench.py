@@ -8,8 +8,9 @@ Systems:
                (``async.concurrency`` the best of ``--concurrency``)
   zarrs        the same with the zarrs codec pipeline
   tensorstore  tensorstore's http kvstore, all crops of a batch in flight at once
-  get          the GET bound: the byte ranges lsio_torch reads (chunks, merged as it merges
-               them), fetched by obstore at the best of ``--concurrency``, nothing decoded
+  get          the GET bound: the requests lsio_torch makes (its chunk ranges, merged as it
+               merges them; shard indexes left out), fetched by obstore at the best of
+               ``--concurrency``, nothing decoded
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def regions(origins, crop) -> list[tuple[slice, ...]]:
     return [tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True)) for origin in origins]
 
 
-def run_lsio(url, crop, batches, threads, max_requests, consume) -> float:
+def run_lsio(url, crop, batches, threads, max_requests, options, consume) -> float:
     n = sum(len(b) for b in batches)
     ds = ZarrCropDataset(
         url, crop, batch_size=len(batches[0]), samples_per_epoch=n, seed=0, threads=threads,
-        max_requests=max_requests,
+        max_requests=max_requests, storage_options=options,
     )  # fmt: skip
     return consume(torch.utils.data.DataLoader(ds, batch_size=None), "lsio_torch", n)
 

@@ -4,7 +4,8 @@
                                [--threads N] [--io-threads N] [--systems lsio,zarr,...]
                                [--small] [--cold] [--direct] [--memory] [--json]
                                [--store http --latency-ms 0,5,20,50 --bandwidth 90
-                                --max-requests N --concurrency 16,64 --plot out.png]
+                                --max-requests 32,64 --merge-gap B --concurrency 16,64
+                                --plot out.png]
 
 Generates (once, with zarr-python) and caches the standard datasets, then reads the same
 seeded crop origins with every system and prints crops/s, MB/s, the ratio to lsio_torch and
@@ -47,7 +48,12 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
-from lsio_torch.dataset import ZarrCropDataset, _default_threads
+from lsio_torch.dataset import (
+    LOCAL_PREFETCH,
+    REMOTE_PREFETCH,
+    ZarrCropDataset,
+    _default_threads,
+)
 
 CACHE = Path(os.environ.get("LSIO_BENCH_CACHE", Path.home() / ".cache" / "lsio_torch" / "bench"))
 
@@ -385,7 +391,8 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
     threads, chosen = args.threads, args.systems.split(",")
     concurrency = [int(c) for c in args.concurrency.split(",")]
     bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
-    ranges = _lsio_torch.read_ranges(array, list(crop), batches)
+    options = {} if args.merge_gap is None else {"merge_gap": str(args.merge_gap)}
+    ranges = _lsio_torch.read_ranges(array, list(crop), batches, list(options.items()))
     v3 = (path / "zarr.json").exists()
     results = []
     with rb.ServedFolder(path.parent, args.latency_ms, bandwidth) as server:
@@ -396,15 +403,22 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
             f"+{args.latency_ms:g} ms, {args.bandwidth or 'unlimited'} MB/s a connection",
             file=sys.stderr,
         )
-        runners = {
-            "lsio": (
-                "lsio_torch",
-                lambda: (
-                    rb.run_lsio(url, crop, batches, threads, args.max_requests, consume),
-                    f"max_requests={args.max_requests or 'default'}",
+        gap = f", merge_gap={args.merge_gap}" if args.merge_gap is not None else ""
+        lsio = {
+            f"lsio{i}": (
+                "lsio_torch" if i == 0 else f"lsio_torch, max_requests={m}",
+                lambda m=m: (
+                    rb.run_lsio(url, crop, batches, threads, m, options, consume),
+                    f"max_requests={m or 'default'}{gap}",
                 ),
                 None,
-            ),
+            )
+            for i, m in enumerate(args.max_requests)
+        }
+        if "lsio" in chosen:
+            chosen += list(lsio)
+        runners = {
+            **lsio,
             "zarr": (
                 "zarr-python (obstore)",
                 lambda: _best(
@@ -503,7 +517,7 @@ def memory(args, name: str) -> dict:
     path, spec = dataset(name, args.small)
     array = _lsio_torch.Array(str(path))
     crop = tuple(args.crop) if args.crop else (spec.crop if spec else tuple(array.chunk_shape))
-    prefetch = 2
+    prefetch = REMOTE_PREFETCH if args.store == "http" else LOCAL_PREFETCH
     server, source, in_flight_mb = None, path, 0.0
     if args.store == "http":
         from lsio_torch._remote_bench import ServedFolder
@@ -514,7 +528,7 @@ def memory(args, name: str) -> dict:
         in_flight_mb = 64.0  # the engine's max_bytes_in_flight, by default
     ds = ZarrCropDataset(
         source, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
-        threads=args.threads, io_threads=args.io_threads, max_requests=args.max_requests,
+        threads=args.threads, io_threads=args.io_threads, max_requests=args.max_requests[0],
     )  # fmt: skip
     batch_bytes = args.batch * int(np.prod(crop)) * np.dtype(array.dtype).itemsize
     warm(path)
@@ -621,7 +635,15 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument(
         "--bandwidth", type=float, default=90.0, help="--store http: MB/s per connection (0: any)"
     )
-    parser.add_argument("--max-requests", type=int, default=None, help="lsio_torch's")
+    parser.add_argument(
+        "--max-requests",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[None],
+        help="--store http: lsio_torch's max_requests; a list measures each",
+    )
+    parser.add_argument(
+        "--merge-gap", type=int, default=None, help="--store http: lsio_torch's merge_gap"
+    )
     parser.add_argument(
         "--concurrency", default="16,64", help="--store http: the peers' concurrencies tried"
     )

@@ -26,6 +26,7 @@ from lsio_torch._sources import (
     check_crop_on_lattice,
     crop_shape,
     integer_rows,
+    is_url,
     joint_grid,
     per_key,
 )
@@ -202,7 +203,9 @@ class ZarrCropDataset(IterableDataset):
         mean, std: with ``dtype``, write ``(x - mean) / std``; a number, or a mapping by name.
         pin_memory: pin the batches; ``None`` pins exactly when CUDA is available (never
             inside DataLoader workers, where the DataLoader's own ``pin_memory`` applies).
-        prefetch: batches being read while the consumer works on the current one.
+        prefetch: batches being read while the consumer works on the current one; ``None``
+            is 2, or 8 when an array is in an object store (where each batch waits a round
+            trip, and more batches in flight keep more requests open).
         return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
         io_threads: threads that only read, each keeping its own queue of reads in flight,
@@ -244,7 +247,7 @@ class ZarrCropDataset(IterableDataset):
         mean: float | Mapping[str, float] | None = None,
         std: float | Mapping[str, float] | None = None,
         pin_memory: bool | None = None,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         return_origins: bool = False,
         threads: int | None = None,
         io_threads: int = 0,
@@ -305,6 +308,9 @@ class ZarrCropDataset(IterableDataset):
 
         self.batch_size = _positive("batch_size", batch_size)
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
+        if prefetch is None:
+            remote = any(is_url(source.path) for source in self._sources)
+            prefetch = REMOTE_PREFETCH if remote else LOCAL_PREFETCH
         self.prefetch = _positive("prefetch", prefetch)
         self.threads = _thread_count("threads", threads)
         self.io_threads = _thread_count("io_threads", io_threads, allow_zero=True)
@@ -577,6 +583,13 @@ class _Grid:
         self.shape = shape
         self.path = "the joint grid"
         self.dimension_names = None
+
+
+#: Batches in flight by default: from local files, and when an array is in an object store
+#: (measured on sat-zstd over HTTP at 20 and 50 ms first-byte latency: 2 → 4 → 8 gave
+#: 202 → 251 → 272 crops/s at 50 ms).
+LOCAL_PREFETCH = 2
+REMOTE_PREFETCH = 8
 
 
 def _with_max_requests(

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::io::remote::Settings;
 use crate::io::{new_reader, Backend, ReadOp};
 use crate::pipeline::{
-    plan_reads, read_all, read_only_what_crops_need, requested_ranges, PlanCache, Shared,
+    plan_reads, read_all, read_only_what_crops_need, requested_objects, requested_ranges,
+    PlanCache, Shared,
 };
 use crate::pool::build_pool;
 use crate::zarr::ZarrArray;
@@ -106,8 +108,9 @@ pub fn decode_bound(
 /// One read request: file, offset, length.
 pub type Range = (PathBuf, u64, usize);
 
-/// The byte ranges each batch's chunks are read from, as the engine reads them (shard indexes
-/// are read here, not later).
+/// The byte ranges each batch's chunks are read from, as the engine reads them from files, or,
+/// with `remote` settings, as it requests them from an object store (shard indexes are read
+/// here, not later).
 ///
 /// # Errors
 /// A file or shard index that cannot be read.
@@ -116,6 +119,7 @@ pub fn read_ranges(
     crop: Vec<u64>,
     batches: &[Vec<Vec<u64>>],
     backend: Backend,
+    remote: Option<&Settings>,
 ) -> Result<Vec<Vec<Range>>> {
     let shared = Shared::new(array, crop, backend, None)?;
     let mut reader = new_reader(backend)?;
@@ -125,7 +129,10 @@ pub fn read_ranges(
         .map(|origins| {
             let mut planned = plan_reads(&shared, reader.as_mut(), None, &mut cache, origins)?;
             read_only_what_crops_need(&shared, &mut planned)?;
-            Ok(requested_ranges(&planned))
+            Ok(match remote {
+                None => requested_ranges(&planned),
+                Some(settings) => requested_objects(&planned, settings),
+            })
         })
         .collect()
 }

@@ -20,6 +20,7 @@ use crate::cast::{Cast, OutType};
 use crate::dlpack;
 use crate::error::Error;
 use crate::io::choose_backend;
+use crate::io::remote::RemoteStore;
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
 use crate::zarr::location::Location;
@@ -479,18 +480,30 @@ fn decode_bound<'py>(
 }
 
 /// The byte ranges ``(path, offset, length)`` the engine requests for each batch of crops
-/// (adjacent chunks of a file read together).
+/// (adjacent chunks of a file read together); with ``storage_options``, the requests it makes
+/// of an object store holding the same array, merged by those options' ``merge_gap`` and
+/// ``part_bytes``.
 #[pyfunction]
+#[pyo3(signature = (array, crop, batches, storage_options=None))]
 fn read_ranges(
     py: Python<'_>,
     array: &Array,
     crop: Vec<u64>,
     batches: Vec<Vec<Vec<u64>>>,
+    storage_options: Option<Vec<(String, String)>>,
 ) -> PyResult<Vec<Vec<bounds::Range>>> {
     boundary("listing read ranges", || {
         let backend = choose_backend().map_err(to_py)?.backend;
         let inner = Arc::clone(&array.inner);
-        py.detach(|| bounds::read_ranges(inner, crop, &batches, backend))
+        let remote = match storage_options {
+            None => None,
+            Some(options) => Some(
+                RemoteStore::parse("http://localhost/", &options)
+                    .map_err(to_py)?
+                    .settings,
+            ),
+        };
+        py.detach(|| bounds::read_ranges(inner, crop, &batches, backend, remote.as_ref()))
             .map_err(to_py)
     })
 }

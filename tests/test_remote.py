@@ -299,3 +299,43 @@ def test_abandoned_remote_loops_leave_no_threads(tmp_path, object_server):
         del it
     assert not engine_threads()
     shutil.rmtree(tmp_path / "a.zarr")
+
+
+def test_remote_arrays_keep_more_batches_in_flight(tmp_path, object_server):
+    path, server = sharded(tmp_path, object_server)
+    assert lsio_torch.ZarrCropDataset(path, (4, 5, 3)).prefetch == 2
+    assert lsio_torch.ZarrCropDataset(f"{server.url}/a.zarr", (4, 5, 3)).prefetch == 8
+    assert lsio_torch.ZarrCropDataset(f"{server.url}/a.zarr", (4, 5, 3), prefetch=3).prefetch == 3
+
+
+def test_a_shard_replaced_mid_iteration_is_never_read_as_a_mix(tmp_path, s3):
+    """Chunk reads ask for the version of the shard whose index was read (If-Match): a shard
+    replaced while an iteration reads it is an error naming it, never bytes of the new shard
+    decoded at the old index's offsets; the next iteration reads the new shard."""
+    old = BY_ID["v3-shard-index-end"].make(tmp_path / "old.zarr")
+    url = s3.upload(old, "replaced", "a.zarr")
+    new = tmp_path / "new.zarr"
+    shutil.copytree(old, new)
+    array = zarr.open_array(new, mode="r+")
+    array[...] = array[...] + 1  # same shape and chunks, other bytes in every shard
+    values = {"old": zarr.open_array(old)[...], "new": array[...]}
+    origins = [(0, 0, 0)] * 20
+    ds = lsio_torch.ZarrCropDataset(
+        url, SHAPE, origins=origins, batch_size=1, prefetch=1, storage_options=s3.storage_options
+    )
+    it = iter(ds)
+    first = next(it)
+    assert same_values(first[0].numpy(), values["old"])
+    for shard in sorted((new / "c").rglob("*")):
+        if shard.is_file():
+            key = "a.zarr/" + str(shard.relative_to(new))
+            s3.put("replaced", key, shard.read_bytes())
+    with pytest.raises(lsio_torch.LsioError, match=r"replaced after its shard index was read"):
+        for batch in it:
+            assert same_values(batch[0].numpy(), values["old"])
+    (again,) = list(
+        lsio_torch.ZarrCropDataset(
+            url, SHAPE, origins=origins[:1], batch_size=1, storage_options=s3.storage_options
+        )
+    )
+    assert same_values(again[0].numpy(), values["new"])

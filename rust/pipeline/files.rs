@@ -24,12 +24,17 @@ pub(super) struct OpenFile {
     pub(super) object: Option<Object>,
 }
 
+/// A shard object's size and ETag.
+pub(super) type ObjectVersion = (u64, Option<String>);
+
 /// A chunk or shard in an object store.
 #[derive(Clone, Debug)]
 pub(super) struct Object {
     pub(super) key: object_store::path::Path,
     /// The object's size, once a request has told it (a shard's, from its index read).
     pub(super) size: Option<u64>,
+    /// The version of the object its index was read from: chunk reads ask for that one.
+    pub(super) etag: Option<String>,
 }
 
 impl OpenFile {
@@ -84,7 +89,7 @@ pub(crate) struct PlanCache {
     pub(super) indexes: Bounded<(Identity, Arc<ShardIndex>)>,
     /// Indexes of shards in an object store: an engine reads each once (a later iteration
     /// reads them anew, and sees shards replaced since).
-    pub(super) object_indexes: Bounded<(u64, Arc<ShardIndex>)>,
+    pub(super) object_indexes: Bounded<(ObjectVersion, Arc<ShardIndex>)>,
     pub(super) missing: Bounded<()>,
 }
 
@@ -111,11 +116,12 @@ impl PlanCache {
         }
         if let Some(store) = shared.array.location.remote() {
             let key = store.key(&shared.array.file_key(coords));
-            let size = self.object_indexes.get(coords).map(|(size, _)| *size);
+            let version = self.object_indexes.get(coords).map(|(v, _)| v.clone());
+            let (size, etag) = version.map_or((None, None), |(size, etag)| (Some(size), etag));
             return Ok(OpenFile {
                 path,
                 file: None,
-                object: Some(Object { key, size }),
+                object: Some(Object { key, size, etag }),
             });
         }
         let (file, opened) = open_files::open(&path, shared.direct_io)

@@ -28,6 +28,7 @@ mod remote;
 pub(crate) use files::PlanCache;
 pub(crate) use groups::requested_ranges;
 pub(crate) use planned::{plan_reads, read_all, read_only_what_crops_need};
+pub(crate) use remote::requested_objects;
 
 use batch::run_batch;
 use io_stage::IoStage;

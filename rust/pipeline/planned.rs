@@ -368,7 +368,7 @@ fn fetch_indexes(
                 Some(size) => Wanted::Range(size.saturating_sub(index_len)..size),
             }
         };
-        remote::get(store, key, range, part_bytes, requests).await
+        remote::get(store, key, range, part_bytes, requests, None).await
     });
     let fetched = net.block_on(unless_stopped(shared, futures::future::join_all(fetches)))?;
     for ((coords, id), result) in wanted.into_iter().map(|(c, i, _)| (c, i)).zip(fetched) {
@@ -397,11 +397,13 @@ fn fetch_indexes(
             .and_then(|words| ShardIndex::from_words(&words, per_shard, fetched.size))
             .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
         let index = Arc::new(index);
+        let version = (fetched.size, fetched.etag.clone());
         cache
             .object_indexes
-            .insert(coords, (fetched.size, Arc::clone(&index)));
+            .insert(coords, (version, Arc::clone(&index)));
         if let Some(object) = &mut files[id].object {
             object.size = Some(fetched.size);
+            object.etag = fetched.etag;
         }
         shard_index[id] = Some(index);
     }

@@ -16,7 +16,7 @@ use super::decode::{copy_targets, decode_task, fill_targets};
 use super::planned::{Planned, PlannedRead};
 use super::{guarded, Job, Shared};
 use crate::error::{Error, Result};
-use crate::io::remote::{self, Fetched, Net, Wanted};
+use crate::io::remote::{self, Fetched, Net, Settings, Wanted};
 
 /// Runs `future` unless the engine is closed first.
 ///
@@ -62,6 +62,26 @@ pub(super) fn requests(reads: &[PlannedRead], merge_gap: u64, max_len: u64) -> V
         }
     }
     out
+}
+
+/// The requests a planned batch makes of an object store: `(path, offset, len)` each.
+pub(crate) fn requested_objects(
+    planned: &Planned,
+    settings: &Settings,
+) -> Vec<(std::path::PathBuf, u64, usize)> {
+    requests(&planned.reads, settings.merge_gap, settings.part_bytes)
+        .into_iter()
+        .map(|request| {
+            let reads = &planned.reads[request];
+            let (first, last) = (&reads[0], &reads[reads.len() - 1]);
+            let len = last.offset + last.len as u64 - first.offset;
+            (
+                planned.files[first.file].path.clone(),
+                first.offset,
+                len as usize,
+            )
+        })
+        .collect()
 }
 
 /// Queues a planned batch's requests on the runtime; each lands on the pool to be decoded.
@@ -110,8 +130,16 @@ pub(super) fn run_remote(
                 batch.finish_part(Ok(()));
                 return;
             }
-            let fetched =
-                remote::get(store.as_ref(), &object.key, wanted, part_bytes, &requests).await;
+            let etag = object.etag.as_deref();
+            let fetched = remote::get(
+                store.as_ref(),
+                &object.key,
+                wanted,
+                part_bytes,
+                &requests,
+                etag,
+            )
+            .await;
             pool.spawn_fifo(move || {
                 let reads = &batch.planned.reads[request];
                 let result = guarded("engine thread", &batch.shared.array.path, || {

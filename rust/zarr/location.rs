@@ -71,7 +71,8 @@ impl Location {
                     let client = store.build()?;
                     let one = Semaphore::new(1);
                     let part = store.settings.part_bytes;
-                    remote::get(client.as_ref(), &store.key(key), Wanted::Whole, part, &one)
+                    let key = store.key(key);
+                    remote::get(client.as_ref(), &key, Wanted::Whole, part, &one, None)
                         .await
                         .map_err(|e| Error::io(&path, "reading metadata", e))
                 })??;

@@ -23,29 +23,36 @@ pub struct Fetched {
     pub bytes: Bytes,
     /// The whole object's size.
     pub size: u64,
+    /// The object's version, as the store tags it.
+    pub etag: Option<String>,
 }
 
 /// Fetches `wanted` of the object at `key`, holding one of `requests`' permits while the
-/// request is open; ranges longer than `part_bytes` are fetched in parts, in parallel.
+/// request is open; ranges longer than `part_bytes` are fetched in parts, in parallel. With
+/// `if_match`, only that version of the object is read (a shard replaced since its index was
+/// read is an error, not a mix of two versions).
 ///
 /// # Errors
 /// An `io::Error` naming the cause: `PermissionDenied` for 401/403, `UnexpectedEof` for an
-/// object shorter than the range, `Other` for a request that failed after its retries.
+/// object shorter than the range, `Other` for a request that failed after its retries or an
+/// object that changed.
 pub async fn get(
     store: &dyn ObjectStore,
     key: &Path,
     wanted: Wanted,
     part_bytes: u64,
     requests: &Semaphore,
+    if_match: Option<&str>,
 ) -> std::io::Result<Option<Fetched>> {
     if let Wanted::Range(range) = &wanted {
         let len = range.end - range.start;
         if len > part_bytes.max(1) {
-            return get_parts(store, key, range.clone(), part_bytes.max(1), requests).await;
+            let part_bytes = part_bytes.max(1);
+            return get_parts(store, key, range.clone(), part_bytes, requests, if_match).await;
         }
     }
     let _permit = requests.acquire().await.map_err(closed)?;
-    get_one(store, key, wanted).await
+    get_one(store, key, wanted, if_match).await
 }
 
 async fn get_parts(
@@ -54,27 +61,29 @@ async fn get_parts(
     range: Range<u64>,
     part_bytes: u64,
     requests: &Semaphore,
+    if_match: Option<&str>,
 ) -> std::io::Result<Option<Fetched>> {
     let parts = (range.start..range.end)
         .step_by(part_bytes as usize)
         .map(|start| start..(start + part_bytes).min(range.end));
     let fetched = futures::future::try_join_all(parts.map(|part| async move {
         let _permit = requests.acquire().await.map_err(closed)?;
-        get_one(store, key, Wanted::Range(part)).await
+        get_one(store, key, Wanted::Range(part), if_match).await
     }))
     .await?;
     let mut joined = BytesMut::with_capacity((range.end - range.start) as usize);
-    let mut size = 0;
+    let (mut size, mut etag) = (0, None);
     for part in fetched {
         let Some(part) = part else {
             return Ok(None);
         };
         joined.extend_from_slice(&part.bytes);
-        size = part.size;
+        (size, etag) = (part.size, part.etag);
     }
     Ok(Some(Fetched {
         bytes: joined.freeze(),
         size,
+        etag,
     }))
 }
 
@@ -82,6 +91,7 @@ async fn get_one(
     store: &dyn ObjectStore,
     key: &Path,
     wanted: Wanted,
+    if_match: Option<&str>,
 ) -> std::io::Result<Option<Fetched>> {
     let range = match &wanted {
         Wanted::Whole => None,
@@ -95,6 +105,7 @@ async fn get_one(
             return Ok(Some(Fetched {
                 bytes: Bytes::new(),
                 size: meta.size,
+                etag: meta.e_tag,
             }));
         }
         Wanted::Range(r) => Some(GetRange::Bounded(r.clone())),
@@ -102,6 +113,7 @@ async fn get_one(
     };
     let options = GetOptions {
         range,
+        if_match: if_match.map(str::to_string),
         ..GetOptions::default()
     };
     let result = match store.get_opts(key, options).await {
@@ -109,7 +121,7 @@ async fn get_one(
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(to_io(e)),
     };
-    let size = result.meta.size;
+    let (size, etag) = (result.meta.size, result.meta.e_tag.clone());
     let bytes = result.bytes().await.map_err(to_io)?;
     let expected = match &wanted {
         Wanted::Whole => size,
@@ -125,7 +137,7 @@ async fn get_one(
             ),
         ));
     }
-    Ok(Some(Fetched { bytes, size }))
+    Ok(Some(Fetched { bytes, size, etag }))
 }
 
 /// The object's size, from a HEAD request; `None` when it does not exist.
@@ -157,6 +169,13 @@ pub fn to_io(e: object_store::Error) -> std::io::Error {
         object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+        object_store::Error::Precondition { .. } => {
+            return std::io::Error::other(format!(
+                "the object was replaced after its shard index was read (its ETag changed); \
+                 the next iteration reads the new one: {}",
+                full_message(&e)
+            ));
+        }
         _ => std::io::ErrorKind::Other,
     };
     std::io::Error::new(kind, full_message(&e))

@@ -34,7 +34,10 @@ pub struct Settings {
     /// Bytes fetched and not yet decoded, per engine (`max_bytes_in_flight`).
     pub max_bytes_in_flight: usize,
     /// Chunks of one object at most this many bytes apart are fetched by one request; the
-    /// bytes between them are fetched and dropped (`merge_gap`).
+    /// bytes between them are fetched and dropped (`merge_gap`). Measured over HTTP at 20 ms
+    /// and 90 MB/s a connection (lsio_torch bench, crops/s for gaps of 0, 64 KiB, 256 KiB,
+    /// 1, 2 and 4 MiB): sat-zstd 150, 145, 174, 200, 142, 84; raw 100, 142, 227, 232, 153,
+    /// 89. A gap is worth fetching while it costs less time than a request's first byte.
     pub merge_gap: u64,
     /// A range longer than this is fetched in parts of this size, in parallel
     /// (`part_bytes`); merged requests grow no longer than this either.
@@ -50,7 +53,7 @@ impl Default for Settings {
         Self {
             max_requests: 64,
             max_bytes_in_flight: 64 << 20,
-            merge_gap: 64 << 10,
+            merge_gap: 1 << 20,
             part_bytes: 16 << 20,
             max_retries: 5,
             retry_timeout: Duration::from_secs(30),

@@ -250,7 +250,13 @@ class Source:
         return [[o // f for o, f in zip(origin, self.scale, strict=True)] for origin in origins]
 
     def engine(
-        self, crop: Sequence[int], threads: int, direct_io: bool = False, io_threads: int = 0
+        self,
+        crop: Sequence[int],
+        threads: int,
+        direct_io: bool = False,
+        io_threads: int = 0,
+        cache: _lsio_torch.ChunkCache | None = None,
+        cache_id: int = 0,
     ) -> _lsio_torch.Engine:
         cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
         return _lsio_torch.Engine(
@@ -262,6 +268,8 @@ class Source:
             self.std,
             direct_io=direct_io,
             io_threads=io_threads,
+            cache=cache,
+            cache_id=cache_id,
         )
 
     def describe(self) -> str:

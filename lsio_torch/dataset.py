@@ -51,6 +51,22 @@ _COUNTERS = (
 )
 
 
+#: The chunk cache's eviction policies, and the default.
+CACHE_POLICIES = ("lru", "clock", "s3fifo")
+DEFAULT_CACHE_POLICY = "clock"
+_EMPTY_CACHE_STATS = dict.fromkeys(
+    (
+        "cache_hits",
+        "cache_waits",
+        "cache_misses",
+        "cache_evictions",
+        "cache_bytes",
+        "cache_chunks",
+    ),
+    0,
+)
+
+
 def _log_backend_once() -> None:
     """Says once per process when io_uring could not be used."""
     global _fallback_logged
@@ -224,6 +240,13 @@ class ZarrCropDataset(IterableDataset):
             ``max_bytes_in_flight``, ``merge_gap``, ``part_bytes``, ``max_retries``,
             ``retry_timeout``, ``timeout``. Local arrays ignore them.
         max_requests: requests open at once per array, for object stores.
+        cache_bytes: decoded chunks kept in memory across batches and epochs, up to this
+            many bytes (``0``: none): a chunk found there is neither read nor decoded again.
+            One cache per dataset and process, shared by its arrays; each DataLoader worker
+            has its own. :meth:`close` frees it. The arrays are taken not to change while it
+            holds their chunks.
+        cache_policy: which chunk the cache evicts when full: ``"lru"``, ``"clock"`` or
+            ``"s3fifo"``.
 
     Raises:
         FileNotFoundError: no array at ``source``.
@@ -256,6 +279,8 @@ class ZarrCropDataset(IterableDataset):
         world_size: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         max_requests: int | None = None,
+        cache_bytes: int = 0,
+        cache_policy: str = DEFAULT_CACHE_POLICY,
     ) -> None:
         super().__init__()
         storage_options = _with_max_requests(storage_options, max_requests)
@@ -322,6 +347,12 @@ class ZarrCropDataset(IterableDataset):
             batch_bytes, self.prefetch + 1, f"batch_size={batch_size}, prefetch={prefetch}"
         )
         self.direct_io = bool(direct_io)
+        self.cache_bytes = _non_negative("cache_bytes", cache_bytes)
+        if cache_policy not in CACHE_POLICIES:
+            raise ValueError(f"cache_policy must be one of {CACHE_POLICIES}, got {cache_policy!r}")
+        self.cache_policy = cache_policy
+        self._cache: _lsio_torch.ChunkCache | None = None
+        self._cache_pid: int | None = None
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = seed
@@ -378,6 +409,7 @@ class ZarrCropDataset(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_sampler"], state["_iterators"], state["_engines"]
+        state["_cache"] = state["_cache_pid"] = None  # each process its own
         # A process that unpickles (a DataLoader worker under spawn) has no process group:
         # it takes the rank this process has.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -467,12 +499,28 @@ class ZarrCropDataset(IterableDataset):
             for name, value in _engine_stats(engines).items():
                 out[name] += value
         out["backend"] = self._backend or _lsio_torch.io_backend()
+        if self.cache_bytes:
+            cache = self._cache if self._cache_pid == os.getpid() else None
+            out.update(cache.stats() if cache else _EMPTY_CACHE_STATS)
         return out
 
     def close(self) -> None:
-        """Stops every iteration of this dataset still running in this process."""
+        """Stops every iteration of this dataset still running in this process, and frees
+        its chunk cache."""
         for iterator in list(self._iterators):
             iterator.close()
+        if self._cache is not None and self._cache_pid == os.getpid():
+            self._cache.clear()
+        self._cache = self._cache_pid = None
+
+    def _chunk_cache(self) -> _lsio_torch.ChunkCache | None:
+        """This process's chunk cache (a forked worker makes its own)."""
+        if not self.cache_bytes:
+            return None
+        if self._cache is None or self._cache_pid != os.getpid():
+            self._cache = _lsio_torch.ChunkCache(self.cache_bytes, self.cache_policy)
+            self._cache_pid = os.getpid()
+        return self._cache
 
     def _origins(self, epoch: int, first: int, count: int) -> list[list[int]]:
         if self._origin_list is not None:
@@ -506,10 +554,11 @@ class ZarrCropDataset(IterableDataset):
         total = None if self.samples_per_epoch is None else self._epoch_batches()
         n, epoch = self.samples_per_epoch, self.epoch
         batches = share.batches(total, start)
+        cache = self._chunk_cache()
         engines = _Engines(
             {
-                s.key: s.engine(self.crop, threads, self.direct_io, self.io_threads)
-                for s in self._sources
+                s.key: s.engine(self.crop, threads, self.direct_io, self.io_threads, cache, i)
+                for i, s in enumerate(self._sources)
             }
         )
         self._backend = next(iter(engines.values())).backend

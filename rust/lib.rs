@@ -7,6 +7,7 @@
 
 pub mod batch_memory;
 pub mod bounds;
+pub mod cache;
 pub mod cast;
 pub mod dlpack;
 pub mod error;

@@ -16,6 +16,7 @@ use pyo3::types::PyDict;
 
 use crate::batch_memory::BatchMemory;
 use crate::bounds;
+use crate::cache;
 use crate::cast::{Cast, OutType};
 use crate::dlpack;
 use crate::error::Error;
@@ -198,6 +199,55 @@ impl Sampler {
     }
 }
 
+/// Decoded chunks kept across batches and epochs, under a byte budget: one per dataset and
+/// process, handed to each of its engines with the array's number in the dataset.
+#[pyclass(module = "lsio_torch._lsio_torch", frozen)]
+struct ChunkCache {
+    inner: Arc<cache::ChunkCache>,
+}
+
+#[pymethods]
+impl ChunkCache {
+    /// ``policy``: ``"lru"``, ``"clock"`` or ``"s3fifo"``.
+    #[new]
+    #[pyo3(signature = (budget, policy))]
+    fn new(budget: usize, policy: &str) -> PyResult<Self> {
+        let kind = cache::PolicyKind::from_name(policy).map_err(to_py)?;
+        Ok(Self {
+            inner: cache::ChunkCache::new(budget, kind),
+        })
+    }
+
+    /// ``{"cache_hits", "cache_waits", "cache_misses", "cache_evictions", "cache_bytes",
+    /// "cache_chunks"}``.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let out = PyDict::new(py);
+        out.set_item("cache_hits", s.hits)?;
+        out.set_item("cache_waits", s.waits)?;
+        out.set_item("cache_misses", s.misses)?;
+        out.set_item("cache_evictions", s.evictions)?;
+        out.set_item("cache_bytes", s.bytes)?;
+        out.set_item("cache_chunks", s.chunks)?;
+        Ok(out)
+    }
+
+    #[getter]
+    fn budget(&self) -> usize {
+        self.inner.budget()
+    }
+
+    #[getter]
+    fn policy(&self) -> &'static str {
+        self.inner.policy().name()
+    }
+
+    /// Frees every chunk held.
+    fn clear(&self, py: Python<'_>) {
+        py.detach(|| self.inner.clear());
+    }
+}
+
 /// A running engine for one array and crop shape: its threads start when it is created.
 #[pyclass(module = "lsio_torch._lsio_torch")]
 struct Engine {
@@ -246,7 +296,8 @@ impl Engine {
     /// ``io_threads`` > 0 starts that many threads that only read, handing the chunks to the
     /// ``threads`` that decode; 0 has the decode threads read their own chunks.
     #[new]
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0))]
+    /// ``cache`` keeps decoded chunks past the batch, this array's as number ``cache_id``.
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0, cache=None, cache_id=0))]
     // The Python constructor's keyword arguments, one for one.
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -259,6 +310,8 @@ impl Engine {
         std: f64,
         direct_io: bool,
         io_threads: usize,
+        cache: Option<&ChunkCache>,
+        cache_id: u32,
     ) -> PyResult<Self> {
         boundary("starting an engine", || {
             let choice = choose_backend().map_err(to_py)?;
@@ -283,6 +336,7 @@ impl Engine {
                 backend: choice.backend,
                 cast,
                 direct_io,
+                cache: cache.map(|c| (Arc::clone(&c.inner), cache_id)),
             };
             let inner = Arc::clone(&array.inner);
             let engine = py
@@ -549,6 +603,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Array>()?;
     m.add_class::<Sampler>()?;
     m.add_class::<Engine>()?;
+    m.add_class::<ChunkCache>()?;
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;

@@ -48,6 +48,7 @@ fn read(
         backend,
         cast: None,
         direct_io: false,
+        cache: None,
     };
     let engine = Engine::start(array, crop.to_vec(), config)?;
     let mut out = vec![0u8; origins.len() * engine.crop_bytes()];

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use super::decode::{copy_targets, decode_task, fill_targets};
+use super::decode::{copy_targets, decode_read, fill_targets};
 use super::groups::{read_groups, Requests};
 use super::planned::{Planned, PlannedRead, Source};
 use super::{guarded, Job, OutBuffer, Shared};
+use crate::cache::Resolved;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf, Reader, ScatterOp};
 
@@ -45,13 +46,30 @@ impl BatchRun {
         pool: &rayon::ThreadPool,
         parts: usize,
     ) -> Arc<Self> {
+        let awaited: Vec<usize> = (0..planned.sources.len())
+            .filter(|&t| matches!(planned.sources[t], Source::Awaited(_)))
+            .collect();
         let batch = Arc::new(Self {
             shared: Arc::clone(shared),
             planned,
             job,
-            remaining: AtomicUsize::new(parts + 1),
+            remaining: AtomicUsize::new(parts + 1 + awaited.len()),
             error: Mutex::new(None),
         });
+        // Each chunk an earlier batch is decoding is a part that ends when that batch hands
+        // it over (on that batch's thread).
+        for t in awaited {
+            let Source::Awaited(promise) = &batch.planned.sources[t] else {
+                continue;
+            };
+            let waiting = Arc::clone(&batch);
+            promise.then(move |resolved| {
+                let result = guarded("engine thread", &waiting.shared.array.path, || {
+                    write_awaited(&waiting, t, resolved)
+                });
+                waiting.finish_part(result);
+            });
+        }
         let fill = Arc::clone(&batch);
         pool.spawn_fifo(move || {
             let result = guarded("engine thread", &fill.shared.array.path, || {
@@ -152,9 +170,10 @@ fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
     result
 }
 
-/// Copies the fill value into the places of a batch's chunks that were never written.
+/// Copies the fill value into the places of a batch's chunks that were never written, and
+/// the chunks found in the cache into theirs.
 pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
-    (0..planned.tasks.len()).try_for_each(|t| match planned.sources[t] {
+    (0..planned.tasks.len()).try_for_each(|t| match &planned.sources[t] {
         Source::Fill => {
             shared
                 .counters
@@ -162,8 +181,26 @@ pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) 
                 .fetch_add(1, Ordering::Relaxed);
             fill_targets(shared, &planned.tasks[t], out)
         }
-        Source::Encoded => Ok(()),
+        Source::Cached(chunk) => copy_targets(shared, &planned.tasks[t], chunk, 0, out),
+        Source::Encoded | Source::Awaited(_) => Ok(()),
     })
+}
+
+/// Writes chunk `t` of a batch, which an earlier batch decoded for it.
+fn write_awaited(batch: &BatchRun, t: usize, resolved: Resolved) -> Result<()> {
+    let (shared, task, out) = (&*batch.shared, &batch.planned.tasks[t], &batch.job.out);
+    if batch.shared.cancel.load(Ordering::Relaxed) {
+        return Err(Error::Stopped("the engine was closed".into()));
+    }
+    match resolved {
+        Resolved::Chunk(chunk) => copy_targets(shared, task, &chunk, 0, out),
+        Resolved::Fill => fill_targets(shared, task, out),
+        Resolved::Failed => Err(Error::Stopped(format!(
+            "{}: chunk {:?} was not decoded: the earlier batch decoding it failed or stopped",
+            shared.array.path.display(),
+            task.chunk
+        ))),
+    }
 }
 
 /// Reads one group of a batch's chunks: those that are each one contiguous run of one crop
@@ -241,19 +278,13 @@ pub(super) fn decode_group(
         .fetch_add(group.len() as u64, Ordering::Relaxed);
     let buffered = group.iter().filter(|read| read.direct.is_none());
     for (read, &at) in buffered.zip(starts) {
-        let task = &planned.tasks[read.task];
         let Some(bytes) = buf.get(at..at + read.len) else {
             return Err(Error::Stopped(format!(
                 "internal error: chunk {:?} left its read buffer",
-                task.chunk
+                planned.tasks[read.task].chunk
             )));
         };
-        if shared.as_stored {
-            copy_targets(shared, task, bytes, read.chunk_start, out)?;
-        } else {
-            let location = &planned.locations[read.task];
-            decode_task(shared, task, location, planned.path(read), bytes, out)?;
-        }
+        decode_read(shared, planned, read, bytes, out)?;
     }
     Ok(())
 }

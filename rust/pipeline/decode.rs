@@ -7,6 +7,7 @@ use crate::plan::{ChunkTask, Target};
 use crate::zarr::array::ChunkLocation;
 use crate::zarr::region::CopyLayout;
 
+use super::planned::{Planned, PlannedRead};
 use super::{OutBuffer, Shared};
 
 thread_local! {
@@ -14,10 +15,98 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Writes one chunk a batch read into its crops' places in the output: decoded (or, stored
+/// as its elements, copied) and, with a chunk cache, decoded whole and handed to the cache.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the file and chunk when it does not decode.
+pub(super) fn decode_read(
+    shared: &Shared,
+    planned: &Planned,
+    read: &PlannedRead,
+    bytes: &[u8],
+    out: &OutBuffer,
+) -> Result<()> {
+    let task = &planned.tasks[read.task];
+    let location = &planned.locations[read.task];
+    let path = planned.path(read);
+    let Some(claims) = &planned.claims else {
+        if shared.as_stored {
+            return copy_targets(shared, task, bytes, read.chunk_start, out);
+        }
+        return decode_task(shared, task, location, path, bytes, out);
+    };
+    let cache = claims.cache();
+    let mut chunk = cache.buffer(shared.leaf_bytes);
+    if shared.as_stored {
+        if bytes.len() != chunk.len() {
+            let reason = format!(
+                "an uncompressed chunk of {} bytes, expected {}",
+                bytes.len(),
+                chunk.len()
+            );
+            return Err(corrupt_chunk(shared, task, location, path, reason));
+        }
+        chunk.copy_from_slice(bytes);
+    } else {
+        let array = &shared.array;
+        array
+            .leaf_codecs()
+            .decode_into(
+                bytes,
+                &mut chunk,
+                &shared.leaf_shape,
+                array.codec_data_type(),
+                array.codec_fill_value(),
+            )
+            .map_err(|reason| corrupt_chunk(shared, task, location, path, reason))?;
+    }
+    copy_targets(shared, task, &chunk, 0, out)?;
+    cache.complete(claims, &shared.cache_key(task), Some(chunk));
+    Ok(())
+}
+
+/// Writes the fill value into a read chunk's places: its object turned out to be missing.
+/// With a chunk cache, batches waiting for the chunk write the fill value too.
+pub(super) fn fill_read(
+    shared: &Shared,
+    planned: &Planned,
+    read: &PlannedRead,
+    out: &OutBuffer,
+) -> Result<()> {
+    let task = &planned.tasks[read.task];
+    fill_targets(shared, task, out)?;
+    if let Some(claims) = &planned.claims {
+        claims
+            .cache()
+            .complete(claims, &shared.cache_key(task), None);
+    }
+    Ok(())
+}
+
+/// The error for a chunk that does not decode, naming its file, chunk and place in its shard.
+fn corrupt_chunk(
+    shared: &Shared,
+    task: &ChunkTask,
+    location: &ChunkLocation,
+    path: &std::path::Path,
+    reason: String,
+) -> Error {
+    let what = if shared.array.sharding().is_some() {
+        format!(
+            "chunk {:?} (inner chunk {} of the shard)",
+            task.chunk, location.inner
+        )
+    } else {
+        format!("chunk {:?}", task.chunk)
+    };
+    Error::corrupt(path, what, reason)
+}
+
 /// Decodes one chunk (only as far as its crops need, where the codec can stop early) and
 /// copies its pieces into the output; a chunk that fills one contiguous run of one crop is
 /// decoded straight into it.
-pub(super) fn decode_task(
+fn decode_task(
     shared: &Shared,
     task: &ChunkTask,
     location: &ChunkLocation,
@@ -26,17 +115,7 @@ pub(super) fn decode_task(
     out: &OutBuffer,
 ) -> Result<()> {
     let array = &shared.array;
-    let corrupt = |reason: String| {
-        let what = if array.sharding().is_some() {
-            format!(
-                "chunk {:?} (inner chunk {} of the shard)",
-                task.chunk, location.inner
-            )
-        } else {
-            format!("chunk {:?}", task.chunk)
-        };
-        Error::corrupt(path, what, reason)
-    };
+    let corrupt = |reason: String| corrupt_chunk(shared, task, location, path, reason);
     let decode = |into: &mut [u8]| {
         array
             .leaf_codecs()

@@ -34,10 +34,12 @@ use batch::run_batch;
 use io_stage::IoStage;
 use planned::advise;
 
+use crate::cache::{ChunkCache, Key};
 use crate::cast::Cast;
 use crate::error::{Error, Result};
 use crate::io::remote::Net;
 use crate::io::{new_reader, Backend, Reader};
+use crate::plan::ChunkTask;
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
 use crate::zarr::{limits, ZarrArray};
@@ -46,7 +48,7 @@ use crate::zarr::{limits, ZarrArray};
 const QUEUED_JOBS: usize = 64;
 
 /// Threads and backend for an engine.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Threads that decode chunks. With no I/O threads they read the chunks they decode
     /// too, each with its own ring (or its own preads).
@@ -60,6 +62,8 @@ pub struct EngineConfig {
     /// Read chunks with direct I/O (`O_DIRECT`), bypassing the page cache, where the file
     /// system allows it.
     pub direct_io: bool,
+    /// A chunk cache that outlives the engine, and this array's number in it.
+    pub cache: Option<(Arc<ChunkCache>, u32)>,
 }
 
 /// Memory the caller lends the engine for one batch: `[crops, *crop]` elements, C order.
@@ -237,6 +241,8 @@ pub(crate) struct Shared {
     reads_wait: AtomicBool,
     /// Chunk files are opened for direct I/O too (see [`EngineConfig::direct_io`]).
     direct_io: bool,
+    /// Decoded chunks kept past the batch, and this array's number among the cache's.
+    cache: Option<(Arc<ChunkCache>, u32)>,
 }
 
 impl Shared {
@@ -275,7 +281,14 @@ impl Shared {
             stopping: tokio::sync::Notify::new(),
             reads_wait: AtomicBool::new(true),
             direct_io: false,
+            cache: None,
         })
+    }
+
+    /// A chunk's key in the chunk cache.
+    pub(crate) fn cache_key(&self, task: &ChunkTask) -> Key {
+        let array = self.cache.as_ref().map_or(0, |(_, id)| *id);
+        (array, task.chunk.clone().into_boxed_slice())
     }
 }
 
@@ -309,6 +322,7 @@ impl Engine {
     pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
         let mut shared = Shared::new(array, crop, config.backend, config.cast)?;
         shared.direct_io = config.direct_io;
+        shared.cache = config.cache;
         let shared = Arc::new(shared);
         let reader = new_reader(config.backend)?;
         // A remote array's runtime; it reads with it, and with no I/O threads.

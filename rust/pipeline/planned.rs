@@ -11,6 +11,7 @@ use super::decode::{needed_span, target_layout};
 use super::files::{OpenFile, PlanCache};
 use super::remote::unless_stopped;
 use super::Shared;
+use crate::cache::{Claims, Lookup, Promise};
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Net, Wanted};
 use crate::io::{direct_range, open_files, ReadOp, Reader};
@@ -20,12 +21,16 @@ use crate::zarr::codecs::{decode_index, IndexLocation};
 use crate::zarr::shard_index::{ShardIndex, Slot};
 
 /// Where one leaf chunk's elements come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) enum Source {
     /// Never written: the fill value.
     Fill,
     /// Stored bytes, read by one of the batch's `PlannedRead`s.
     Encoded,
+    /// Decoded already, in the chunk cache.
+    Cached(Arc<Vec<u8>>),
+    /// Being decoded by an earlier batch, which hands it over when it is.
+    Awaited(Arc<Promise>),
 }
 
 /// One chunk read of a planned batch.
@@ -53,6 +58,9 @@ pub(crate) struct Planned {
     pub(super) files: Vec<OpenFile>,
     pub(super) sources: Vec<Source>,
     pub(crate) reads: Vec<PlannedRead>,
+    /// With a chunk cache: the chunks this batch decodes and hands to it (every chunk it
+    /// reads).
+    pub(super) claims: Option<Claims>,
 }
 
 impl Planned {
@@ -184,11 +192,24 @@ fn plan_reads_once(
     let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
     let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
 
+    // Chunks in the cache, or being decoded by an earlier batch, are not read.
+    let mut claims = shared.cache.as_ref().map(|(cache, _)| cache.claims());
+    let mut looked_up: Vec<Option<Source>> = vec![None; tasks.len()];
+    if let (Some(claims), Some((cache, _))) = (&mut claims, &shared.cache) {
+        for (task, found) in tasks.iter().zip(&mut looked_up) {
+            *found = match cache.lookup(claims, shared.cache_key(task)) {
+                Lookup::Hit(chunk) => Some(Source::Cached(chunk)),
+                Lookup::Wait(promise) => Some(Source::Awaited(promise)),
+                Lookup::Mine => None,
+            };
+        }
+    }
+
     // Each file the batch reads, open.
     let mut file_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
     let mut files: Vec<OpenFile> = Vec::new();
-    for location in &locations {
-        if file_ids.contains_key(location.file.as_slice()) {
+    for (location, found) in locations.iter().zip(&looked_up) {
+        if found.is_some() || file_ids.contains_key(location.file.as_slice()) {
             continue;
         }
         file_ids.insert(&location.file, files.len());
@@ -209,7 +230,11 @@ fn plan_reads_once(
     // Every chunk's bytes, read together.
     let mut sources: Vec<Source> = Vec::with_capacity(tasks.len());
     let mut reads = Vec::new();
-    for (t, location) in locations.iter().enumerate() {
+    for (t, (location, found)) in locations.iter().zip(looked_up).enumerate() {
+        if let Some(found) = found {
+            sources.push(found);
+            continue;
+        }
         let id = file_ids[location.file.as_slice()];
         let file = &files[id];
         if file.is_missing() {
@@ -245,6 +270,17 @@ fn plan_reads_once(
             }
         }
     }
+    // Chunks never written are not kept: their claims end now, and batches waiting for
+    // them write the fill value.
+    if let Some(claims) = &claims {
+        for (task, source) in tasks.iter().zip(&sources) {
+            if matches!(source, Source::Fill) {
+                claims
+                    .cache()
+                    .complete(claims, &shared.cache_key(task), None);
+            }
+        }
+    }
     // In file order, so that chunks stored side by side are read together.
     reads.sort_by_key(|read| (read.file, read.offset));
     Ok(Planned {
@@ -253,6 +289,7 @@ fn plan_reads_once(
         files,
         sources,
         reads,
+        claims,
     })
 }
 
@@ -417,7 +454,8 @@ fn fetch_indexes(
 /// # Errors
 /// [`Error::Corrupt`] for a stored chunk whose length is not the chunk's.
 pub(crate) fn read_only_what_crops_need(shared: &Shared, planned: &mut Planned) -> Result<()> {
-    if !shared.as_stored {
+    // A chunk the cache will keep is read whole.
+    if !shared.as_stored || planned.claims.is_some() {
         return Ok(());
     }
     let element = shared.array.dtype.size();

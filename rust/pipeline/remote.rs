@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::batch::BatchRun;
-use super::decode::{copy_targets, decode_task, fill_targets};
+use super::decode::{decode_read, fill_read};
 use super::planned::{Planned, PlannedRead};
 use super::{guarded, Job, Shared};
 use crate::error::{Error, Result};
@@ -169,14 +169,13 @@ fn decode_fetched(
     let Some(fetched) = fetched else {
         return reads
             .iter()
-            .try_for_each(|read| fill_targets(shared, &planned.tasks[read.task], out));
+            .try_for_each(|read| fill_read(shared, planned, read, out));
     };
     counters
         .bytes_read
         .fetch_add(fetched.bytes.len() as u64, Ordering::Relaxed);
     let start = reads[0].offset;
     for read in reads {
-        let task = &planned.tasks[read.task];
         let bytes = if read.whole {
             &fetched.bytes[..]
         } else {
@@ -184,16 +183,11 @@ fn decode_fetched(
             fetched.bytes.get(at..at + read.len).ok_or_else(|| {
                 Error::Stopped(format!(
                     "internal error: chunk {:?} left its request",
-                    task.chunk
+                    planned.tasks[read.task].chunk
                 ))
             })?
         };
-        if shared.as_stored {
-            copy_targets(shared, task, bytes, read.chunk_start, out)?;
-        } else {
-            let location = &planned.locations[read.task];
-            decode_task(shared, task, location, planned.path(read), bytes, out)?;
-        }
+        decode_read(shared, planned, read, bytes, out)?;
     }
     Ok(())
 }

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
+from lsio_torch._cache_bench import parse_sizes
 from lsio_torch.dataset import (
     LOCAL_PREFETCH,
     REMOTE_PREFETCH,
@@ -526,15 +527,19 @@ def memory(args, name: str) -> dict:
         server = ServedFolder(path.parent, args.latency_ms[0], bandwidth)
         source = f"{server.url}/{path.name}"
         in_flight_mb = 64.0  # the engine's max_bytes_in_flight, by default
+    itemsize = np.dtype(array.dtype).itemsize
+    cache_bytes = parse_sizes(args.cache_bytes or "0", int(np.prod(array.shape)) * itemsize)[0]
     ds = ZarrCropDataset(
         source, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
         threads=args.threads, io_threads=args.io_threads, max_requests=args.max_requests[0],
+        cache_bytes=cache_bytes,
     )  # fmt: skip
-    batch_bytes = args.batch * int(np.prod(crop)) * np.dtype(array.dtype).itemsize
+    batch_bytes = args.batch * int(np.prod(crop)) * itemsize
+    epochs = args.epochs or 20
     warm(path)
     baseline = _status_kb("VmRSS")
     epochs = []
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         Path("/proc/self/clear_refs").write_text("5\n")  # resets VmHWM to the current RSS
         ds.set_epoch(epoch)
         start = time.perf_counter()
@@ -545,7 +550,7 @@ def memory(args, name: str) -> dict:
             touch(batch)
         peak = (_status_kb("VmHWM") - baseline) / 1024
         epochs.append({"epoch": epoch, "first_batch_s": first, "peak_rss_mb": peak})
-        progress(f"memory {name}", epoch + 1, args.epochs, "epochs")
+        progress(f"memory {name}", epoch + 1, epochs, "epochs")
     sys.stderr.write("\n")
     if server is not None:
         server.close()
@@ -553,6 +558,7 @@ def memory(args, name: str) -> dict:
         "data": name,
         "batch_mb": batch_bytes / 2**20,
         "budget_mb": 1.5 * prefetch * batch_bytes / 2**20 + 200 + in_flight_mb,
+        "cache_mb": cache_bytes / 2**20,
         "baseline_rss_mb": baseline / 1024,
         "epochs": epochs,
     }
@@ -617,7 +623,22 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument(
         "--memory", action="store_true", help="lsio_torch only: RSS and first batch per epoch"
     )
-    parser.add_argument("--epochs", type=int, default=20, help="epochs for --memory")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epochs for --memory (20) and --cache (4)"
+    )
+    parser.add_argument(
+        "--cache", action="store_true",
+        help="the chunk cache: epochs of crops with no cache and with --cache-bytes (systems "
+        "lsio, tensorstore with a cache_pool of the same size, copy: the copy bound)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-bytes", default=None,
+        help="cache sizes: bytes (512M, 2G) or shares of the decoded dataset (25%%); 0: none. "
+        "--cache: a list (0,25%%,100%%); --memory: one (0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-policy", default="lru,clock,s3fifo", help="--cache: the policies measured"
+    )
     parser.add_argument(
         "--store", choices=["file", "http"], default="file",
         help="http: serve the data over HTTP from a local object server (systems lsio, zarr, "
@@ -650,7 +671,28 @@ def main(argv: Iterator[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.store == "http" and args.systems == parser.get_default("systems"):
         args.systems = "lsio,zarr,zarrs,tensorstore,xbatcher,get"
+    if args.cache and args.systems == parser.get_default("systems"):
+        args.systems = "lsio,tensorstore,copy"
     torch.set_num_threads(1)  # the consumer: see the module docstring
+
+    if args.cache:
+        from lsio_torch import _cache_bench
+
+        args.cache_bytes = args.cache_bytes or "0,25%,100%"
+        reports = []
+        for name in args.data:
+            path, spec = dataset(name, args.small)
+            array = _lsio_torch.Array(str(path))
+            args.default_crop = spec.crop if spec else tuple(array.chunk_shape)
+            warm(path)
+            reports.append(_cache_bench.measure_cache(args, name, path))
+        if args.json:
+            print(json.dumps({"machine": machine(), "data": reports}, indent=2))
+            return
+        print(f"\nlsio_torch cache bench on {machine()}; {args.threads} threads\n")
+        for report in reports:
+            print(_cache_bench.table(report) + "\n")
+        return
 
     if args.memory:
         reports = [memory(args, name) for name in args.data]
@@ -662,6 +704,7 @@ def main(argv: Iterator[str] | None = None) -> None:
             firsts = [e["first_batch_s"] for e in r["epochs"]]
             print(
                 f"{r['data']}: batch {r['batch_mb']:.0f} MB, budget {r['budget_mb']:.0f} MB "
+                f"+ cache {r['cache_mb']:.0f} MB "
                 f"above a baseline of {r['baseline_rss_mb']:.0f} MB; each epoch's peak RSS "
                 f"above baseline: epoch 1 {peaks[0]:.0f} MB, epoch {len(peaks)} "
                 f"{peaks[-1]:.0f} MB, highest {max(peaks):.0f} MB "

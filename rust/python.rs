@@ -579,6 +579,28 @@ fn disk_bound(
     })
 }
 
+/// The chunk cache's policy alone on a stream of batches of chunk numbers (see
+/// ``rust/cache``): ``{"hits", "lookups", "evictions"}``.
+#[pyfunction]
+#[pyo3(signature = (budget, policy, chunk_bytes, batches))]
+fn cache_replay<'py>(
+    py: Python<'py>,
+    budget: usize,
+    policy: &str,
+    chunk_bytes: usize,
+    batches: Vec<Vec<u64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    boundary("replaying the cache policy", || {
+        let kind = cache::PolicyKind::from_name(policy).map_err(to_py)?;
+        let s = py.detach(|| cache::replay(budget, kind, chunk_bytes, &batches));
+        let out = PyDict::new(py);
+        out.set_item("hits", s.hits)?;
+        out.set_item("lookups", s.hits + s.misses)?;
+        out.set_item("evictions", s.evictions)?;
+        Ok(out)
+    })
+}
+
 /// Panics inside the boundary that every entry point has: the test that a panic reaches
 /// Python as an ``LsioError``, never as a ``PanicException``.
 #[pyfunction]
@@ -609,6 +631,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;
     m.add_function(wrap_pyfunction!(read_ranges, m)?)?;
     m.add_function(wrap_pyfunction!(disk_bound, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_replay, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_at_the_boundary, m)?)?;
     m.add("LsioError", m.py().get_type::<LsioError>())?;
     Ok(())

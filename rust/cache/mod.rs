@@ -28,6 +28,8 @@ pub type Key = (u32, Box<[u64]>);
 pub enum Lookup {
     /// The chunk, decoded.
     Hit(Arc<Vec<u8>>),
+    /// Known never written: the fill value.
+    Fill,
     /// Another batch is decoding it: its outcome.
     Wait(Arc<Promise>),
     /// Not there: the batch that looked decodes it, and completes its claim.
@@ -50,6 +52,9 @@ pub struct CacheStats {
     /// Chunks held.
     pub chunks: u64,
 }
+
+/// What a chunk known never written counts against the budget: its key and entry.
+pub const FILL_MARK_BYTES: usize = 64;
 
 /// Spare chunk buffers kept for reuse (those of evicted chunks): a miss decodes into one
 /// instead of faulting in fresh memory.
@@ -77,9 +82,11 @@ struct Inner {
 }
 
 enum Entry {
+    /// Decoded (`None`: never written, the fill value), counted as `bytes`.
     Ready {
         key: Key,
-        data: Arc<Vec<u8>>,
+        data: Option<Arc<Vec<u8>>>,
+        bytes: usize,
     },
     Pending {
         owner: u64,
@@ -147,10 +154,12 @@ impl ChunkCache {
         if let Some(&id) = inner.index.get(&key) {
             match inner.entries.get_mut(&id) {
                 Some(Entry::Ready { data, .. }) => {
-                    let data = Arc::clone(data);
+                    let found = data
+                        .as_ref()
+                        .map_or(Lookup::Fill, |d| Lookup::Hit(Arc::clone(d)));
                     inner.policy.hit(id);
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Lookup::Hit(data);
+                    return found;
                 }
                 Some(Entry::Pending { waiters, .. }) => {
                     let promise = Promise::new();
@@ -188,7 +197,8 @@ impl ChunkCache {
     }
 
     /// Ends a claim: the chunk, decoded (`Some`), or never written (`None`: the fill value,
-    /// not kept). Waiters are resumed on this thread, after the cache is unlocked.
+    /// kept as a mark of [`FILL_MARK_BYTES`]). Waiters are resumed on this thread, after the
+    /// cache is unlocked.
     pub fn complete(&self, claims: &Claims, key: &Key, data: Option<Vec<u8>>) {
         let waiters;
         let resolved;
@@ -205,29 +215,19 @@ impl ChunkCache {
                 return;
             };
             waiters = w;
-            match data {
-                Some(data) if data.len() <= self.budget => {
-                    let data = Arc::new(data);
-                    resolved = Resolved::Chunk(Arc::clone(&data));
-                    inner.bytes += data.len();
-                    inner.policy.admit(id, key_hash(key), data.len());
-                    inner.entries.insert(
-                        id,
-                        Entry::Ready {
-                            key: key.clone(),
-                            data,
-                        },
-                    );
-                    self.evict(&mut inner);
-                }
-                Some(data) => {
-                    inner.index.remove(key);
-                    resolved = Resolved::Chunk(Arc::new(data));
-                }
-                None => {
-                    inner.index.remove(key);
-                    resolved = Resolved::Fill;
-                }
+            let data = data.map(Arc::new);
+            resolved = data
+                .as_ref()
+                .map_or(Resolved::Fill, |d| Resolved::Chunk(Arc::clone(d)));
+            let bytes = data.as_ref().map_or(FILL_MARK_BYTES, |d| d.len());
+            if bytes <= self.budget {
+                inner.bytes += bytes;
+                inner.policy.admit(id, key_hash(key), bytes);
+                let key = key.clone();
+                inner.entries.insert(id, Entry::Ready { key, data, bytes });
+                self.evict(&mut inner);
+            } else {
+                inner.index.remove(key);
             }
         }
         for waiter in waiters {
@@ -241,14 +241,14 @@ impl ChunkCache {
             let Some(victim) = inner.policy.victim() else {
                 break;
             };
-            let Some(Entry::Ready { key, data }) = inner.entries.remove(&victim) else {
+            let Some(Entry::Ready { key, data, bytes }) = inner.entries.remove(&victim) else {
                 continue;
             };
             inner.index.remove(&key);
-            inner.bytes -= data.len();
+            inner.bytes -= bytes;
             self.evictions.fetch_add(1, Ordering::Relaxed);
             if inner.spare.len() < SPARE_BUFFERS {
-                if let Ok(buffer) = Arc::try_unwrap(data) {
+                if let Some(Ok(buffer)) = data.map(Arc::try_unwrap) {
                     inner.spare.push(buffer);
                 }
             }
@@ -308,6 +308,34 @@ impl ChunkCache {
             chunks: chunks as u64,
         }
     }
+}
+
+/// What the policy alone does on a stream of batches: each batch's chunks (numbers) looked up
+/// in a fresh cache of `budget` bytes of `chunk_bytes` chunks, its misses handed to it before
+/// the next batch is looked up, as if batches ran one at a time. Returns the hits, the lookups
+/// and the evictions.
+#[must_use]
+pub fn replay(
+    budget: usize,
+    kind: PolicyKind,
+    chunk_bytes: usize,
+    batches: &[Vec<u64>],
+) -> CacheStats {
+    let cache = ChunkCache::new(budget, kind);
+    for batch in batches {
+        let mut claims = cache.claims();
+        let mut mine = Vec::new();
+        for &chunk in batch {
+            let key: Key = (0, vec![chunk].into_boxed_slice());
+            if let Lookup::Mine = cache.lookup(&mut claims, key.clone()) {
+                mine.push(key);
+            }
+        }
+        for key in mine {
+            cache.complete(&claims, &key, Some(vec![0; chunk_bytes]));
+        }
+    }
+    cache.stats()
 }
 
 /// One batch's claimed chunks: those it must decode and hand to the cache.
@@ -393,10 +421,12 @@ mod tests {
         // The first batch stops before it decodes chunk 2.
         drop(first);
         assert_eq!(*got.lock().unwrap(), ["1: [7, 7]", "2: failed"]);
-        // Chunk 2 is claimed afresh by the next batch to ask.
+        // Chunk 2 is claimed afresh by the next batch to ask; never written, it is then
+        // known as the fill value.
         assert!(matches!(cache.lookup(&mut second, key(2)), Lookup::Mine));
         cache.complete(&second, &key(2), None);
-        assert!(matches!(cache.lookup(&mut second, key(2)), Lookup::Mine));
+        assert!(matches!(cache.lookup(&mut second, key(2)), Lookup::Fill));
+        assert_eq!(cache.stats().bytes, 2 + FILL_MARK_BYTES as u64);
     }
 
     #[test]

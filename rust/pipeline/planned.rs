@@ -199,6 +199,7 @@ fn plan_reads_once(
         for (task, found) in tasks.iter().zip(&mut looked_up) {
             *found = match cache.lookup(claims, shared.cache_key(task)) {
                 Lookup::Hit(chunk) => Some(Source::Cached(chunk)),
+                Lookup::Fill => Some(Source::Fill),
                 Lookup::Wait(promise) => Some(Source::Awaited(promise)),
                 Lookup::Mine => None,
             };

@@ -1,0 +1,264 @@
+"""The chunk cache: decoded chunks kept across batches and epochs under ``cache_bytes``. Every
+cached read equals the uncached one and zarr-python's; the budget holds under pressure; a
+chunk being decoded is waited for; a failed batch leaves no one waiting; workers each have a
+cache of their own; ``close()`` frees it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import FILL, INNER, LAYOUTS, reference_crop, same_bits
+from test_engine import engine_threads
+
+import lsio_torch
+from lsio_torch import _lsio_torch
+from lsio_torch._cache_bench import batch_chunks, policy_hit_rate, predicted_hit_rate
+
+CROP = (4, 20, 15)
+#: A decoded inner chunk of INNER, per byte of element.
+CHUNK_ELEMENTS = math.prod(INNER)
+POLICIES = ["lru", "clock", "s3fifo"]
+
+
+def epochs_of(ds, epochs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        out.extend(ds)
+    return out
+
+
+def dataset(path, **kw):
+    return lsio_torch.ZarrCropDataset(
+        path, CROP, batch_size=4, samples_per_epoch=24, seed=3, return_origins=True, **kw
+    )
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cached_reads_equal_uncached_reads_and_zarr_python(arrays, layout, policy):
+    written = arrays[(layout, "int16")]
+    uncached = epochs_of(dataset(written.path), 3)
+    # Room for a few chunks: hits, waits and evictions all happen.
+    budget = 6 * CHUNK_ELEMENTS * 2
+    ds = dataset(written.path, cache_bytes=budget, cache_policy=policy)
+    cached = epochs_of(ds, 3)
+    assert len(cached) == len(uncached) == 18
+    for (a, origins_a), (b, origins_b) in zip(cached, uncached, strict=True):
+        assert torch.equal(origins_a, origins_b)
+        assert same_bits(a.numpy(), b.numpy())
+        for crop, origin in zip(a.numpy(), origins_a.tolist(), strict=True):
+            assert same_bits(crop, reference_crop(written.values, origin, CROP))
+    s = ds.stats()
+    assert s["cache_hits"] + s["cache_waits"] > 0
+    assert s["cache_evictions"] > 0
+    assert 0 < s["cache_bytes"] <= budget
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float64"])
+def test_a_cache_that_holds_the_array_reads_nothing_again(arrays, dtype):
+    written = arrays[("shard-index-end", dtype)]
+    ds = dataset(written.path, cache_bytes=written.values.nbytes * 2)
+    epochs_of(ds, 3)
+    before = ds.stats()
+    later = epochs_of(ds, 3)  # the same three epochs again: every chunk is held
+    after = ds.stats()
+    assert after["bytes_read"] == before["bytes_read"]
+    assert after["cache_misses"] == before["cache_misses"]
+    assert after["cache_evictions"] == 0
+    for batch, origins in later:
+        for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+            assert same_bits(crop, reference_crop(written.values, origin, CROP))
+
+
+def test_a_cached_chunk_is_cast_and_normalised_like_a_decoded_one(arrays):
+    written = arrays[("shard-index-end", "int16")]
+    kw = dict(dtype=torch.float32, mean=3.0, std=2.0)
+    uncached = epochs_of(dataset(written.path, **kw), 2)
+    cached = epochs_of(dataset(written.path, cache_bytes=1 << 30, **kw), 2)
+    for (a, _), (b, _) in zip(cached, uncached, strict=True):
+        assert a.dtype == torch.float32
+        assert same_bits(a.numpy(), b.numpy())
+
+
+def test_joint_arrays_share_one_cache_without_mixing_their_chunks(arrays):
+    # Two arrays of the same layout: the same chunk coordinates, different values.
+    a = arrays[("shard-index-end", "int16")]
+    b = arrays[("unsharded", "int16")]
+    ds = lsio_torch.ZarrCropDataset(
+        {"a": a.path, "b": b.path}, CROP, batch_size=4, samples_per_epoch=16, seed=1,
+        return_origins=True, cache_bytes=1 << 30,
+    )  # fmt: skip
+    for batch, origins in epochs_of(ds, 2):
+        for key, written in (("a", a), ("b", b)):
+            for crop, origin in zip(batch[key].numpy(), origins.tolist(), strict=True):
+                assert same_bits(crop, reference_crop(written.values, origin, CROP))
+    assert ds.stats()["cache_hits"] > 0
+
+
+def test_chunks_never_written_read_as_fill_with_a_cache(arrays):
+    written = arrays[("shard-index-end", "int16")]
+    # The last row of shards along axis 0 was never written.
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, (4, 20, 15), batch_size=2, origins=[(9, 0, 0), (9, 1, 1)] * 4,
+        cache_bytes=1 << 30,
+    )  # fmt: skip
+    for batch in epochs_of(ds, 1):
+        assert bool((batch == FILL).all())
+    first = ds.stats()
+    for batch in epochs_of(ds, 2):
+        assert bool((batch == FILL).all())
+    s = ds.stats()
+    # Known as never written, the chunks are neither looked for again nor held as data.
+    assert s["cache_misses"] == first["cache_misses"] > 0
+    assert s["files_opened"] == first["files_opened"]
+    assert s["cache_bytes"] == 64 * s["cache_chunks"]
+
+
+def test_close_frees_the_cache_and_the_next_iteration_refills_it(arrays):
+    written = arrays[("shard-index-end", "int16")]
+    ds = dataset(written.path, cache_bytes=1 << 30)
+    epochs_of(ds, 1)
+    assert ds.stats()["cache_bytes"] > 0
+    ds.close()
+    assert ds.stats()["cache_bytes"] == 0
+    again = epochs_of(ds, 1)
+    assert ds.stats()["cache_bytes"] > 0
+    for batch, origins in again:
+        for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+            assert same_bits(crop, reference_crop(written.values, origin, CROP))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataloader_workers_each_have_their_own_cache(arrays, method):
+    written = arrays[("shard-index-end", "int16")]
+    ds = dataset(written.path, cache_bytes=1 << 30)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=method,
+        persistent_workers=True,
+    )  # fmt: skip
+    seen = 0
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        for batch, origins in loader:
+            for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+                assert same_bits(crop, reference_crop(written.values, origin, CROP))
+                seen += 1
+    assert seen == 48
+    # The workers' caches are theirs: this process's holds nothing.
+    assert ds.stats()["cache_bytes"] == 0
+
+
+def test_a_corrupt_chunk_is_an_error_with_a_cache_and_no_batch_waits_forever(tmp_path):
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    values = np.arange(8 * 16 * 16, dtype="int16").reshape(8, 16, 16)
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=values.shape, chunks=(1, 16, 16), dtype="int16",
+        compressors=ZstdCodec(level=3), zarr_format=3,
+    )  # fmt: skip
+    array[...] = values
+    (tmp_path / "a.zarr" / "c" / "3" / "0" / "0").write_bytes(b"not zstd at all")
+    # Every crop touches chunk 3: later batches wait for the first one's decode of it.
+    ds = lsio_torch.ZarrCropDataset(
+        tmp_path / "a.zarr", (4, 16, 16), batch_size=1, origins=[(0, 0, 0), (1, 0, 0)] * 8,
+        cache_bytes=1 << 20, prefetch=6,
+    )  # fmt: skip
+    with pytest.raises(lsio_torch.LsioError, match=r"chunk \[3, 0, 0\]"):
+        list(ds)
+    assert not engine_threads()
+
+
+def test_an_abandoned_cached_loop_leaves_no_threads(arrays):
+    ds = lsio_torch.ZarrCropDataset(
+        arrays[("shard-index-end", "int16")].path, CROP, batch_size=2, samples_per_epoch=None,
+        cache_bytes=1 << 20,
+    )  # fmt: skip
+    for _ in range(3):
+        it = iter(ds)
+        next(it)
+        del it
+    assert not engine_threads()
+
+
+def test_remote_epochs_after_the_first_make_no_requests(tmp_path, arrays, object_server):
+    import shutil
+
+    written = arrays[("shard-index-end", "int16")]
+    shutil.copytree(written.path, tmp_path / "a.zarr")
+    server = object_server(tmp_path)
+    ds = dataset(f"{server.url}/a.zarr", cache_bytes=1 << 30)
+    epochs_of(ds, 2)
+    requests = server.requests
+    for batch, origins in epochs_of(ds, 2):
+        for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+            assert same_bits(crop, reference_crop(written.values, origin, CROP))
+    assert server.requests == requests
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"cache_bytes": -1}, "cache_bytes"),
+        ({"cache_bytes": 1.5}, "cache_bytes"),
+        ({"cache_policy": "arc"}, "cache_policy"),
+    ],
+)
+def test_cache_arguments_are_checked(arrays, kw, message):
+    with pytest.raises(ValueError, match=message):
+        dataset(arrays[("shard-index-end", "int16")].path, **kw)
+
+
+def test_the_policy_alone_replays_the_engine_s_lookups():
+    # A cache of two chunks, looked up 0 1 | 0 2 | 1 0: LRU hits 0 in the second batch and
+    # 0 in the third (1 was evicted by 2).
+    hits = _lsio_torch.cache_replay(20, "lru", 10, [[0, 1], [0, 2], [1, 0]])
+    assert hits == {"hits": 2, "lookups": 6, "evictions": 2}
+
+
+def test_the_prediction_follows_the_geometry():
+    shape, chunks, crop = (40, 64, 64), (1, 16, 16), (4, 16, 16)
+    # Everything fits: every lookup after the first epoch hits.
+    assert predicted_hit_rate(shape, chunks, crop, 4, 40 * 16) == 1.0
+    assert predicted_hit_rate(shape, chunks, crop, 4, 0) == 0.0
+    rates = [predicted_hit_rate(shape, chunks, crop, 4, c) for c in (80, 160, 320)]
+    assert rates == sorted(rates) and 0 < rates[0] < rates[-1] < 1
+
+
+def test_the_engine_s_hit_rate_is_the_policy_s(tmp_path):
+    """Under uniform crops, the engine (batches in flight together) hits as often as the
+    policy alone predicts, within 0.05."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    shape, chunks, crop = (64, 64, 64), (1, 16, 16), (4, 16, 16)
+    values = np.random.default_rng(0).integers(0, 100, shape, dtype="int16")
+    z = zarr.create_array(
+        tmp_path / "a.zarr", shape=shape, chunks=chunks, dtype="int16",
+        compressors=ZstdCodec(level=1), zarr_format=3,
+    )  # fmt: skip
+    z[...] = values
+    array = _lsio_torch.Array(str(tmp_path / "a.zarr"))
+    budget = shape[0] * 16 * 16 * 16 * 2 // 4  # a quarter of the chunks
+    n, batch, epochs = 400, 8, 3
+    ds = lsio_torch.ZarrCropDataset(
+        tmp_path / "a.zarr", crop, batch_size=batch, samples_per_epoch=n, seed=0,
+        cache_bytes=budget, cache_policy="clock",
+    )  # fmt: skip
+    ds.set_epoch(0)
+    list(ds)
+    before = ds.stats()
+    for epoch in range(1, epochs):
+        ds.set_epoch(epoch)
+        list(ds)
+    after = ds.stats()
+    found = sum(after[k] - before[k] for k in ("cache_hits", "cache_waits"))
+    measured = found / (found + after["cache_misses"] - before["cache_misses"])
+    predicted = policy_hit_rate(array, crop, n, batch, epochs, budget, "clock")
+    assert len(batch_chunks(array, crop, n, batch, 0)) == n // batch
+    assert 0.1 < predicted < 0.5
+    assert abs(measured - predicted) < 0.05, (measured, predicted)

@@ -535,11 +535,11 @@ def memory(args, name: str) -> dict:
         cache_bytes=cache_bytes,
     )  # fmt: skip
     batch_bytes = args.batch * int(np.prod(crop)) * itemsize
-    epochs = args.epochs or 20
+    n_epochs = args.epochs or 20
     warm(path)
     baseline = _status_kb("VmRSS")
     epochs = []
-    for epoch in range(epochs):
+    for epoch in range(n_epochs):
         Path("/proc/self/clear_refs").write_text("5\n")  # resets VmHWM to the current RSS
         ds.set_epoch(epoch)
         start = time.perf_counter()
@@ -550,7 +550,7 @@ def memory(args, name: str) -> dict:
             touch(batch)
         peak = (_status_kb("VmHWM") - baseline) / 1024
         epochs.append({"epoch": epoch, "first_batch_s": first, "peak_rss_mb": peak})
-        progress(f"memory {name}", epoch + 1, epochs, "epochs")
+        progress(f"memory {name}", epoch + 1, n_epochs, "epochs")
     sys.stderr.write("\n")
     if server is not None:
         server.close()

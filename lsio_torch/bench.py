@@ -526,7 +526,7 @@ def memory(args, name: str) -> dict:
         bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
         server = ServedFolder(path.parent, args.latency_ms[0], bandwidth)
         source = f"{server.url}/{path.name}"
-        in_flight_mb = 64.0  # the engine's max_bytes_in_flight, by default
+        in_flight_mb = 128.0  # the engine's max_bytes_in_flight, by default
     itemsize = np.dtype(array.dtype).itemsize
     cache_bytes = parse_sizes(args.cache_bytes or "0", int(np.prod(array.shape)) * itemsize)[0]
     ds = ZarrCropDataset(

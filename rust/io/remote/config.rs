@@ -31,7 +31,10 @@ pub fn is_url(path: &str) -> bool {
 pub struct Settings {
     /// Requests in flight at once, per engine (`max_requests`).
     pub max_requests: usize,
-    /// Bytes fetched and not yet decoded, per engine (`max_bytes_in_flight`).
+    /// Bytes fetched and not yet decoded, per engine (`max_bytes_in_flight`). Measured on
+    /// sat-zstd over HTTP at 90 MB/s a connection: 64, 128, 256 and 512 MiB gave 230, 299, 304
+    /// and 308 crops/s at 50 ms (290, 307, 312, 319 at 20 ms): below 128 MiB the permits held
+    /// for a first byte's wait, not the network, set the pace.
     pub max_bytes_in_flight: usize,
     /// Chunks of one object at most this many bytes apart are fetched by one request; the
     /// bytes between them are fetched and dropped (`merge_gap`). Measured over HTTP at 20 ms
@@ -52,7 +55,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             max_requests: 64,
-            max_bytes_in_flight: 64 << 20,
+            max_bytes_in_flight: 128 << 20,
             merge_gap: 1 << 20,
             part_bytes: 16 << 20,
             max_retries: 5,

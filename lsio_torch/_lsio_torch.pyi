@@ -1,6 +1,8 @@
 """The compiled engine (rust/python.rs). Use `lsio_torch.ZarrCropDataset` and
 `lsio_torch.read_crops` rather than these directly."""
 
+import os
+
 import torch
 
 class LsioError(Exception):
@@ -53,6 +55,17 @@ class ChunkCache:
     def policy(self) -> str: ...
     def clear(self) -> None: ...
 
+class DiskCache:
+    """A folder of compressed chunk bytes fetched from object stores, bounded to
+    ``max_bytes``."""
+
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def max_bytes(self) -> int: ...
+
 class Engine:
     """A running engine for one array and crop shape: its threads start when it is created."""
 
@@ -68,6 +81,7 @@ class Engine:
         io_threads: int = 0,
         cache: ChunkCache | None = None,
         cache_id: int = 0,
+        disk_cache: DiskCache | None = None,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

@@ -257,6 +257,7 @@ class Source:
         io_threads: int = 0,
         cache: _lsio_torch.ChunkCache | None = None,
         cache_id: int = 0,
+        disk_cache: _lsio_torch.DiskCache | None = None,
     ) -> _lsio_torch.Engine:
         cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
         return _lsio_torch.Engine(
@@ -270,6 +271,7 @@ class Source:
             io_threads=io_threads,
             cache=cache,
             cache_id=cache_id,
+            disk_cache=disk_cache,
         )
 
     def describe(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +63,21 @@ _EMPTY_CACHE_STATS = dict.fromkeys(
         "cache_evictions",
         "cache_bytes",
         "cache_chunks",
+    ),
+    0,
+)
+
+
+_EMPTY_DISK_CACHE_STATS = dict.fromkeys(
+    (
+        "disk_cache_hits",
+        "disk_cache_misses",
+        "disk_cache_bytes_read",
+        "disk_cache_bytes_written",
+        "disk_cache_evictions",
+        "disk_cache_corrupt",
+        "disk_cache_write_errors",
+        "disk_cache_bytes",
     ),
     0,
 )
@@ -247,6 +263,15 @@ class ZarrCropDataset(IterableDataset):
             holds their chunks.
         cache_policy: which chunk the cache evicts when full: ``"lru"``, ``"clock"`` or
             ``"s3fifo"``.
+        cache_dir: for arrays in object stores: a folder where the compressed bytes of the
+            chunks fetched are kept, so that later epochs (and later runs, and other processes
+            naming the same folder) read them from local disk instead of the store. Chunks are
+            keyed by their object's ETag and size, so a changed object is fetched anew; a
+            corrupt file is deleted and its chunk fetched again. Chunks of shards (whose index
+            tells the version before the chunk is read) are kept; chunks that are objects of
+            their own are fetched every epoch. Local arrays ignore it.
+        cache_dir_bytes: the bound on ``cache_dir``: past it, the files written longest ago
+            are deleted. ``None``: half the free space of its file system when first used.
 
     Raises:
         FileNotFoundError: no array at ``source``.
@@ -281,6 +306,8 @@ class ZarrCropDataset(IterableDataset):
         max_requests: int | None = None,
         cache_bytes: int = 0,
         cache_policy: str = DEFAULT_CACHE_POLICY,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_dir_bytes: int | None = None,
     ) -> None:
         super().__init__()
         storage_options = _with_max_requests(storage_options, max_requests)
@@ -353,6 +380,15 @@ class ZarrCropDataset(IterableDataset):
         self.cache_policy = cache_policy
         self._cache: _lsio_torch.ChunkCache | None = None
         self._cache_pid: int | None = None
+        self.cache_dir = None if cache_dir is None else os.path.abspath(os.fspath(cache_dir))
+        cache_dir_taken = self.cache_dir is not None and os.path.exists(self.cache_dir)
+        if cache_dir_taken and not os.path.isdir(self.cache_dir):
+            raise NotADirectoryError(f"cache_dir {self.cache_dir} is not a folder")
+        self.cache_dir_bytes = (
+            None if cache_dir_bytes is None else _non_negative("cache_dir_bytes", cache_dir_bytes)
+        )
+        self._disk_cache: _lsio_torch.DiskCache | None = None
+        self._disk_cache_pid: int | None = None
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = seed
@@ -410,6 +446,7 @@ class ZarrCropDataset(IterableDataset):
         state = self.__dict__.copy()
         del state["_sampler"], state["_iterators"], state["_engines"]
         state["_cache"] = state["_cache_pid"] = None  # each process its own
+        state["_disk_cache"] = state["_disk_cache_pid"] = None
         # A process that unpickles (a DataLoader worker under spawn) has no process group:
         # it takes the rank this process has.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -502,6 +539,9 @@ class ZarrCropDataset(IterableDataset):
         if self.cache_bytes:
             cache = self._cache if self._cache_pid == os.getpid() else None
             out.update(cache.stats() if cache else _EMPTY_CACHE_STATS)
+        if self.cache_dir is not None:
+            disk = self._disk_cache if self._disk_cache_pid == os.getpid() else None
+            out.update(disk.stats() if disk else _EMPTY_DISK_CACHE_STATS)
         return out
 
     def close(self) -> None:
@@ -521,6 +561,20 @@ class ZarrCropDataset(IterableDataset):
             self._cache = _lsio_torch.ChunkCache(self.cache_bytes, self.cache_policy)
             self._cache_pid = os.getpid()
         return self._cache
+
+    def _disk_chunk_cache(self) -> _lsio_torch.DiskCache | None:
+        """This process's handle on ``cache_dir`` (the folder is shared; the handle's counters
+        are this process's own)."""
+        if self.cache_dir is None:
+            return None
+        if self._disk_cache is None or self._disk_cache_pid != os.getpid():
+            os.makedirs(self.cache_dir, exist_ok=True)
+            bound = self.cache_dir_bytes
+            if bound is None:
+                bound = shutil.disk_usage(self.cache_dir).free // 2
+            self._disk_cache = _lsio_torch.DiskCache(self.cache_dir, bound)
+            self._disk_cache_pid = os.getpid()
+        return self._disk_cache
 
     def _origins(self, epoch: int, first: int, count: int) -> list[list[int]]:
         if self._origin_list is not None:
@@ -554,10 +608,10 @@ class ZarrCropDataset(IterableDataset):
         total = None if self.samples_per_epoch is None else self._epoch_batches()
         n, epoch = self.samples_per_epoch, self.epoch
         batches = share.batches(total, start)
-        cache = self._chunk_cache()
+        cache, disk = self._chunk_cache(), self._disk_chunk_cache()
         engines = _Engines(
             {
-                s.key: s.engine(self.crop, threads, self.direct_io, self.io_threads, cache, i)
+                s.key: s.engine(self.crop, threads, self.direct_io, self.io_threads, cache, i, disk)
                 for i, s in enumerate(self._sources)
             }
         )

@@ -248,6 +248,57 @@ impl ChunkCache {
     }
 }
 
+/// A folder of compressed chunk bytes fetched from object stores, bounded to ``max_bytes``:
+/// one per dataset and process, shared by its remote arrays (and, through the folder, by every
+/// process that names it).
+#[pyclass(module = "lsio_torch._lsio_torch", frozen)]
+struct DiskCache {
+    inner: Arc<cache::DiskCache>,
+}
+
+#[pymethods]
+impl DiskCache {
+    /// Opens (or makes) the folder ``path``; files past ``max_bytes`` are deleted, those
+    /// written longest ago first.
+    #[new]
+    #[pyo3(signature = (path, max_bytes))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, max_bytes: u64) -> PyResult<Self> {
+        let opened = py.detach(|| cache::DiskCache::open(&path, max_bytes));
+        let inner =
+            opened.map_err(|e| to_py(Error::io(&path, "opening the disk cache folder", e)))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// ``{"disk_cache_hits", "disk_cache_misses", "disk_cache_bytes_read",
+    /// "disk_cache_bytes_written", "disk_cache_evictions", "disk_cache_corrupt",
+    /// "disk_cache_write_errors", "disk_cache_bytes"}``.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let out = PyDict::new(py);
+        out.set_item("disk_cache_hits", s.hits)?;
+        out.set_item("disk_cache_misses", s.misses)?;
+        out.set_item("disk_cache_bytes_read", s.bytes_read)?;
+        out.set_item("disk_cache_bytes_written", s.bytes_written)?;
+        out.set_item("disk_cache_evictions", s.evictions)?;
+        out.set_item("disk_cache_corrupt", s.corrupt)?;
+        out.set_item("disk_cache_write_errors", s.write_errors)?;
+        out.set_item("disk_cache_bytes", s.bytes)?;
+        Ok(out)
+    }
+
+    #[getter]
+    fn path(&self) -> std::path::PathBuf {
+        self.inner.dir().to_path_buf()
+    }
+
+    #[getter]
+    fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes()
+    }
+}
+
 /// A running engine for one array and crop shape: its threads start when it is created.
 #[pyclass(module = "lsio_torch._lsio_torch")]
 struct Engine {
@@ -296,8 +347,9 @@ impl Engine {
     /// ``io_threads`` > 0 starts that many threads that only read, handing the chunks to the
     /// ``threads`` that decode; 0 has the decode threads read their own chunks.
     #[new]
-    /// ``cache`` keeps decoded chunks past the batch, this array's as number ``cache_id``.
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0, cache=None, cache_id=0))]
+    /// ``cache`` keeps decoded chunks past the batch, this array's as number ``cache_id``;
+    /// ``disk_cache`` keeps a remote array's fetched chunk bytes on local disk.
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0, cache=None, cache_id=0, disk_cache=None))]
     // The Python constructor's keyword arguments, one for one.
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -312,6 +364,7 @@ impl Engine {
         io_threads: usize,
         cache: Option<&ChunkCache>,
         cache_id: u32,
+        disk_cache: Option<&DiskCache>,
     ) -> PyResult<Self> {
         boundary("starting an engine", || {
             let choice = choose_backend().map_err(to_py)?;
@@ -337,6 +390,7 @@ impl Engine {
                 cast,
                 direct_io,
                 cache: cache.map(|c| (Arc::clone(&c.inner), cache_id)),
+                disk_cache: disk_cache.map(|d| Arc::clone(&d.inner)),
             };
             let inner = Arc::clone(&array.inner);
             let engine = py
@@ -626,6 +680,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sampler>()?;
     m.add_class::<Engine>()?;
     m.add_class::<ChunkCache>()?;
+    m.add_class::<DiskCache>()?;
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;

@@ -49,6 +49,7 @@ fn read(
         cast: None,
         direct_io: false,
         cache: None,
+        disk_cache: None,
     };
     let engine = Engine::start(array, crop.to_vec(), config)?;
     let mut out = vec![0u8; origins.len() * engine.crop_bytes()];

@@ -7,7 +7,11 @@
 //! decoded twice at once); any other chunk the batch claims, decodes, and hands to the cache.
 //! A claim not completed (a failed or stopped batch) is abandoned when the batch's
 //! [`Claims`] are dropped, so no waiter is left waiting.
+//!
+//! Remote arrays have a second level, [`disk`]: the compressed bytes fetched, kept on local
+//! disk across epochs, runs and processes.
 
+pub mod disk;
 mod policy;
 mod promise;
 
@@ -16,6 +20,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+pub use disk::{DiskCache, DiskStats};
 use policy::Policy;
 pub use policy::PolicyKind;
 pub use promise::{Promise, Resolved};

@@ -144,12 +144,23 @@ pub(super) fn run_batch(
 }
 
 /// Reads a group with this thread's reader into its buffer, and decodes it.
-///
-/// The reader and buffer are taken out of the thread's slot while they are used: a codec that
-/// decodes in parallel (zarrs, on nested shards) makes this thread run other pool jobs while
-/// it waits, and such a job, finding the slot empty, reads with a reader of its own.
 fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
     let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
+    with_local_io(shared, |reader, buf| {
+        let starts = read_group(shared, planned, group, reader, buf, out)?;
+        decode_group(shared, planned, group, buf, &starts, out)
+    })
+}
+
+/// Runs `f` with this thread's reader and read buffer.
+///
+/// They are taken out of the thread's slot while they are used: a codec that decodes in
+/// parallel (zarrs, on nested shards) makes this thread run other pool jobs while it waits,
+/// and such a job, finding the slot empty, reads with a reader of its own.
+pub(super) fn with_local_io<T>(
+    shared: &Shared,
+    f: impl FnOnce(&mut dyn Reader, &mut ReadBuf) -> Result<T>,
+) -> Result<T> {
     let mut local = match LOCAL_IO.with(std::cell::RefCell::take) {
         Some(local) => local,
         None => LocalIo {
@@ -157,15 +168,7 @@ fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
             buf: ReadBuf::new(),
         },
     };
-    let result = read_group(
-        shared,
-        planned,
-        group,
-        local.reader.as_mut(),
-        &mut local.buf,
-        out,
-    )
-    .and_then(|starts| decode_group(shared, planned, group, &local.buf, &starts, out));
+    let result = f(local.reader.as_mut(), &mut local.buf);
     LOCAL_IO.with(|cell| cell.replace(Some(local)));
     result
 }

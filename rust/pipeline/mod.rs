@@ -34,7 +34,7 @@ use batch::run_batch;
 use io_stage::IoStage;
 use planned::advise;
 
-use crate::cache::{ChunkCache, Key};
+use crate::cache::{ChunkCache, DiskCache, Key};
 use crate::cast::Cast;
 use crate::error::{Error, Result};
 use crate::io::remote::Net;
@@ -64,6 +64,9 @@ pub struct EngineConfig {
     pub direct_io: bool,
     /// A chunk cache that outlives the engine, and this array's number in it.
     pub cache: Option<(Arc<ChunkCache>, u32)>,
+    /// Where the compressed bytes of a remote array's chunks are kept on local disk (unused
+    /// for a local array).
+    pub disk_cache: Option<Arc<DiskCache>>,
 }
 
 /// Memory the caller lends the engine for one batch: `[crops, *crop]` elements, C order.
@@ -243,6 +246,8 @@ pub(crate) struct Shared {
     direct_io: bool,
     /// Decoded chunks kept past the batch, and this array's number among the cache's.
     cache: Option<(Arc<ChunkCache>, u32)>,
+    /// A remote array's chunk bytes kept on local disk.
+    pub(crate) disk_cache: Option<Arc<DiskCache>>,
 }
 
 impl Shared {
@@ -282,6 +287,7 @@ impl Shared {
             reads_wait: AtomicBool::new(true),
             direct_io: false,
             cache: None,
+            disk_cache: None,
         })
     }
 
@@ -327,6 +333,9 @@ impl Engine {
         // it cached), so only such chunks in object stores are kept.
         if !shared.as_stored || shared.array.location.remote().is_some() {
             shared.cache = config.cache;
+        }
+        if shared.array.location.remote().is_some() {
+            shared.disk_cache = config.disk_cache;
         }
         let shared = Arc::new(shared);
         let reader = new_reader(config.backend)?;

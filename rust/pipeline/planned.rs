@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::decode::{needed_span, target_layout};
 use super::files::{OpenFile, PlanCache};
-use super::remote::unless_stopped;
+use super::remote::{disk_key, unless_stopped};
 use super::Shared;
 use crate::cache::{Claims, Lookup, Promise};
 use crate::error::{Error, Result};
@@ -48,6 +48,8 @@ pub(crate) struct PlannedRead {
     /// The whole object, whatever its size (`len` is then 0): a chunk of a remote array that
     /// is not sharded, whose size nothing has told yet.
     pub(super) whole: bool,
+    /// The chunk's bytes are in the disk cache: read from there, not from the store.
+    pub(super) disk: bool,
 }
 
 /// A batch whose files are open and whose shard indexes are read: what remains is reading
@@ -267,6 +269,7 @@ fn plan_reads_once(
                     chunk_start: 0,
                     direct: None,
                     whole,
+                    disk: false,
                 });
             }
         }
@@ -282,8 +285,15 @@ fn plan_reads_once(
             }
         }
     }
-    // In file order, so that chunks stored side by side are read together.
-    reads.sort_by_key(|read| (read.file, read.offset));
+    // Chunks whose bytes the disk cache holds are read from there.
+    if let Some(disk) = &shared.disk_cache {
+        for read in &mut reads {
+            read.disk =
+                disk_key(shared, &files, read).is_some_and(|key| disk.holds(&key, read.len));
+        }
+    }
+    // Those first; then in file order, so that chunks stored side by side are read together.
+    reads.sort_by_key(|read| (!read.disk, read.file, read.offset));
     Ok(Planned {
         tasks,
         locations,
@@ -455,8 +465,8 @@ fn fetch_indexes(
 /// # Errors
 /// [`Error::Corrupt`] for a stored chunk whose length is not the chunk's.
 pub(crate) fn read_only_what_crops_need(shared: &Shared, planned: &mut Planned) -> Result<()> {
-    // A chunk the cache will keep is read whole.
-    if !shared.as_stored || planned.claims.is_some() {
+    // A chunk a cache will keep is read whole.
+    if !shared.as_stored || planned.claims.is_some() || shared.disk_cache.is_some() {
         return Ok(());
     }
     let element = shared.array.dtype.size();

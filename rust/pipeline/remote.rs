@@ -11,12 +11,19 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::batch::BatchRun;
+use std::fs::File;
+
+use super::batch::{with_local_io, BatchRun};
 use super::decode::{decode_read, fill_read};
+use super::files::OpenFile;
+use super::groups::read_groups;
 use super::planned::{Planned, PlannedRead};
 use super::{guarded, Job, Shared};
+use crate::cache::disk::{entry_key, entry_len};
+use crate::cache::DiskCache;
 use crate::error::{Error, Result};
-use crate::io::remote::{self, Fetched, Net, Settings, Wanted};
+use crate::io::remote::{self, Fetched, Link, Net, Settings, Wanted};
+use crate::io::ReadOp;
 
 /// Runs `future` unless the engine is closed first.
 ///
@@ -85,6 +92,8 @@ pub(crate) fn requested_objects(
 }
 
 /// Queues a planned batch's requests on the runtime; each lands on the pool to be decoded.
+/// The chunks the disk cache holds (the batch's first reads) are read on the pool instead, a
+/// group at a time, with the thread's own reader.
 pub(super) fn run_remote(
     shared: &Arc<Shared>,
     net: &Net,
@@ -93,8 +102,33 @@ pub(super) fn run_remote(
     pool: &Arc<rayon::ThreadPool>,
 ) {
     let settings = &net.remote.settings;
-    let requests = requests(&planned.reads, settings.merge_gap, settings.part_bytes);
-    let batch = BatchRun::start(shared, planned, job, pool, requests.len());
+    let cached = planned.reads.iter().take_while(|read| read.disk).count();
+    let disk_groups = read_groups(&planned.reads[..cached]);
+    let requests: Vec<Range<usize>> = requests(
+        &planned.reads[cached..],
+        settings.merge_gap,
+        settings.part_bytes,
+    )
+    .into_iter()
+    .map(|r| r.start + cached..r.end + cached)
+    .collect();
+    let parts = disk_groups.len() + requests.len();
+    let batch = BatchRun::start(shared, planned, job, pool, parts);
+    for group in disk_groups {
+        let (batch, link) = (Arc::clone(&batch), net.link());
+        pool.spawn_fifo(move || {
+            let result = if batch.shared.cancel.load(Ordering::Relaxed) {
+                Err(Error::Stopped("the engine was closed".into()))
+            } else if batch.failed() {
+                Ok(())
+            } else {
+                guarded("engine thread", &batch.shared.array.path, || {
+                    read_from_disk(&batch, &batch.planned.reads[group], &link)
+                })
+            };
+            batch.finish_part(result);
+        });
+    }
     let part_bytes = settings.part_bytes;
     for request in requests {
         let reads = &batch.planned.reads[request.clone()];
@@ -152,6 +186,106 @@ pub(super) fn run_remote(
     }
 }
 
+/// The disk cache's key for a read of a remote chunk: `None` where the object's version is
+/// not known before it is fetched (a whole object, or a store that gives no ETags).
+pub(super) fn disk_key(shared: &Shared, files: &[OpenFile], read: &PlannedRead) -> Option<String> {
+    let store = shared.array.location.remote()?;
+    let object = files[read.file].object.as_ref()?;
+    if read.whole {
+        return None;
+    }
+    let (size, etag) = (object.size?, object.etag.as_deref()?);
+    let url = store.object_url(&object.key);
+    Some(entry_key(&url, size, etag, read.offset, read.len))
+}
+
+/// Reads a group of chunks from the disk cache with this thread's reader, and decodes them.
+/// A file that is gone (another process trimmed the folder), unreadable or corrupt is deleted
+/// and its chunk fetched from the store again, on this thread.
+fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Result<()> {
+    let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
+    let Some(disk) = &shared.disk_cache else {
+        return Err(Error::Stopped(
+            "internal error: a disk read with no disk cache".into(),
+        ));
+    };
+    let keys: Vec<String> = group
+        .iter()
+        .map(|read| {
+            disk_key(shared, &planned.files, read).ok_or_else(|| {
+                Error::Stopped(format!("internal error: no disk cache key for {read:?}"))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let opened: Vec<Option<File>> = keys
+        .iter()
+        .map(|key| File::open(disk.path(key)).ok())
+        .collect();
+    let mut again: Vec<usize> = Vec::new();
+    let mut wanted = Vec::new();
+    let mut ops = Vec::new();
+    for (i, (file, read)) in opened.iter().zip(group).enumerate() {
+        match file {
+            Some(file) => {
+                wanted.push(i);
+                let len = entry_len(&keys[i], read.len) as usize;
+                ops.push(ReadOp {
+                    file,
+                    offset: 0,
+                    len,
+                });
+            }
+            None => again.push(i),
+        }
+    }
+    with_local_io(shared, |reader, buf| {
+        let results = reader.read_packed(&ops, buf, 1);
+        let counters = &shared.counters;
+        counters
+            .reads
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
+        for ((&i, op), (at, result)) in wanted.iter().zip(&ops).zip(results) {
+            let (read, key) = (&group[i], &keys[i]);
+            let payload = result
+                .map_err(|e| e.to_string())
+                .and_then(|()| DiskCache::payload(key, &buf[at..at + op.len]));
+            match payload {
+                Ok(bytes) => {
+                    disk.note_hit(op.len as u64);
+                    counters
+                        .bytes_read
+                        .fetch_add(op.len as u64, Ordering::Relaxed);
+                    counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
+                    decode_read(shared, planned, read, bytes, out)?;
+                }
+                Err(_) => {
+                    disk.discard(key, op.len as u64);
+                    again.push(i);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for i in again {
+        let read = &group[i];
+        let Some(object) = &planned.files[read.file].object else {
+            continue;
+        };
+        let range = read.offset..read.offset + read.len as u64;
+        let fetch = remote::get(
+            link.store.as_ref(),
+            &object.key,
+            Wanted::Range(range),
+            link.part_bytes,
+            &link.requests,
+            object.etag.as_deref(),
+        );
+        let fetched = link.runtime.block_on(unless_stopped(shared, fetch))?;
+        decode_fetched(batch, std::slice::from_ref(read), fetched)?;
+    }
+    Ok(())
+}
+
 /// Decodes the chunks of one request from the bytes it fetched; a chunk whose object is
 /// missing reads as the fill value.
 fn decode_fetched(
@@ -188,6 +322,11 @@ fn decode_fetched(
             })?
         };
         decode_read(shared, planned, read, bytes, out)?;
+        if let Some(disk) = &shared.disk_cache {
+            if let Some(key) = disk_key(shared, &planned.files, read) {
+                disk.put(&key, bytes);
+            }
+        }
     }
     Ok(())
 }
@@ -205,6 +344,7 @@ mod tests {
             chunk_start: 0,
             direct: None,
             whole: false,
+            disk: false,
         }
     }
 

@@ -227,6 +227,12 @@ impl RemoteStore {
         child
     }
 
+    /// The URL of the object at `key`: what the disk cache keys its chunks by.
+    #[must_use]
+    pub fn object_url(&self, key: &Path) -> String {
+        format!("{}/{key}", self.base)
+    }
+
     /// The object `rel` (a key relative to this URL: `zarr.json`, `c/0/1`).
     #[must_use]
     pub fn key(&self, rel: &str) -> Path {

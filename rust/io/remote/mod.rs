@@ -12,4 +12,4 @@ mod net;
 
 pub use config::{is_url, RemoteStore, Settings};
 pub use fetch::{get, size, to_io, Fetched, Wanted};
-pub use net::{on_this_thread, Net};
+pub use net::{on_this_thread, Link, Net};

@@ -80,6 +80,17 @@ impl Net {
             .unwrap_or_else(|| unreachable!("the runtime lives until the Net is dropped"))
     }
 
+    /// What another thread needs to fetch from the store while the engine runs.
+    #[must_use]
+    pub fn link(&self) -> Link {
+        Link {
+            runtime: self.runtime().handle().clone(),
+            store: Arc::clone(&self.store),
+            requests: Arc::clone(&self.requests),
+            part_bytes: self.remote.settings.part_bytes,
+        }
+    }
+
     /// A future that waits until `len` more bytes may be in flight; the permit it gives frees
     /// them when dropped. A request larger than the whole bound waits for all of it.
     pub fn bytes_permit(
@@ -93,6 +104,15 @@ impl Net {
             bytes.acquire_many_owned(units).await.ok()
         }
     }
+}
+
+/// A handle on an engine's runtime and client, for threads that are not the planner's.
+#[derive(Clone)]
+pub struct Link {
+    pub runtime: tokio::runtime::Handle,
+    pub store: Arc<dyn ObjectStore>,
+    pub requests: Arc<Semaphore>,
+    pub part_bytes: u64,
 }
 
 impl Drop for Net {

@@ -1,0 +1,257 @@
+"""The disk cache (``cache_dir=``): a remote array's fetched chunk bytes kept on local disk.
+Later epochs, later runs and other processes read them from there, equal bit for bit to
+zarr-python; a changed object is fetched anew, never served stale; a corrupt file is detected
+and fetched again; the folder stays within its bound."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import INNER, SHARD, reference_crop, same_bits, write_array
+from test_engine import engine_threads
+
+import lsio_torch
+from lsio_torch import _lsio_torch
+
+CROP = (4, 20, 15)
+#: A shard's index: 16 bytes per inner chunk, and its CRC-32C.
+INDEX_BYTES = 16 * math.prod(s // i for s, i in zip(SHARD, INNER, strict=True)) + 4
+SHARDED = ["shard-index-end", "shard-index-start", "shard-index-end-raw"]
+
+
+def dataset(url, cache_dir, **kw):
+    kw = {"batch_size": 4, "samples_per_epoch": 24, "seed": 3, "return_origins": True, **kw}
+    return lsio_torch.ZarrCropDataset(url, CROP, cache_dir=cache_dir, **kw)
+
+
+def check_epochs(ds, values, epochs=(0,)) -> int:
+    """Iterates ``epochs`` and checks every crop against zarr-python's values; returns the
+    crops read."""
+    n = 0
+    for epoch in epochs:
+        ds.set_epoch(epoch)
+        for batch, origins in ds:
+            for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+                assert same_bits(crop, reference_crop(values, origin, CROP)), origin
+                n += 1
+    return n
+
+
+def cached_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.chunk"))
+
+
+def served_copy(tmp_path, layout, seed=0):
+    """A fresh array in ``tmp_path/served/a.zarr``, and zarr-python's values of it."""
+    written = write_array(tmp_path / "served" / "a.zarr", layout, "int16", seed=seed)
+    return written.values
+
+
+@pytest.mark.parametrize("layout", SHARDED)
+def test_later_epochs_and_runs_read_chunks_from_disk_and_fetch_only_shard_indexes(
+    tmp_path, object_server, layout
+):
+    values = served_copy(tmp_path, layout)
+    server = object_server(tmp_path / "served")
+    url, folder = f"{server.url}/a.zarr", tmp_path / "cache"
+    ds = dataset(url, folder)
+    check_epochs(ds, values)
+    first = ds.stats()
+    files = cached_files(folder)
+    # Later batches of the first epoch find chunks that earlier ones kept; a chunk two
+    # batches in flight together both fetched is kept once.
+    assert first["disk_cache_misses"] >= len(files) > 0, first
+    assert first["disk_cache_bytes"] == sum(f.stat().st_size for f in files)
+    reads_per_epoch = first["disk_cache_hits"] + first["disk_cache_misses"]
+
+    # The same crops again, in this run and in a new one (a restart): only shard indexes
+    # are fetched, each chunk read from the folder.
+    for again in (ds, dataset(url, folder)):
+        before = len(server.log)
+        seen = again.stats()
+        check_epochs(again, values)
+        index_ranges = {f"bytes=-{INDEX_BYTES}", f"bytes=0-{INDEX_BYTES - 1}"}
+        asked = [entry[2] for entry in server.log[before:]]
+        assert asked and set(asked) <= index_ranges, asked
+        s = again.stats()
+        assert s["disk_cache_hits"] - seen["disk_cache_hits"] == reads_per_epoch, s
+        assert s["disk_cache_misses"] == seen["disk_cache_misses"], s
+        assert s["disk_cache_corrupt"] == 0
+    assert not engine_threads()
+
+
+def test_chunks_that_are_objects_of_their_own_are_fetched_each_epoch(tmp_path, object_server):
+    # No index tells an unsharded chunk's version before it is fetched: it is not kept.
+    values = served_copy(tmp_path, "unsharded")
+    server = object_server(tmp_path / "served")
+    ds = dataset(f"{server.url}/a.zarr", tmp_path / "cache")
+    check_epochs(ds, values, epochs=(0, 0))
+    s = ds.stats()
+    assert (s["disk_cache_hits"], s["disk_cache_misses"]) == (0, 0), s
+    assert cached_files(tmp_path / "cache") == []
+
+
+def test_through_s3_a_second_epoch_reads_from_disk(tmp_path, s3):
+    written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16", seed=5)
+    url = s3.upload(written.path, "disk-cache", "a.zarr")
+    ds = dataset(url, tmp_path / "cache", storage_options=s3.storage_options)
+    check_epochs(ds, written.values)
+    first = ds.stats()
+    assert first["disk_cache_misses"] > 0, first
+    check_epochs(ds, written.values)
+    s = ds.stats()
+    assert s["disk_cache_misses"] == first["disk_cache_misses"], s
+    reads = first["disk_cache_hits"] + first["disk_cache_misses"]
+    assert s["disk_cache_hits"] - first["disk_cache_hits"] == reads, s
+
+
+def test_a_changed_object_is_never_served_from_the_folder(tmp_path, object_server):
+    values = served_copy(tmp_path, "shard-index-end", seed=1)
+    server = object_server(tmp_path / "served")
+    url, folder = f"{server.url}/a.zarr", tmp_path / "cache"
+    ds = dataset(url, folder)
+    check_epochs(ds, values)
+    kept = len(cached_files(folder))
+    # Rewritten with other values: every shard is a new object (a new ETag), so every chunk
+    # is fetched again, and the crops are the new values.
+    changed = served_copy(tmp_path, "shard-index-end", seed=2)
+    assert not same_bits(changed, values)
+    misses = ds.stats()["disk_cache_misses"]
+    check_epochs(ds, changed)
+    assert ds.stats()["disk_cache_misses"] - misses >= kept
+    assert len(cached_files(folder)) == 2 * kept
+
+
+def test_a_changed_object_in_s3_is_never_served_from_the_folder(tmp_path, s3):
+    first = write_array(tmp_path / "one.zarr", "shard-index-start", "int16", seed=3)
+    url = s3.upload(first.path, "disk-cache", "changing.zarr")
+    folder = tmp_path / "cache"
+    ds = dataset(url, folder, storage_options=s3.storage_options)
+    check_epochs(ds, first.values)
+    second = write_array(tmp_path / "two.zarr", "shard-index-start", "int16", seed=4)
+    s3.upload(second.path, "disk-cache", "changing.zarr")
+    misses = ds.stats()["disk_cache_misses"]
+    check_epochs(ds, second.values)
+    assert ds.stats()["disk_cache_misses"] > misses
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "replace"])
+def test_a_corrupt_file_is_detected_and_its_chunk_fetched_again(tmp_path, object_server, damage):
+    values = served_copy(tmp_path, "shard-index-end")
+    server = object_server(tmp_path / "served")
+    url, folder = f"{server.url}/a.zarr", tmp_path / "cache"
+    check_epochs(dataset(url, folder), values)
+    files = cached_files(folder)
+    for path in files:
+        data = bytearray(path.read_bytes())
+        if damage == "flip":
+            data[-1] ^= 0x40  # a bit of the chunk's bytes
+        elif damage == "truncate":
+            del data[len(data) // 2 :]
+        else:  # another chunk's file under this one's name: same length, another key
+            data[30] ^= 0x01
+        path.write_bytes(bytes(data))
+    ds = dataset(url, folder)
+    check_epochs(ds, values)
+    s = ds.stats()
+    # A file of the wrong length is not even tried; the others are read and refused (a
+    # batch planned while another refetched the chunk may refuse it too).
+    if damage == "truncate":
+        assert s["disk_cache_corrupt"] == 0, s
+    else:
+        assert s["disk_cache_corrupt"] >= len(files), s
+    assert s["disk_cache_misses"] >= len(files), s
+    # Fetched again and kept again, whole: the next run reads them all from the folder.
+    ds = dataset(url, folder)
+    check_epochs(ds, values)
+    s = ds.stats()
+    assert s["disk_cache_hits"] > 0, s
+    assert (s["disk_cache_misses"], s["disk_cache_corrupt"]) == (0, 0), s
+
+
+def test_the_folder_stays_within_its_bound(tmp_path, object_server):
+    values = served_copy(tmp_path, "shard-index-end")
+    server = object_server(tmp_path / "served")
+    url = f"{server.url}/a.zarr"
+    whole = tmp_path / "whole"
+    check_epochs(dataset(url, whole, samples_per_epoch=96), values)
+    everything = sum(f.stat().st_size for f in cached_files(whole))
+    bound = everything // 3
+    folder = tmp_path / "bounded"
+    ds = dataset(url, folder, samples_per_epoch=96, cache_dir_bytes=bound)
+    check_epochs(ds, values, epochs=(0, 1, 2))
+    held = sum(f.stat().st_size for f in cached_files(folder))
+    s = ds.stats()
+    assert 0 < held <= bound, (held, bound)
+    assert s["disk_cache_evictions"] > 0 and s["disk_cache_bytes"] <= bound, s
+    assert s["disk_cache_hits"] > 0, s
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataloader_workers_share_one_folder(tmp_path, object_server, method):
+    values = served_copy(tmp_path, "shard-index-end")
+    server = object_server(tmp_path / "served")
+    url, folder = f"{server.url}/a.zarr", tmp_path / "cache"
+    ds = dataset(url, folder, samples_per_epoch=48)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=method
+    )
+    for _ in range(2):
+        n = 0
+        for batch, origins in loader:
+            for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+                assert same_bits(crop, reference_crop(values, origin, CROP))
+                n += 1
+        assert n == 48
+    # What the workers wrote is whole: this process reads every chunk from the folder.
+    check_epochs(ds, values)
+    s = ds.stats()
+    assert s["disk_cache_hits"] > 0 and s["disk_cache_misses"] == 0, s
+    assert s["disk_cache_corrupt"] == 0
+    assert not list(folder.rglob("*.tmp.*"))
+
+
+def test_with_the_memory_cache_both_levels_agree(tmp_path, object_server):
+    values = served_copy(tmp_path, "shard-index-end-raw")
+    server = object_server(tmp_path / "served")
+    url, folder = f"{server.url}/a.zarr", tmp_path / "cache"
+    check_epochs(dataset(url, folder), values)
+    ds = dataset(url, folder, cache_bytes=1 << 30)
+    check_epochs(ds, values, epochs=(0, 0, 0))
+    s = ds.stats()
+    assert s["disk_cache_hits"] > 0 and s["disk_cache_misses"] == 0, s
+    assert s["cache_hits"] > 0, s
+
+
+def test_a_local_array_ignores_cache_dir(tmp_path):
+    written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16")
+    folder = tmp_path / "cache"
+    ds = dataset(written.path, folder)
+    check_epochs(ds, written.values)
+    assert cached_files(folder) == []
+    assert ds.stats()["disk_cache_misses"] == 0
+
+
+def test_cache_dir_arguments_are_checked(tmp_path, object_server):
+    with pytest.raises(ValueError, match="cache_dir_bytes"):
+        lsio_torch.ZarrCropDataset(
+            write_array(tmp_path / "a.zarr", "unsharded", "int16").path,
+            CROP,
+            cache_dir=tmp_path / "c",
+            cache_dir_bytes=-1,
+        )
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="a-file"):
+        dataset(f"{object_server(tmp_path).url}/a.zarr", in_the_way)
+    with pytest.raises(_lsio_torch.LsioError, match="a-file: opening the disk cache folder"):
+        _lsio_torch.DiskCache(str(in_the_way), 1 << 20)
+
+
+def test_the_disk_cache_counts_what_it_holds(tmp_path):
+    cache = _lsio_torch.DiskCache(str(tmp_path / "c"), 1 << 20)
+    assert cache.max_bytes == 1 << 20 and Path(cache.path) == tmp_path / "c"
+    assert cache.stats() == lsio_torch.dataset._EMPTY_DISK_CACHE_STATS

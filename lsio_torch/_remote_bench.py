@@ -8,6 +8,9 @@ Systems:
                (``async.concurrency`` the best of ``--concurrency``)
   zarrs        the same with the zarrs codec pipeline
   tensorstore  tensorstore's http kvstore, all crops of a batch in flight at once
+  disk         lsio_torch with ``cache_dir``: epoch 1 from the server into an empty folder,
+               epoch 2 (other crops) with the folder holding what epoch 1 fetched, and epoch
+               2's crops read from the local files the server serves (the local-disk rate)
   get          the GET bound: the requests lsio_torch makes (its chunk ranges, merged as it
                merges them; shard indexes left out), fetched by obstore at the best of
                ``--concurrency``, nothing decoded
@@ -16,6 +19,7 @@ Systems:
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
@@ -66,6 +70,41 @@ def run_lsio(url, crop, batches, threads, max_requests, options, consume) -> flo
         max_requests=max_requests, storage_options=options,
     )  # fmt: skip
     return consume(torch.utils.data.DataLoader(ds, batch_size=None), "lsio_torch", n)
+
+
+def run_lsio_disk_cache(
+    url, local: Path, crop, n, batch, threads, options, consume, folder: Path, repeats=2
+) -> tuple[float, float, float, dict]:
+    """lsio_torch with ``cache_dir=folder`` (emptied first), as a training run meets it: the
+    seconds of epoch 1 (from the server), of epoch 2 (other crops; the folder holds what
+    epoch 1 fetched) and of epoch 2's crops read from the local files. Epoch 2 and the local
+    read alternate ``repeats`` times, the best of each kept. Also the disk cache's counters
+    over the first epoch-2 run."""
+    shutil.rmtree(folder, ignore_errors=True)
+    kw = {"batch_size": batch, "samples_per_epoch": n, "seed": 0, "threads": threads}
+    remote = ZarrCropDataset(url, crop, cache_dir=folder, storage_options=options, **kw)
+    local_ds = ZarrCropDataset(str(local), crop, **kw)
+
+    def epoch(ds, e, label) -> float:
+        ds.set_epoch(e)
+        return consume(torch.utils.data.DataLoader(ds, batch_size=None), label, n)
+
+    try:
+        first = epoch(remote, 0, "lsio_torch, cache_dir, epoch 1")
+        second, local_s, counters = [], [], {}
+        for _ in range(repeats):
+            before = remote.stats()
+            second.append(epoch(remote, 1, "lsio_torch, cache_dir, epoch 2"))
+            after = remote.stats()
+            local_s.append(epoch(local_ds, 1, "lsio_torch, local files"))
+            counters = counters or {
+                k: after[k] - before[k] for k in after if k.startswith("disk_cache_")
+            }
+        return first, min(second), min(local_s), counters
+    finally:
+        remote.close()
+        local_ds.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _batches_read(read_batch: Callable, batches, label, touch, progress) -> float:

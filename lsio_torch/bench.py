@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -471,6 +472,22 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
             seconds, note = run()
             sys.stderr.write(f"\n  {system}: {seconds:.2f} s\n")
             results.append(result(system, seconds, note))
+        if "disk" in chosen:
+            first, second, local, counters = rb.run_lsio_disk_cache(
+                url, path, crop, sum(map(len, batches)), args.batch, threads, options,
+                consume, CACHE / "disk-cache",
+            )  # fmt: skip
+            hits, misses = counters["disk_cache_hits"], counters["disk_cache_misses"]
+            results += [
+                result("lsio_torch, cache_dir, epoch 1", first, "from the server"),
+                result(
+                    "lsio_torch, cache_dir, epoch 2",
+                    second,
+                    f"{local / second:.2f} x the local files; chunks from disk {hits}, "
+                    f"fetched {misses}",
+                ),
+                result("lsio_torch, local files", local, "epoch 2's crops"),
+            ]
     return results
 
 
@@ -529,10 +546,18 @@ def memory(args, name: str) -> dict:
         in_flight_mb = 128.0  # the engine's max_bytes_in_flight, by default
     itemsize = np.dtype(array.dtype).itemsize
     cache_bytes = parse_sizes(args.cache_bytes or "0", int(np.prod(array.shape)) * itemsize)[0]
+    folder, folder_bound = None, None
+    if server is not None and args.cache_dir_bytes:
+        stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        folder, folder_bound = (
+            CACHE / "disk-cache-memory",
+            parse_sizes(args.cache_dir_bytes, stored)[0],
+        )
+        shutil.rmtree(folder, ignore_errors=True)
     ds = ZarrCropDataset(
         source, crop, batch_size=args.batch, samples_per_epoch=args.n, prefetch=prefetch,
         threads=args.threads, io_threads=args.io_threads, max_requests=args.max_requests[0],
-        cache_bytes=cache_bytes,
+        cache_bytes=cache_bytes, cache_dir=folder, cache_dir_bytes=folder_bound,
     )  # fmt: skip
     batch_bytes = args.batch * int(np.prod(crop)) * itemsize
     n_epochs = args.epochs or 20
@@ -550,15 +575,21 @@ def memory(args, name: str) -> dict:
             touch(batch)
         peak = (_status_kb("VmHWM") - baseline) / 1024
         epochs.append({"epoch": epoch, "first_batch_s": first, "peak_rss_mb": peak})
+        if folder is not None:
+            held = sum(f.stat().st_size for f in folder.rglob("*.chunk"))
+            epochs[-1]["disk_cache_mb"] = held / 2**20
         progress(f"memory {name}", epoch + 1, n_epochs, "epochs")
     sys.stderr.write("\n")
     if server is not None:
         server.close()
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
     return {
         "data": name,
         "batch_mb": batch_bytes / 2**20,
         "budget_mb": 1.5 * prefetch * batch_bytes / 2**20 + 200 + in_flight_mb,
         "cache_mb": cache_bytes / 2**20,
+        "disk_cache_bound_mb": None if folder_bound is None else folder_bound / 2**20,
         "baseline_rss_mb": baseline / 1024,
         "epochs": epochs,
     }
@@ -640,9 +671,15 @@ def main(argv: Iterator[str] | None = None) -> None:
         "--cache-policy", default="lru,clock,s3fifo", help="--cache: the policies measured"
     )
     parser.add_argument(
+        "--cache-dir-bytes", default=None,
+        help="--memory --store http: read with a cache_dir of this bound: bytes (512M) or a "
+        "share of the stored dataset (25%%)",
+    )  # fmt: skip
+    parser.add_argument(
         "--store", choices=["file", "http"], default="file",
         help="http: serve the data over HTTP from a local object server (systems lsio, zarr, "
-        "zarrs, tensorstore, xbatcher, get)",
+        "zarrs, tensorstore, xbatcher, get; and disk: lsio_torch with cache_dir, epochs 1 and "
+        "2, against the local files)",
     )  # fmt: skip
     parser.add_argument(
         "--latency-ms",
@@ -712,6 +749,13 @@ def main(argv: Iterator[str] | None = None) -> None:
                 f"{np.mean(peaks[:5]):.0f} MB, of the last five {np.mean(peaks[-5:]):.0f} MB; "
                 f"first batch {min(firsts) * 1000:.0f}-{max(firsts) * 1000:.0f} ms"
             )
+            if r["disk_cache_bound_mb"] is not None:
+                held = [e["disk_cache_mb"] for e in r["epochs"]]
+                print(
+                    f"  cache_dir bound {r['disk_cache_bound_mb']:.0f} MB; the folder after "
+                    f"each epoch: {' '.join(f'{h:.0f}' for h in held)} MB, highest "
+                    f"{max(held):.0f} MB"
+                )
         return
     report = {
         "machine": machine(),

@@ -10,14 +10,18 @@
 //! ```text
 //! "LSIODC1\n" · key length u32 · crc32c(bytes) u32 · bytes length u64 · key · bytes
 //! ```
-//! Files are written under a temporary name and renamed into place, so several processes
-//! (DataLoader workers, ranks) share one folder: a reader sees a whole file or none. The
+//! Files are written under a temporary name and linked into place, so several processes
+//! (DataLoader workers, ranks) share one folder: a reader sees a whole file or none. A file
+//! is checked whole (key and CRC) the first time a process reads it; once checked, it is read
+//! as a local chunk file is (only the bytes the crops need, kept open between batches): the
+//! bytes under a key never change, and a file replaced is another inode, checked again. The
 //! folder is bounded: past `max_bytes`, the files written longest ago are deleted first.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -32,6 +36,9 @@ const EVICT_TO: f64 = 0.9;
 /// processes write to it too).
 const RESCAN_EVERY: f64 = 1.0 / 16.0;
 
+/// A file as this process found it: device, inode, length and mtime.
+pub type FileIdentity = crate::io::open_files::Identity;
+
 /// What the disk cache has done, since it was opened in this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiskStats {
@@ -39,7 +46,7 @@ pub struct DiskStats {
     pub hits: u64,
     /// Chunks fetched from the store that the folder did not hold (and that it was given).
     pub misses: u64,
-    /// Bytes read from the folder (headers included).
+    /// Bytes of chunks served from the folder.
     pub bytes_read: u64,
     /// Bytes written to the folder.
     pub bytes_written: u64,
@@ -77,6 +84,8 @@ pub struct DiskCache {
     usage: Mutex<Usage>,
     /// Held while the folder is scanned and trimmed: one scan at a time per process.
     scanning: Mutex<()>,
+    /// Files this process read whole and found good.
+    checked: Mutex<HashSet<FileIdentity>>,
     counters: Counters,
 }
 
@@ -98,7 +107,13 @@ pub fn entry_key(object_url: &str, size: u64, etag: &str, offset: u64, len: usiz
 /// The length of the file that holds `len` bytes under `key`.
 #[must_use]
 pub fn entry_len(key: &str, len: usize) -> u64 {
-    (HEADER + key.len() + len) as u64
+    payload_offset(key) + len as u64
+}
+
+/// Where the chunk's bytes start in the file of `key`.
+#[must_use]
+pub fn payload_offset(key: &str) -> u64 {
+    (HEADER + key.len()) as u64
 }
 
 /// FNV-1a, 64 bits: a name for a key that does not change between Rust releases.
@@ -123,6 +138,7 @@ impl DiskCache {
                 written_since_scan: 0,
             }),
             scanning: Mutex::new(()),
+            checked: Mutex::new(HashSet::new()),
             counters: Counters::default(),
         };
         cache.scan_and_trim()?;
@@ -228,6 +244,23 @@ impl DiskCache {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Whether this process read `file` whole and found it good.
+    #[must_use]
+    pub fn checked(&self, file: &FileIdentity) -> bool {
+        self.checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(file)
+    }
+
+    /// Records that `file` was read whole and found good.
+    pub fn note_checked(&self, file: FileIdentity) {
+        self.checked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(file);
     }
 
     /// Counts a chunk read from the folder: `len` bytes of file.

@@ -144,7 +144,7 @@ pub(super) fn run_batch(
 }
 
 /// Reads a group with this thread's reader into its buffer, and decodes it.
-fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
+pub(super) fn read_and_decode(batch: &BatchRun, group: &[PlannedRead]) -> Result<()> {
     let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
     with_local_io(shared, |reader, buf| {
         let starts = read_group(shared, planned, group, reader, buf, out)?;

@@ -113,7 +113,7 @@ mod tests {
             chunk_start: 0,
             direct: None,
             whole: false,
-            disk: false,
+            disk: None,
         }
     }
 

@@ -11,7 +11,8 @@ use super::decode::{needed_span, target_layout};
 use super::files::{OpenFile, PlanCache};
 use super::remote::{disk_key, unless_stopped};
 use super::Shared;
-use crate::cache::{Claims, Lookup, Promise};
+use crate::cache::disk::{entry_len, payload_offset};
+use crate::cache::{Claims, DiskCache, Lookup, Promise};
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Net, Wanted};
 use crate::io::{direct_range, open_files, ReadOp, Reader};
@@ -48,8 +49,11 @@ pub(crate) struct PlannedRead {
     /// The whole object, whatever its size (`len` is then 0): a chunk of a remote array that
     /// is not sharded, whose size nothing has told yet.
     pub(super) whole: bool,
-    /// The chunk's bytes are in the disk cache: read from there, not from the store.
-    pub(super) disk: bool,
+    /// The chunk's bytes are in a file of the disk cache not yet checked by this process:
+    /// that file's index into `Planned::files`; it is read whole, checked, then decoded (the
+    /// read's own `file` and range stay the object's, to fetch it again if the file is bad).
+    /// A file checked already is read like a local chunk file: `file` and `offset` are its.
+    pub(super) disk: Option<usize>,
 }
 
 /// A batch whose files are open and whose shard indexes are read: what remains is reading
@@ -269,7 +273,7 @@ fn plan_reads_once(
                     chunk_start: 0,
                     direct: None,
                     whole,
-                    disk: false,
+                    disk: None,
                 });
             }
         }
@@ -288,12 +292,12 @@ fn plan_reads_once(
     // Chunks whose bytes the disk cache holds are read from there.
     if let Some(disk) = &shared.disk_cache {
         for read in &mut reads {
-            read.disk =
-                disk_key(shared, &files, read).is_some_and(|key| disk.holds(&key, read.len));
+            to_disk_cache(disk, shared, &mut files, read)?;
         }
     }
-    // Those first; then in file order, so that chunks stored side by side are read together.
-    reads.sort_by_key(|read| (!read.disk, read.file, read.offset));
+    // Local files first, then files of the disk cache to check, then the store's; each in
+    // file order, so that chunks stored side by side are read together.
+    reads.sort_by_key(|read| (read_source(&files, read), read.file, read.offset));
     Ok(Planned {
         tasks,
         locations,
@@ -302,6 +306,68 @@ fn plan_reads_once(
         reads,
         claims,
     })
+}
+
+/// Where a planned read is read from, in the order a batch reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum ReadSource {
+    LocalFile,
+    DiskCacheToCheck,
+    Store,
+}
+
+pub(super) fn read_source(files: &[OpenFile], read: &PlannedRead) -> ReadSource {
+    if files[read.file].file.is_some() {
+        ReadSource::LocalFile
+    } else if read.disk.is_some() {
+        ReadSource::DiskCacheToCheck
+    } else {
+        ReadSource::Store
+    }
+}
+
+/// Turns a read of a remote chunk whose bytes the disk cache holds into a read of its file:
+/// a local read where this process checked the file already, else a read to check.
+///
+/// # Errors
+/// [`Error::Io`] out of file descriptors (the batch is planned again).
+fn to_disk_cache(
+    disk: &DiskCache,
+    shared: &Shared,
+    files: &mut Vec<OpenFile>,
+    read: &mut PlannedRead,
+) -> Result<()> {
+    let Some(key) = disk_key(shared, files, read) else {
+        return Ok(());
+    };
+    let path = disk.path(&key);
+    let open = match open_files::open(&path, false) {
+        Ok((Some(open), _)) => open,
+        Ok((None, _)) => return Ok(()),
+        Err(e) if open_files::out_of_descriptors(&e) => {
+            return Err(Error::io(&path, "opening a file of the disk cache", e));
+        }
+        // Unreadable: fetched from the store instead.
+        Err(_) => return Ok(()),
+    };
+    if open.len != entry_len(&key, read.len) {
+        return Ok(());
+    }
+    let checked = disk.checked(&open.identity);
+    let id = files.len();
+    files.push(OpenFile {
+        path,
+        file: Some(open),
+        object: None,
+    });
+    if checked {
+        disk.note_hit(read.len as u64);
+        read.file = id;
+        read.offset = payload_offset(&key);
+    } else {
+        read.disk = Some(id);
+    }
+    Ok(())
 }
 
 /// Reads the indexes of a batch's local shards that are not cached, together.
@@ -466,11 +532,16 @@ fn fetch_indexes(
 /// [`Error::Corrupt`] for a stored chunk whose length is not the chunk's.
 pub(crate) fn read_only_what_crops_need(shared: &Shared, planned: &mut Planned) -> Result<()> {
     // A chunk a cache will keep is read whole.
-    if !shared.as_stored || planned.claims.is_some() || shared.disk_cache.is_some() {
+    if !shared.as_stored || planned.claims.is_some() {
         return Ok(());
     }
     let element = shared.array.dtype.size();
     for read in &mut planned.reads {
+        let kept = shared.disk_cache.is_some()
+            && read_source(&planned.files, read) != ReadSource::LocalFile;
+        if kept {
+            continue;
+        }
         let task = &planned.tasks[read.task];
         if read.len != shared.leaf_bytes {
             return Err(Error::corrupt(

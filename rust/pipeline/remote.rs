@@ -11,13 +11,11 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use std::fs::File;
-
-use super::batch::{with_local_io, BatchRun};
+use super::batch::{read_and_decode, with_local_io, BatchRun};
 use super::decode::{decode_read, fill_read};
 use super::files::OpenFile;
 use super::groups::read_groups;
-use super::planned::{Planned, PlannedRead};
+use super::planned::{read_source, Planned, PlannedRead, ReadSource};
 use super::{guarded, Job, Shared};
 use crate::cache::disk::{entry_key, entry_len};
 use crate::cache::DiskCache;
@@ -92,8 +90,9 @@ pub(crate) fn requested_objects(
 }
 
 /// Queues a planned batch's requests on the runtime; each lands on the pool to be decoded.
-/// The chunks the disk cache holds (the batch's first reads) are read on the pool instead, a
-/// group at a time, with the thread's own reader.
+/// The chunks the disk cache holds are read on the pool instead, a group at a time, with the
+/// thread's own reader: those in files this process checked already as local chunk files are,
+/// the others whole, to be checked.
 pub(super) fn run_remote(
     shared: &Arc<Shared>,
     net: &Net,
@@ -102,19 +101,36 @@ pub(super) fn run_remote(
     pool: &Arc<rayon::ThreadPool>,
 ) {
     let settings = &net.remote.settings;
-    let cached = planned.reads.iter().take_while(|read| read.disk).count();
-    let disk_groups = read_groups(&planned.reads[..cached]);
-    let requests: Vec<Range<usize>> = requests(
-        &planned.reads[cached..],
-        settings.merge_gap,
-        settings.part_bytes,
-    )
-    .into_iter()
-    .map(|r| r.start + cached..r.end + cached)
-    .collect();
-    let parts = disk_groups.len() + requests.len();
+    // The planner sorted the reads by source.
+    let count = |source| {
+        planned
+            .reads
+            .iter()
+            .filter(|read| read_source(&planned.files, read) == source)
+            .count()
+    };
+    let local = count(ReadSource::LocalFile);
+    let fetched_from = local + count(ReadSource::DiskCacheToCheck);
+    let shift = |ranges: Vec<Range<usize>>, by: usize| -> Vec<Range<usize>> {
+        ranges.into_iter().map(|r| r.start + by..r.end + by).collect()
+    };
+    let local_groups = read_groups(&planned.reads[..local]);
+    let check_groups = shift(read_groups(&planned.reads[local..fetched_from]), local);
+    let requests = shift(
+        requests(
+            &planned.reads[fetched_from..],
+            settings.merge_gap,
+            settings.part_bytes,
+        ),
+        fetched_from,
+    );
+    let parts = local_groups.len() + check_groups.len() + requests.len();
     let batch = BatchRun::start(shared, planned, job, pool, parts);
-    for group in disk_groups {
+    let groups = local_groups
+        .into_iter()
+        .map(|g| (g, false))
+        .chain(check_groups.into_iter().map(|g| (g, true)));
+    for (group, to_check) in groups {
         let (batch, link) = (Arc::clone(&batch), net.link());
         pool.spawn_fifo(move || {
             let result = if batch.shared.cancel.load(Ordering::Relaxed) {
@@ -123,7 +139,12 @@ pub(super) fn run_remote(
                 Ok(())
             } else {
                 guarded("engine thread", &batch.shared.array.path, || {
-                    read_from_disk(&batch, &batch.planned.reads[group], &link)
+                    let reads = &batch.planned.reads[group];
+                    if to_check {
+                        read_from_disk(&batch, reads, &link)
+                    } else {
+                        read_and_decode(&batch, reads)
+                    }
                 })
             };
             batch.finish_part(result);
@@ -199,9 +220,10 @@ pub(super) fn disk_key(shared: &Shared, files: &[OpenFile], read: &PlannedRead) 
     Some(entry_key(&url, size, etag, read.offset, read.len))
 }
 
-/// Reads a group of chunks from the disk cache with this thread's reader, and decodes them.
-/// A file that is gone (another process trimmed the folder), unreadable or corrupt is deleted
-/// and its chunk fetched from the store again, on this thread.
+/// Reads a group of chunks from files of the disk cache this process has not checked yet,
+/// whole, with this thread's reader; checks each (key, length, CRC-32C) and decodes it. A file
+/// that is unreadable or corrupt is deleted and its chunk fetched from the store again, on this
+/// thread.
 fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Result<()> {
     let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
     let Some(disk) = &shared.disk_cache else {
@@ -209,60 +231,49 @@ fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Resul
             "internal error: a disk read with no disk cache".into(),
         ));
     };
-    let keys: Vec<String> = group
-        .iter()
-        .map(|read| {
-            disk_key(shared, &planned.files, read).ok_or_else(|| {
-                Error::Stopped(format!("internal error: no disk cache key for {read:?}"))
-            })
-        })
-        .collect::<Result<_>>()?;
-    let opened: Vec<Option<File>> = keys
-        .iter()
-        .map(|key| File::open(disk.path(key)).ok())
-        .collect();
-    let mut again: Vec<usize> = Vec::new();
-    let mut wanted = Vec::new();
-    let mut ops = Vec::new();
-    for (i, (file, read)) in opened.iter().zip(group).enumerate() {
-        match file {
-            Some(file) => {
-                wanted.push(i);
-                let len = entry_len(&keys[i], read.len) as usize;
-                ops.push(ReadOp {
-                    file,
-                    offset: 0,
-                    len,
-                });
-            }
-            None => again.push(i),
-        }
+    let mut keys = Vec::with_capacity(group.len());
+    let mut ops = Vec::with_capacity(group.len());
+    for read in group {
+        let key = disk_key(shared, &planned.files, read);
+        let open = read.disk.and_then(|id| planned.files[id].file.as_ref());
+        let (Some(key), Some(open)) = (key, open) else {
+            return Err(Error::Stopped(format!(
+                "internal error: no disk cache file for {read:?}"
+            )));
+        };
+        ops.push(ReadOp {
+            file: &open.file,
+            offset: 0,
+            len: entry_len(&key, read.len) as usize,
+        });
+        keys.push(key);
     }
+    let mut again: Vec<usize> = Vec::new();
     with_local_io(shared, |reader, buf| {
         let results = reader.read_packed(&ops, buf, 1);
         let counters = &shared.counters;
         counters
             .reads
             .fetch_add(ops.len() as u64, Ordering::Relaxed);
-        for ((&i, op), (at, result)) in wanted.iter().zip(&ops).zip(results) {
-            let (read, key) = (&group[i], &keys[i]);
+        for (i, (at, result)) in results.into_iter().enumerate() {
+            let (read, key, len) = (&group[i], &keys[i], ops[i].len);
             let payload = result
                 .map_err(|e| e.to_string())
-                .and_then(|()| DiskCache::payload(key, &buf[at..at + op.len]));
-            match payload {
-                Ok(bytes) => {
-                    disk.note_hit(op.len as u64);
-                    counters
-                        .bytes_read
-                        .fetch_add(op.len as u64, Ordering::Relaxed);
-                    counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
-                    decode_read(shared, planned, read, bytes, out)?;
-                }
-                Err(_) => {
-                    disk.discard(key, op.len as u64);
-                    again.push(i);
-                }
+                .and_then(|()| DiskCache::payload(key, &buf[at..at + len]));
+            let Ok(bytes) = payload else {
+                disk.discard(key, len as u64);
+                again.push(i);
+                continue;
+            };
+            if let Some(open) = read.disk.and_then(|id| planned.files[id].file.as_ref()) {
+                disk.note_checked(open.identity);
             }
+            disk.note_hit(read.len as u64);
+            counters
+                .bytes_read
+                .fetch_add(len as u64, Ordering::Relaxed);
+            counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
+            decode_read(shared, planned, read, bytes, out)?;
         }
         Ok(())
     })?;
@@ -344,7 +355,7 @@ mod tests {
             chunk_start: 0,
             direct: None,
             whole: false,
-            disk: false,
+            disk: None,
         }
     }
 

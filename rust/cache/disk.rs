@@ -17,11 +17,11 @@
 //! bytes under a key never change, and a file replaced is another inode, checked again. The
 //! folder is bounded: past `max_bytes`, the files written longest ago are deleted first.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 

@@ -80,6 +80,26 @@ impl BatchRun {
         batch
     }
 
+    /// Queues one part of the batch on the pool: `part` runs unless the engine was closed or
+    /// an earlier part failed, a panic in it is an error, and its end is recorded.
+    pub(super) fn spawn_part(
+        self: &Arc<Self>,
+        pool: &rayon::ThreadPool,
+        part: impl FnOnce(&BatchRun) -> Result<()> + Send + 'static,
+    ) {
+        let batch = Arc::clone(self);
+        pool.spawn_fifo(move || {
+            let result = if batch.shared.cancel.load(Ordering::Relaxed) {
+                Err(Error::Stopped("the engine was closed".into()))
+            } else if batch.failed() {
+                Ok(())
+            } else {
+                guarded("engine thread", &batch.shared.array.path, || part(&batch))
+            };
+            batch.finish_part(result);
+        });
+    }
+
     pub(super) fn failed(&self) -> bool {
         self.error
             .lock()
@@ -127,18 +147,8 @@ pub(super) fn run_batch(
     let groups = read_groups(&planned.reads);
     let batch = BatchRun::start(shared, planned, job, pool, groups.len());
     for group in groups {
-        let batch = Arc::clone(&batch);
-        pool.spawn_fifo(move || {
-            let result = if batch.shared.cancel.load(Ordering::Relaxed) {
-                Err(Error::Stopped("the engine was closed".into()))
-            } else if batch.failed() {
-                Ok(())
-            } else {
-                guarded("engine thread", &batch.shared.array.path, || {
-                    read_and_decode(&batch, &batch.planned.reads[group])
-                })
-            };
-            batch.finish_part(result);
+        batch.spawn_part(pool, move |batch| {
+            read_and_decode(batch, &batch.planned.reads[group])
         });
     }
 }

@@ -112,7 +112,10 @@ pub(super) fn run_remote(
     let local = count(ReadSource::LocalFile);
     let fetched_from = local + count(ReadSource::DiskCacheToCheck);
     let shift = |ranges: Vec<Range<usize>>, by: usize| -> Vec<Range<usize>> {
-        ranges.into_iter().map(|r| r.start + by..r.end + by).collect()
+        ranges
+            .into_iter()
+            .map(|r| r.start + by..r.end + by)
+            .collect()
     };
     let local_groups = read_groups(&planned.reads[..local]);
     let check_groups = shift(read_groups(&planned.reads[local..fetched_from]), local);
@@ -131,23 +134,14 @@ pub(super) fn run_remote(
         .map(|g| (g, false))
         .chain(check_groups.into_iter().map(|g| (g, true)));
     for (group, to_check) in groups {
-        let (batch, link) = (Arc::clone(&batch), net.link());
-        pool.spawn_fifo(move || {
-            let result = if batch.shared.cancel.load(Ordering::Relaxed) {
-                Err(Error::Stopped("the engine was closed".into()))
-            } else if batch.failed() {
-                Ok(())
+        let link = net.link();
+        batch.spawn_part(pool, move |batch| {
+            let reads = &batch.planned.reads[group];
+            if to_check {
+                read_from_disk(batch, reads, &link)
             } else {
-                guarded("engine thread", &batch.shared.array.path, || {
-                    let reads = &batch.planned.reads[group];
-                    if to_check {
-                        read_from_disk(&batch, reads, &link)
-                    } else {
-                        read_and_decode(&batch, reads)
-                    }
-                })
-            };
-            batch.finish_part(result);
+                read_and_decode(batch, reads)
+            }
         });
     }
     let part_bytes = settings.part_bytes;
@@ -269,9 +263,7 @@ fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Resul
                 disk.note_checked(open.identity);
             }
             disk.note_hit(read.len as u64);
-            counters
-                .bytes_read
-                .fetch_add(len as u64, Ordering::Relaxed);
+            counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
             counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
             decode_read(shared, planned, read, bytes, out)?;
         }

@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -632,7 +632,59 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Linux {platform.release()}"
 
 
+def run(argv: Sequence[str]) -> dict:
+    """The bench as a library: measures what ``python -m lsio_torch.bench ARGV`` measures
+    (crops/s of each system on each dataset; not ``--cache`` or ``--memory``) and returns
+    its report, ``{"machine", "threads", "io_threads", "cold", "data": {name: [result, ...]}}``,
+    each result ``{"system", "crops_per_s", "mb_per_s", "seconds", "note"}``.
+
+    Sets torch's own threads to one, as the bench does (see the module docstring)."""
+    args = _parser().parse_args(list(argv))
+    if args.cache or args.memory:
+        raise ValueError("run() measures throughput: use main() for --cache and --memory")
+    _defaults(args)
+    torch.set_num_threads(1)
+    return _throughput(args)
+
+
+def _throughput(args) -> dict:
+    report = {
+        "machine": machine(),
+        "threads": args.threads,
+        "io_threads": args.io_threads,
+        "cold": args.cold,
+        "data": {},
+    }
+    for name in args.data:
+        if args.store == "http":
+            latencies = args.latency_ms
+            for latency in latencies:
+                args.latency_ms = latency
+                results = measure(args, name)
+                report["data"][f"{name}, {latency:g} ms"] = [asdict(r) for r in results]
+            args.latency_ms = latencies
+            continue
+        report["data"][name] = [asdict(r) for r in measure(args, name)]
+    return report
+
+
+def _defaults(args) -> None:
+    """The systems each mode measures unless told."""
+    default = _parser().get_default("systems")
+    if args.store == "http" and args.systems == default:
+        args.systems = "lsio,zarr,zarrs,tensorstore,xbatcher,get"
+    if args.cache and args.systems == default:
+        args.systems = "lsio,tensorstore,copy"
+
+
 def main(argv: Iterator[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    _defaults(args)
+    torch.set_num_threads(1)  # the consumer: see the module docstring
+    _main(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -705,13 +757,10 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument(
         "--concurrency", default="16,64", help="--store http: the peers' concurrencies tried"
     )
-    args = parser.parse_args(argv)
-    if args.store == "http" and args.systems == parser.get_default("systems"):
-        args.systems = "lsio,zarr,zarrs,tensorstore,xbatcher,get"
-    if args.cache and args.systems == parser.get_default("systems"):
-        args.systems = "lsio,tensorstore,copy"
-    torch.set_num_threads(1)  # the consumer: see the module docstring
+    return parser
 
+
+def _main(args) -> None:
     if args.cache:
         from lsio_torch import _cache_bench
 
@@ -757,23 +806,7 @@ def main(argv: Iterator[str] | None = None) -> None:
                     f"{max(held):.0f} MB"
                 )
         return
-    report = {
-        "machine": machine(),
-        "threads": args.threads,
-        "io_threads": args.io_threads,
-        "cold": args.cold,
-        "data": {},
-    }
-    for name in args.data:
-        if args.store == "http":
-            latencies = args.latency_ms
-            for latency in latencies:
-                args.latency_ms = latency
-                results = measure(args, name)
-                report["data"][f"{name}, {latency:g} ms"] = [asdict(r) for r in results]
-            args.latency_ms = latencies
-            continue
-        report["data"][name] = [asdict(r) for r in measure(args, name)]
+    report = _throughput(args)
     if args.plot:
         plot_latency(report, args.plot)
     if args.json:

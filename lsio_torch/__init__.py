@@ -6,7 +6,22 @@
 >>> loader = torch.utils.data.DataLoader(ds, batch_size=None)                 # doctest: +SKIP
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from lsio_torch._lsio_torch import LsioError, io_backend, io_fallback_reason
 from lsio_torch.dataset import ZarrCropDataset, read_crops
 
-__all__ = ["LsioError", "ZarrCropDataset", "io_backend", "io_fallback_reason", "read_crops"]
+try:
+    # One place: Cargo.toml's version, which maturin writes into the package's metadata.
+    __version__ = version("lsio-torch")
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "unknown"
+
+__all__ = [
+    "LsioError",
+    "ZarrCropDataset",
+    "__version__",
+    "io_backend",
+    "io_fallback_reason",
+    "read_crops",
+]

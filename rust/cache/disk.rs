@@ -35,6 +35,8 @@ const EVICT_TO: f64 = 0.9;
 /// The folder is scanned again after this share of the bound was written by this process (other
 /// processes write to it too).
 const RESCAN_EVERY: f64 = 1.0 / 16.0;
+/// A temporary file this old was left by a writer that died: a write takes milliseconds.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A file as this process found it: device, inode, length and mtime.
 pub type FileIdentity = crate::io::open_files::Identity;
@@ -373,7 +375,17 @@ fn write_entry(path: &Path, key: &str, bytes: &[u8]) -> std::io::Result<u64> {
     written
 }
 
-/// Every finished chunk file under `dir`: when it was written, its length, its path.
+/// A temporary file of [`write_entry`] older than any write takes: its writer died.
+fn is_abandoned(path: &Path, written: SystemTime) -> bool {
+    let temporary = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains(".tmp."));
+    temporary && written.elapsed().is_ok_and(|age| age > ABANDONED_AFTER)
+}
+
+/// Every finished chunk file under `dir`: when it was written, its length, its path. Temporary
+/// files abandoned by writers that died are deleted on the way.
 fn list_entries(dir: &Path) -> std::io::Result<Vec<(SystemTime, u64, PathBuf)>> {
     let mut out = Vec::new();
     for sub in std::fs::read_dir(dir)? {
@@ -386,13 +398,14 @@ fn list_entries(dir: &Path) -> std::io::Result<Vec<(SystemTime, u64, PathBuf)>> 
         };
         for file in files.flatten() {
             let path = file.path();
-            if path.extension().and_then(|e| e.to_str()) != Some(EXTENSION) {
-                continue;
-            }
             // A file deleted since it was listed is skipped.
-            if let Ok(meta) = file.metadata() {
-                let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            let Ok(meta) = file.metadata() else { continue };
+            let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            if path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) {
                 out.push((written, meta.len(), path));
+            } else if is_abandoned(&path, written) {
+                // Left by a process that died while writing it.
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
@@ -484,6 +497,28 @@ mod tests {
         // A second process's view: opening the folder counts what is there.
         let again = DiskCache::open(&dir, cache.max_bytes()).unwrap();
         assert_eq!(again.stats().bytes, per_file * 9);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_temporary_file_of_a_writer_that_died_is_deleted_when_the_folder_is_scanned() {
+        let dir = folder("abandoned");
+        let cache = DiskCache::open(&dir, 1 << 20).unwrap();
+        let key = entry_key("http://h/x", 10, "e", 0, 4);
+        let sub = cache.path(&key).parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&sub).unwrap();
+        let (old, young) = (sub.join("a.tmp.1.0"), sub.join("b.tmp.1.1"));
+        std::fs::write(&old, b"half a chunk").unwrap();
+        std::fs::write(&young, b"being written").unwrap();
+        let two_hours_ago = SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        cache.scan_and_trim().unwrap();
+        assert!(!old.exists() && young.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

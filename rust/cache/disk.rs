@@ -8,7 +8,7 @@
 //! hash collision reads as a miss) and the chunk's bytes, with their CRC-32C:
 //!
 //! ```text
-//! "LSIODC1\n" · key length u32 · crc32c(bytes) u32 · bytes length u64 · key · bytes
+//! "LSIODC2\n" · key length u32 · crc32c(bytes) u32 · bytes length u64 · key · zeros · bytes
 //! ```
 //! Files are written under a temporary name and linked into place, so several processes
 //! (DataLoader workers, ranks) share one folder: a reader sees a whole file or none. A file
@@ -25,9 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-const MAGIC: &[u8; 8] = b"LSIODC1\n";
+const MAGIC: &[u8; 8] = b"LSIODC2\n";
 /// Bytes before the key: magic, key length, CRC-32C, bytes length.
 const HEADER: usize = 8 + 4 + 4 + 8;
+/// The chunk's bytes start at a multiple of this in the file, as a chunk's bytes do in a
+/// shard that a writer aligned: reads of its elements stay aligned to them.
+const PAYLOAD_ALIGN: usize = 64;
 /// The extension of a finished entry; anything else in the folder is not ours or not done.
 const EXTENSION: &str = "chunk";
 /// Eviction deletes down to this share of the bound, so it does not run on every write.
@@ -115,7 +118,7 @@ pub fn entry_len(key: &str, len: usize) -> u64 {
 /// Where the chunk's bytes start in the file of `key`.
 #[must_use]
 pub fn payload_offset(key: &str) -> u64 {
-    (HEADER + key.len()) as u64
+    (HEADER + key.len()).next_multiple_of(PAYLOAD_ALIGN) as u64
 }
 
 /// FNV-1a, 64 bits: a name for a key that does not change between Rust releases.
@@ -200,7 +203,7 @@ impl DiskCache {
         if key_len != key.len() || file.get(HEADER..HEADER + key_len) != Some(key.as_bytes()) {
             return Err("it holds another chunk (its key differs)".into());
         }
-        let bytes = &file[HEADER + key_len..];
+        let bytes = file.get(payload_offset(key) as usize..).unwrap_or_default();
         if bytes.len() as u64 != len {
             return Err(format!(
                 "{} bytes of chunk data, its header says {len}",
@@ -344,12 +347,13 @@ fn write_entry(path: &Path, key: &str, bytes: &[u8]) -> std::io::Result<u64> {
     std::fs::create_dir_all(folder)?;
     let unique = UNIQUE.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{unique}", std::process::id()));
-    let mut header = Vec::with_capacity(HEADER + key.len());
+    let mut header = Vec::with_capacity(payload_offset(key) as usize);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&(key.len() as u32).to_le_bytes());
     header.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
     header.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     header.extend_from_slice(key.as_bytes());
+    header.resize(payload_offset(key) as usize, 0);
     let len = (header.len() + bytes.len()) as u64;
     let written = (|| {
         let mut file = File::create(&tmp)?;

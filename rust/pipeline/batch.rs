@@ -13,6 +13,10 @@ use crate::cache::Resolved;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf, Reader, ScatterOp};
 
+/// Chunks of a batch written without a read (the fill value, or from the chunk cache) that one
+/// pool job copies: a batch found whole in the cache is copied by every thread, not one.
+const UNREAD_PER_GROUP: usize = 32;
+
 /// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
 /// buffer, which a group of reads fills back to back, reused without being zeroed again.
 struct LocalIo {
@@ -36,9 +40,10 @@ pub(super) struct BatchRun {
 }
 
 impl BatchRun {
-    /// Starts a planned batch of `parts` parts besides the fill of its missing chunks, which
-    /// is queued on the pool now; the caller queues the parts, each ending with
-    /// [`BatchRun::finish_part`].
+    /// Starts a planned batch of `parts` parts besides the chunks it writes without reading
+    /// them (never written: the fill value; or found in the chunk cache), which are queued on
+    /// the pool now in groups that the pool's threads copy side by side; the caller queues the
+    /// parts, each ending with [`BatchRun::finish_part`].
     pub(super) fn start(
         shared: &Arc<Shared>,
         planned: Planned,
@@ -49,11 +54,20 @@ impl BatchRun {
         let awaited: Vec<usize> = (0..planned.sources.len())
             .filter(|&t| matches!(planned.sources[t], Source::Awaited(_)))
             .collect();
+        let unread: Vec<usize> = (0..planned.sources.len())
+            .filter(|&t| matches!(planned.sources[t], Source::Fill | Source::Cached(_)))
+            .collect();
+        // At least one group, empty or not: a batch with nothing to read ends with it.
+        let groups: Vec<Vec<usize>> = if unread.is_empty() {
+            vec![Vec::new()]
+        } else {
+            unread.chunks(UNREAD_PER_GROUP).map(<[usize]>::to_vec).collect()
+        };
         let batch = Arc::new(Self {
             shared: Arc::clone(shared),
             planned,
             job,
-            remaining: AtomicUsize::new(parts + 1 + awaited.len()),
+            remaining: AtomicUsize::new(parts + groups.len() + awaited.len()),
             error: Mutex::new(None),
         });
         // Each chunk an earlier batch is decoding is a part that ends when that batch hands
@@ -70,13 +84,11 @@ impl BatchRun {
                 waiting.finish_part(result);
             });
         }
-        let fill = Arc::clone(&batch);
-        pool.spawn_fifo(move || {
-            let result = guarded("engine thread", &fill.shared.array.path, || {
-                fill_missing(&fill.shared, &fill.planned, &fill.job.out)
+        for group in groups {
+            batch.spawn_part(pool, move |batch| {
+                write_unread(&batch.shared, &batch.planned, &group, &batch.job.out)
             });
-            fill.finish_part(result);
-        });
+        }
         batch
     }
 
@@ -183,10 +195,15 @@ pub(super) fn with_local_io<T>(
     result
 }
 
-/// Copies the fill value into the places of a batch's chunks that were never written, and
-/// the chunks found in the cache into theirs.
-pub(super) fn fill_missing(shared: &Shared, planned: &Planned, out: &OutBuffer) -> Result<()> {
-    (0..planned.tasks.len()).try_for_each(|t| match &planned.sources[t] {
+/// Copies the fill value into the places of the chunks `tasks` of a batch that were never
+/// written, and the chunks found in the cache into theirs.
+pub(super) fn write_unread(
+    shared: &Shared,
+    planned: &Planned,
+    tasks: &[usize],
+    out: &OutBuffer,
+) -> Result<()> {
+    tasks.iter().try_for_each(|&t| match &planned.sources[t] {
         Source::Fill => {
             shared
                 .counters

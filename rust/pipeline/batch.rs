@@ -61,7 +61,10 @@ impl BatchRun {
         let groups: Vec<Vec<usize>> = if unread.is_empty() {
             vec![Vec::new()]
         } else {
-            unread.chunks(UNREAD_PER_GROUP).map(<[usize]>::to_vec).collect()
+            unread
+                .chunks(UNREAD_PER_GROUP)
+                .map(<[usize]>::to_vec)
+                .collect()
         };
         let batch = Arc::new(Self {
             shared: Arc::clone(shared),

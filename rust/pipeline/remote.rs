@@ -101,16 +101,14 @@ pub(super) fn run_remote(
     pool: &Arc<rayon::ThreadPool>,
 ) {
     let settings = &net.remote.settings;
-    // The planner sorted the reads by source.
-    let count = |source| {
+    // The planner sorted the reads by source: where each source's reads end.
+    let end_of = |source| {
         planned
             .reads
-            .iter()
-            .filter(|read| read_source(&planned.files, read) == source)
-            .count()
+            .partition_point(|read| read_source(&planned.files, read) <= source)
     };
-    let local = count(ReadSource::LocalFile);
-    let fetched_from = local + count(ReadSource::DiskCacheToCheck);
+    let local = end_of(ReadSource::LocalFile);
+    let fetched_from = end_of(ReadSource::DiskCacheToCheck);
     let shift = |ranges: Vec<Range<usize>>, by: usize| -> Vec<Range<usize>> {
         ranges
             .into_iter()
@@ -134,13 +132,13 @@ pub(super) fn run_remote(
         .map(|g| (g, false))
         .chain(check_groups.into_iter().map(|g| (g, true)));
     for (group, to_check) in groups {
-        let link = net.link();
+        // Only a read to check may fetch again, from the pool's thread.
+        let link = to_check.then(|| net.link());
         batch.spawn_part(pool, move |batch| {
             let reads = &batch.planned.reads[group];
-            if to_check {
-                read_from_disk(batch, reads, &link)
-            } else {
-                read_and_decode(batch, reads)
+            match &link {
+                Some(link) => read_from_disk(batch, reads, link),
+                None => read_and_decode(batch, reads),
             }
         });
     }

@@ -67,7 +67,7 @@ def run_lsio(url, crop, batches, threads, max_requests, options, consume) -> flo
     n = sum(len(b) for b in batches)
     ds = ZarrCropDataset(
         url, crop, batch_size=len(batches[0]), samples_per_epoch=n, seed=0, threads=threads,
-        max_requests=max_requests, storage_options=options,
+        max_requests=max_requests, storage_options=options, cache_bytes=0,
     )  # fmt: skip
     return consume(torch.utils.data.DataLoader(ds, batch_size=None), "lsio_torch", n)
 
@@ -81,7 +81,8 @@ def run_lsio_disk_cache(
     read alternate ``repeats`` times, the best of each kept. Also the disk cache's counters
     over the first epoch-2 run."""
     shutil.rmtree(folder, ignore_errors=True)
-    kw = {"batch_size": batch, "samples_per_epoch": n, "seed": 0, "threads": threads}
+    kw = {"batch_size": batch, "samples_per_epoch": n, "seed": 0, "threads": threads,
+          "cache_bytes": 0}  # fmt: skip
     remote = ZarrCropDataset(url, crop, cache_dir=folder, storage_options=options, **kw)
     local_ds = ZarrCropDataset(str(local), crop, **kw)
 

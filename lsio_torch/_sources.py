@@ -241,6 +241,14 @@ class Source:
     def out_dtype(self) -> torch.dtype:
         return self.dtype if self.dtype is not None else TORCH_DTYPES[self.array.dtype]
 
+    @property
+    def decoded_bytes(self) -> int:
+        """The bytes of every chunk decoded (edge chunks whole): what a cache holding the
+        whole array holds."""
+        a = self.array
+        chunks = math.prod(-(-s // c) * c for s, c in zip(a.shape, a.chunk_shape, strict=True))
+        return chunks * np.dtype(a.dtype).itemsize
+
     def own_crop(self, crop: Sequence[int]) -> tuple[int, ...]:
         return tuple(c // f for c, f in zip(crop, self.scale, strict=True))
 

@@ -12,7 +12,8 @@ seeded crop origins with every system and prints crops/s, MB/s, the ratio to lsi
 the ratio to the ceiling (the decode bound on a warm cache; with ``--cold``, the disk bound).
 
 Systems:
-  lsio       ZarrCropDataset through a DataLoader (batch_size=None, num_workers=0)
+  lsio       ZarrCropDataset through a DataLoader (batch_size=None, num_workers=0), no chunk
+             cache (cache_bytes=0: the engine itself; --cache measures the cache)
   zarr       zarr-python 3, crop by crop, in a DataLoader with one worker per core
   zarrs      the same with the zarrs codec pipeline (``pip install zarrs``)
   tensorstore  all crops of a batch in flight at once
@@ -206,7 +207,7 @@ def consume(batches, label: str, total: int) -> float:
 def run_lsio(path, crop, origins, batch, threads, label, direct_io=False, io_threads=0) -> float:
     ds = ZarrCropDataset(
         path, crop, batch_size=batch, samples_per_epoch=len(origins), seed=0, threads=threads,
-        direct_io=direct_io, io_threads=io_threads,
+        direct_io=direct_io, io_threads=io_threads, cache_bytes=0,
     )  # fmt: skip
     return consume(torch.utils.data.DataLoader(ds, batch_size=None), label, len(origins))
 

@@ -55,6 +55,9 @@ _COUNTERS = (
 #: The chunk cache's eviction policies, and the default.
 CACHE_POLICIES = ("lru", "clock", "s3fifo")
 DEFAULT_CACHE_POLICY = "clock"
+#: ``cache_bytes="auto"`` keeps at most this share of the machine's (or the container's)
+#: memory, split among the processes that each hold a cache (DataLoader workers, local ranks).
+AUTO_CACHE_MEMORY_SHARE = 1 / 8
 _EMPTY_CACHE_STATS = dict.fromkeys(
     (
         "cache_hits",
@@ -137,6 +140,39 @@ def _thread_count(name: str, value: int | None, *, allow_zero: bool = False) -> 
     if checked > _MAX_THREADS:
         raise ValueError(f"{name} must be at most {_MAX_THREADS}, got {value!r}")
     return checked
+
+
+def _memory_limit() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit where that
+    is lower (a container's)."""
+    limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    folders = ["/sys/fs/cgroup"]
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    folders.append("/sys/fs/cgroup" + line[3:].strip())
+    except OSError:
+        pass
+    files = [f"{d}/memory.max" for d in folders]
+    files.append("/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
+    for name in files:
+        try:
+            with open(name) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = min(limit, int(text))
+    return limit
+
+
+def _local_ranks() -> int:
+    """The ranks on this machine, as torchrun says (``LOCAL_WORLD_SIZE``); 1 when unsaid."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _non_negative(name: str, value: int) -> int:
@@ -260,7 +296,10 @@ class ZarrCropDataset(IterableDataset):
             many bytes (``0``: none): a chunk found there is neither read nor decoded again.
             One cache per dataset and process, shared by its arrays; each DataLoader worker
             has its own. :meth:`close` frees it. The arrays are taken not to change while it
-            holds their chunks.
+            holds their chunks. ``"auto"`` (the default): the decoded size of the arrays, at
+            most an eighth of the memory of the machine (or of the container, where its
+            cgroup sets a lower limit) shared among the processes that each keep a cache:
+            the DataLoader workers and the ranks on the machine (``LOCAL_WORLD_SIZE``).
         cache_policy: which chunk the cache evicts when full: ``"lru"``, ``"clock"`` or
             ``"s3fifo"``.
         cache_dir: for arrays in object stores: a folder where the compressed bytes of the
@@ -304,7 +343,7 @@ class ZarrCropDataset(IterableDataset):
         world_size: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         max_requests: int | None = None,
-        cache_bytes: int = 0,
+        cache_bytes: int | str = "auto",
         cache_policy: str = DEFAULT_CACHE_POLICY,
         cache_dir: str | os.PathLike[str] | None = None,
         cache_dir_bytes: int | None = None,
@@ -374,7 +413,13 @@ class ZarrCropDataset(IterableDataset):
             batch_bytes, self.prefetch + 1, f"batch_size={batch_size}, prefetch={prefetch}"
         )
         self.direct_io = bool(direct_io)
-        self.cache_bytes = _non_negative("cache_bytes", cache_bytes)
+        if cache_bytes != "auto" and (
+            isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0
+        ):
+            raise ValueError(
+                f'cache_bytes must be a non-negative integer or "auto", got {cache_bytes!r}'
+            )
+        self.cache_bytes = cache_bytes
         if cache_policy not in CACHE_POLICIES:
             raise ValueError(f"cache_policy must be one of {CACHE_POLICIES}, got {cache_policy!r}")
         self.cache_policy = cache_policy
@@ -539,6 +584,7 @@ class ZarrCropDataset(IterableDataset):
         if self.cache_bytes:
             cache = self._cache if self._cache_pid == os.getpid() else None
             out.update(cache.stats() if cache else _EMPTY_CACHE_STATS)
+            out["cache_budget"] = cache.budget if cache else self.cache_budget()
         if self.cache_dir is not None:
             disk = self._disk_cache if self._disk_cache_pid == os.getpid() else None
             out.update(disk.stats() if disk else _EMPTY_DISK_CACHE_STATS)
@@ -555,12 +601,23 @@ class ZarrCropDataset(IterableDataset):
 
     def _chunk_cache(self) -> _lsio_torch.ChunkCache | None:
         """This process's chunk cache (a forked worker makes its own)."""
-        if not self.cache_bytes:
-            return None
         if self._cache is None or self._cache_pid != os.getpid():
-            self._cache = _lsio_torch.ChunkCache(self.cache_bytes, self.cache_policy)
+            budget = self.cache_budget()
+            if not budget:
+                return None
+            self._cache = _lsio_torch.ChunkCache(budget, self.cache_policy)
             self._cache_pid = os.getpid()
         return self._cache
+
+    def cache_budget(self) -> int:
+        """The bytes of decoded chunks this process's cache may hold: ``cache_bytes``, or
+        what ``"auto"`` makes of it here (in a DataLoader worker, a worker's share)."""
+        if self.cache_bytes != "auto":
+            return self.cache_bytes
+        decoded = sum(s.decoded_bytes for s in self._sources)
+        info = torch.utils.data.get_worker_info()
+        processes = (info.num_workers if info is not None else 1) * _local_ranks()
+        return min(decoded, int(_memory_limit() * AUTO_CACHE_MEMORY_SHARE) // processes)
 
     def _disk_chunk_cache(self) -> _lsio_torch.DiskCache | None:
         """This process's handle on ``cache_dir`` (the folder is shared; the handle's counters

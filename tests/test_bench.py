@@ -75,7 +75,9 @@ def test_every_system_is_measured_or_reported_missing(sharded):
         assert row["mb_per_s"] == pytest.approx(row["crops_per_s"] * crop_mb)
 
     # The bounds are of the chunks and bytes the engine reads for the same seeded crops.
-    ds = lsio_torch.ZarrCropDataset(sharded, CROP, batch_size=BATCH, samples_per_epoch=N, seed=0)
+    ds = lsio_torch.ZarrCropDataset(
+        sharded, CROP, batch_size=BATCH, samples_per_epoch=N, seed=0, cache_bytes=0
+    )
     for _ in ds:
         pass
     stats = ds.stats()

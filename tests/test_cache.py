@@ -6,6 +6,7 @@ cache of their own; ``close()`` frees it."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def dataset(path, **kw):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_cached_reads_equal_uncached_reads_and_zarr_python(arrays, layout, policy):
     written = arrays[(layout, "int16")]
-    uncached = epochs_of(dataset(written.path), 3)
+    uncached = epochs_of(dataset(written.path, cache_bytes=0), 3)
     # Room for a few chunks: hits, waits and evictions all happen.
     budget = 6 * CHUNK_ELEMENTS * 2
     ds = dataset(written.path, cache_bytes=budget, cache_policy=policy)
@@ -81,7 +82,7 @@ def test_a_cache_that_holds_the_array_reads_nothing_again(arrays, dtype):
 def test_a_cached_chunk_is_cast_and_normalised_like_a_decoded_one(arrays):
     written = arrays[("shard-index-end", "int16")]
     kw = dict(dtype=torch.float32, mean=3.0, std=2.0)
-    uncached = epochs_of(dataset(written.path, **kw), 2)
+    uncached = epochs_of(dataset(written.path, cache_bytes=0, **kw), 2)
     cached = epochs_of(dataset(written.path, cache_bytes=1 << 30, **kw), 2)
     for (a, _), (b, _) in zip(cached, uncached, strict=True):
         assert a.dtype == torch.float32
@@ -210,6 +211,7 @@ def test_remote_epochs_after_the_first_make_no_requests(tmp_path, arrays, object
     [
         ({"cache_bytes": -1}, "cache_bytes"),
         ({"cache_bytes": 1.5}, "cache_bytes"),
+        ({"cache_bytes": "big"}, 'non-negative integer or "auto"'),
         ({"cache_policy": "arc"}, "cache_policy"),
     ],
 )
@@ -267,3 +269,59 @@ def test_the_engine_s_hit_rate_is_the_policy_s(tmp_path):
     assert len(batch_chunks(array, crop, n, batch, 0)) == n // batch
     assert 0.1 < predicted < 0.5
     assert abs(measured - predicted) < 0.05, (measured, predicted)
+
+
+def test_the_default_cache_holds_an_array_that_fits_and_reads_nothing_again(arrays):
+    written = arrays[("shard-index-end", "int16")]
+    ds = dataset(written.path)
+    source = ds._sources[0]
+    chunks = math.prod(-(-s // c) * c for s, c in zip(written.values.shape, INNER, strict=True))
+    assert source.decoded_bytes == chunks * 2
+    # An eighth of this machine's memory holds the test array: the budget is its size.
+    assert ds.cache_budget() == source.decoded_bytes
+    first = epochs_of(ds, 1)
+    read = ds.stats()["bytes_read"]
+    second = list(ds)  # epoch 0 again: every chunk it needs is held
+    s = ds.stats()
+    assert s["bytes_read"] == read and s["cache_budget"] == source.decoded_bytes
+    for batch, origins in first + second:
+        for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
+            assert same_bits(crop, reference_crop(written.values, origin, CROP))
+
+
+def test_auto_shares_an_eighth_of_memory_among_workers_and_local_ranks(arrays, monkeypatch):
+    from lsio_torch import dataset as module
+
+    written = arrays[("shard-index-end", "int16")]
+    ds = dataset(written.path)
+    decoded = ds._sources[0].decoded_bytes
+    limit = decoded * 8  # an eighth of it is the whole array, for one process
+    monkeypatch.setattr(module, "_memory_limit", lambda: limit)
+    assert ds.cache_budget() == decoded
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert ds.cache_budget() == decoded // 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    budgets = torch.multiprocessing.get_context("fork").Queue()
+
+    def report(_):
+        budgets.put(torch.utils.data.get_worker_info().dataset.cache_budget())
+
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context="fork", worker_init_fn=report
+    )
+    assert sum(len(b) for b, _ in loader) == 24
+    assert sorted(budgets.get(timeout=10) for _ in range(2)) == [decoded // 2] * 2
+    # Too little memory for anything (a chunk, or a mark of one never written): the default
+    # keeps nothing.
+    monkeypatch.setattr(module, "_memory_limit", lambda: 8 * 32)
+    small = dataset(written.path)
+    epochs_of(small, 1)
+    assert small.stats()["cache_budget"] == 32
+    assert small.stats()["cache_bytes"] == 0
+
+
+def test_the_memory_limit_is_the_machine_s_or_a_lower_cgroup_s():
+    from lsio_torch.dataset import _memory_limit
+
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < _memory_limit() <= physical

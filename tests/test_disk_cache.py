@@ -23,7 +23,9 @@ SHARDED = ["shard-index-end", "shard-index-start", "shard-index-end-raw"]
 
 
 def dataset(url, cache_dir, **kw):
-    kw = {"batch_size": 4, "samples_per_epoch": 24, "seed": 3, "return_origins": True, **kw}
+    # No memory cache (unless asked): every chunk an epoch needs comes from the folder or the store.
+    kw = {"batch_size": 4, "samples_per_epoch": 24, "seed": 3, "return_origins": True,
+          "cache_bytes": 0, **kw}  # fmt: skip
     return lsio_torch.ZarrCropDataset(url, CROP, cache_dir=cache_dir, **kw)
 
 

@@ -143,8 +143,9 @@ def test_stats_count_what_was_read_and_decoded(tmp_path):
     )
     array[...] = values
     ds = lsio_torch.ZarrCropDataset(
-        tmp_path / "a.zarr", (3, 12, 12), batch_size=4, samples_per_epoch=20, seed=3
-    )
+        tmp_path / "a.zarr", (3, 12, 12), batch_size=4, samples_per_epoch=20, seed=3,
+        cache_bytes=0,
+    )  # fmt: skip
     assert ds.stats()["batches"] == 0
     list(ds)
     stats = ds.stats()

@@ -320,9 +320,12 @@ def test_a_shard_replaced_mid_iteration_is_never_read_as_a_mix(tmp_path, s3):
     array[...] = array[...] + 1  # same shape and chunks, other bytes in every shard
     values = {"old": zarr.open_array(old)[...], "new": array[...]}
     origins = [(0, 0, 0)] * 20
+    # No memory cache: it would keep serving the old chunks (arrays are taken not to change
+    # while it holds them).
     ds = lsio_torch.ZarrCropDataset(
-        url, SHAPE, origins=origins, batch_size=1, prefetch=1, storage_options=s3.storage_options
-    )
+        url, SHAPE, origins=origins, batch_size=1, prefetch=1, storage_options=s3.storage_options,
+        cache_bytes=0,
+    )  # fmt: skip
     it = iter(ds)
     first = next(it)
     assert same_values(first[0].numpy(), values["old"])

@@ -115,3 +115,29 @@ def test_memory_reports_each_epoch(sharded):
     for epoch in report["epochs"]:
         assert 0 < epoch["first_batch_s"] < 60
         assert epoch["peak_rss_mb"] >= 0
+
+
+def test_the_disk_cache_bench_measures_epoch_2_against_the_local_files(sharded):
+    report = bench(
+        "--data", sharded, "--crop", ",".join(map(str, CROP)), "--batch", str(BATCH),
+        "--n", str(N), "--threads", "2", "--store", "http", "--latency-ms", "0",
+        "--systems", "disk",
+    )  # fmt: skip
+    [rows] = report["data"].values()
+    by_system = {row["system"]: row for row in rows}
+    assert list(by_system) == [
+        "lsio_torch, cache_dir, epoch 1",
+        "lsio_torch, cache_dir, epoch 2, as written",
+        "lsio_torch, local files, as written",
+        "lsio_torch, cache_dir, epoch 2, read from disk",
+        "lsio_torch, local files, read from disk",
+    ]
+    for row in rows:
+        assert row["seconds"] > 0 and row["crops_per_s"] == pytest.approx(N / row["seconds"])
+    written = by_system["lsio_torch, cache_dir, epoch 2, as written"]
+    local = by_system["lsio_torch, local files, as written"]
+    ratio = float(written["note"].split(" x ")[0])
+    assert ratio == pytest.approx(written["crops_per_s"] / local["crops_per_s"], abs=0.01)
+    # Epoch 2's chunks come from the folder; only chunks epoch 1 never touched are fetched.
+    hits = int(written["note"].split("chunks from disk ")[1].split(",")[0])
+    assert hits > 0

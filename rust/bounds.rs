@@ -86,7 +86,7 @@ pub fn decode_bound(
         Ok(())
     };
     for origins in batches {
-        let planned = plan_reads(&shared, reader.as_mut(), None, &mut cache, origins)?;
+        let planned = plan_reads(&shared, reader.as_mut(), None, &mut cache, origins, &[])?;
         let encoded = read_all(reader.as_mut(), &planned)?;
         measured.chunks += encoded.len() as u64;
         let bytes: u64 = encoded.iter().map(|b| b.len() as u64).sum();
@@ -127,7 +127,7 @@ pub fn read_ranges(
     batches
         .iter()
         .map(|origins| {
-            let mut planned = plan_reads(&shared, reader.as_mut(), None, &mut cache, origins)?;
+            let mut planned = plan_reads(&shared, reader.as_mut(), None, &mut cache, origins, &[])?;
             read_only_what_crops_need(&shared, &mut planned)?;
             Ok(match remote {
                 None => requested_ranges(&planned),

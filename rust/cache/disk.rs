@@ -2,47 +2,55 @@
 //! first epoch reads the bucket, later ones (and later runs) read these files with the engine's
 //! own readers.
 //!
-//! One file per chunk, named by a hash of its [`entry key`](entry_key): the object's URL, its
-//! size and ETag, and the chunk's byte range. A changed object has another ETag, so another
-//! key: it is never served from an older file. Each file holds a header, the key itself (a
-//! hash collision reads as a miss) and the chunk's bytes, with their CRC-32C:
+//! One pair of files per version of an object (a shard), named by a hash of its
+//! [`object key`](object_key): the object's URL, its size and ETag. A changed object has
+//! another ETag, so other files: it is never served from an older one.
+//!
+//! - `.data` is the object as far as it was fetched: each chunk's bytes at the offset they have
+//!   in the object, the rest a hole. So it is read as a local shard is: one file kept open for
+//!   all its chunks, neighbours read together, the kernel's readahead and page cache working
+//!   on one file rather than one per chunk.
+//! - `.log` says which ranges `.data` holds: a record appended per chunk written,
 //!
 //! ```text
-//! "LSIODC2\n" · key length u32 · crc32c(bytes) u32 · bytes length u64 · key · zeros · bytes
+//! offset u64 · len u64 · crc32c(chunk) u32 · crc32c(object key) u32 · crc32c(the 24 bytes before) u32 · 0 u32
 //! ```
-//! Files are written under a temporary name and linked into place, so several processes
-//! (DataLoader workers, ranks) share one folder: a reader sees a whole file or none. A file
-//! is checked whole (key and CRC) the first time a process reads it; once checked, it is read
-//! as a local chunk file is (only the bytes the crops need, kept open between batches): the
-//! bytes under a key never change, and a file replaced is another inode, checked again. The
-//! folder is bounded: past `max_bytes`, the files written longest ago are deleted first.
+//!
+//! Several processes (DataLoader workers, ranks) share one folder: a chunk's bytes are written
+//! (`pwrite`) before its record is appended (`O_APPEND`, one write of 32 bytes), every writer
+//! of a version writes the same bytes at the same offset, and a record that is cut short or
+//! damaged, or that names another object (a hash collision), is skipped. A chunk is checked
+//! against its record's CRC-32C the first time a process reads it from a given `.data` file;
+//! once checked, it is read as a local chunk is (only the bytes the crops need). A chunk that
+//! fails its check is fetched again and written over. The folder is bounded: past
+//! `max_bytes`, the pairs written to longest ago are deleted first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-const MAGIC: &[u8; 8] = b"LSIODC2\n";
-/// Bytes before the key: magic, key length, CRC-32C, bytes length.
-const HEADER: usize = 8 + 4 + 4 + 8;
-/// The chunk's bytes start at a multiple of this in the file, as a chunk's bytes do in a
-/// shard that a writer aligned: reads of its elements stay aligned to them.
-const PAYLOAD_ALIGN: usize = 64;
-/// The extension of a finished entry; anything else in the folder is not ours or not done.
-const EXTENSION: &str = "chunk";
+/// The bytes of one record of a `.log`.
+pub const RECORD: usize = 32;
+/// The extension of an object's bytes.
+const DATA: &str = "data";
+/// The extension of its records.
+const LOG: &str = "log";
 /// Eviction deletes down to this share of the bound, so it does not run on every write.
 const EVICT_TO: f64 = 0.9;
-/// The folder is scanned again after this share of the bound was written by this process (other
-/// processes write to it too).
+/// The folder is scanned again after this share of the bound was written by this process
+/// (other processes write to it too).
 const RESCAN_EVERY: f64 = 1.0 / 16.0;
-/// A temporary file this old was left by a writer that died: a write takes milliseconds.
+/// A file of an older format of this cache, or a temporary one, this old is deleted when the
+/// folder is scanned.
 const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// A file as this process found it: device, inode, length and mtime.
-pub type FileIdentity = crate::io::open_files::Identity;
+use crate::io::open_files::inode_of;
+pub use crate::io::open_files::Inode;
 
 /// What the disk cache has done, since it was opened in this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,13 +63,14 @@ pub struct DiskStats {
     pub bytes_read: u64,
     /// Bytes written to the folder.
     pub bytes_written: u64,
-    /// Files this process deleted to stay within the bound.
+    /// Objects' files this process deleted to stay within the bound.
     pub evictions: u64,
-    /// Files found corrupt or unreadable: deleted, and their chunks fetched again.
+    /// Chunks found corrupt or unreadable in the folder: fetched again and written over.
     pub corrupt: u64,
-    /// Files that could not be written (a full or read-only disk): the chunk was used, not kept.
+    /// Chunks that could not be written (a full or read-only disk): used, not kept.
     pub write_errors: u64,
-    /// Bytes the folder held at the last scan, plus what this process wrote since.
+    /// Bytes the folder held at the last scan (on disk: holes are free), plus what this
+    /// process wrote since.
     pub bytes: u64,
 }
 
@@ -82,15 +91,15 @@ struct Usage {
     written_since_scan: u64,
 }
 
-/// A folder of chunk files, bounded to `max_bytes`.
+/// A folder of objects' files, bounded to `max_bytes`.
 pub struct DiskCache {
     dir: PathBuf,
     max_bytes: u64,
     usage: Mutex<Usage>,
     /// Held while the folder is scanned and trimmed: one scan at a time per process.
     scanning: Mutex<()>,
-    /// Files this process read whole and found good.
-    checked: Mutex<HashSet<FileIdentity>>,
+    /// The objects this process has looked up, by key.
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
     counters: Counters,
 }
 
@@ -103,22 +112,10 @@ impl std::fmt::Debug for DiskCache {
     }
 }
 
-/// The key of one chunk's bytes: the object's URL, size and ETag, and the byte range.
+/// The key of one version of an object: its URL, size and ETag.
 #[must_use]
-pub fn entry_key(object_url: &str, size: u64, etag: &str, offset: u64, len: usize) -> String {
-    format!("{object_url}\nsize {size}\netag {etag}\nbytes {offset}+{len}")
-}
-
-/// The length of the file that holds `len` bytes under `key`.
-#[must_use]
-pub fn entry_len(key: &str, len: usize) -> u64 {
-    payload_offset(key) + len as u64
-}
-
-/// Where the chunk's bytes start in the file of `key`.
-#[must_use]
-pub fn payload_offset(key: &str) -> u64 {
-    (HEADER + key.len()).next_multiple_of(PAYLOAD_ALIGN) as u64
+pub fn object_key(object_url: &str, size: u64, etag: &str) -> String {
+    format!("{object_url}\nsize {size}\netag {etag}")
 }
 
 /// FNV-1a, 64 bits: a name for a key that does not change between Rust releases.
@@ -126,6 +123,194 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// A chunk the log of an object records: its length and CRC-32C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Record {
+    len: usize,
+    crc: u32,
+}
+
+/// One record's bytes.
+fn encode_record(offset: u64, len: usize, crc: u32, key_crc: u32) -> [u8; RECORD] {
+    let mut out = [0u8; RECORD];
+    out[..8].copy_from_slice(&offset.to_le_bytes());
+    out[8..16].copy_from_slice(&(len as u64).to_le_bytes());
+    out[16..20].copy_from_slice(&crc.to_le_bytes());
+    out[20..24].copy_from_slice(&key_crc.to_le_bytes());
+    let own = crc32c::crc32c(&out[..24]);
+    out[24..28].copy_from_slice(&own.to_le_bytes());
+    out
+}
+
+/// A record's offset and chunk, when it is whole and of the object whose key has `key_crc`.
+fn decode_record(bytes: &[u8], key_crc: u32) -> Option<(u64, Record)> {
+    let word = |at: usize, n: usize| -> u64 {
+        bytes[at..at + n]
+            .iter()
+            .rev()
+            .fold(0, |acc, &b| (acc << 8) | u64::from(b))
+    };
+    if bytes.len() != RECORD || word(24, 4) as u32 != crc32c::crc32c(&bytes[..24]) {
+        return None;
+    }
+    if word(20, 4) as u32 != key_crc {
+        return None;
+    }
+    let len = usize::try_from(word(8, 8)).ok()?;
+    Some((
+        word(0, 8),
+        Record {
+            len,
+            crc: word(16, 4) as u32,
+        },
+    ))
+}
+
+/// What the folder holds of one chunk, as a process sees it through one `.data` file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// Not recorded: fetch it.
+    No,
+    /// Recorded, not yet checked by this process in this file: read it, check this CRC-32C.
+    ToCheck(u32),
+    /// Checked by this process in this file: read it as a local chunk.
+    Checked,
+}
+
+/// One version of an object: its two files, and what this process knows of them.
+#[derive(Debug)]
+pub struct Entry {
+    data: PathBuf,
+    log: PathBuf,
+    key_crc: u32,
+    state: Mutex<EntryState>,
+}
+
+#[derive(Debug, Default)]
+struct EntryState {
+    /// The `.log` read so far: its inode, and how many bytes of it.
+    log: Option<Inode>,
+    log_read: u64,
+    records: HashMap<u64, Record>,
+    /// The `.data` file the checks below were made in, and the offsets checked.
+    data: Option<Inode>,
+    checked: HashSet<u64>,
+}
+
+impl EntryState {
+    /// Forgets the checks made in another `.data` file than `data`.
+    fn checks_in(&mut self, data: Inode) {
+        if self.data != Some(data) {
+            self.data = Some(data);
+            self.checked.clear();
+        }
+    }
+}
+
+impl Entry {
+    /// The object's bytes, as far as they were fetched.
+    #[must_use]
+    pub fn data_path(&self) -> &Path {
+        &self.data
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the folder holds of the chunk of `len` bytes at `offset`, read through the
+    /// `.data` file whose inode is `data`. With `refresh` set, where the chunk is not
+    /// recorded yet, the records appended to the log since it was last read are read first,
+    /// and `refresh` is cleared (a batch reads each log once at most).
+    pub fn held(&self, data: Inode, offset: u64, len: usize, refresh: &mut bool) -> Held {
+        let mut state = self.state();
+        state.checks_in(data);
+        if *refresh && !state.records.contains_key(&offset) {
+            self.read_log(&mut state);
+            *refresh = false;
+        }
+        match state.records.get(&offset) {
+            Some(r) if r.len == len && state.checked.contains(&offset) => Held::Checked,
+            Some(r) if r.len == len => Held::ToCheck(r.crc),
+            _ => Held::No,
+        }
+    }
+
+    /// Records that the chunk at `offset` was read from the `.data` file `data` and was good.
+    pub fn note_checked(&self, data: Inode, offset: u64) {
+        let mut state = self.state();
+        state.checks_in(data);
+        state.checked.insert(offset);
+    }
+
+    /// Forgets the chunk at `offset`, found corrupt: it is fetched again.
+    pub fn forget(&self, offset: u64) {
+        let mut state = self.state();
+        state.records.remove(&offset);
+        state.checked.remove(&offset);
+    }
+
+    /// Reads the records appended to the log since the last read (all of them, from a new
+    /// log). A log that cannot be read holds nothing.
+    fn read_log(&self, state: &mut EntryState) {
+        let Ok(mut file) = File::open(&self.log) else {
+            state.log = None;
+            state.records.clear();
+            state.log_read = 0;
+            return;
+        };
+        let Ok(meta) = file.metadata() else { return };
+        let inode = inode_of(&meta);
+        if state.log != Some(inode) || meta.len() < state.log_read {
+            state.log = Some(inode);
+            state.records.clear();
+            state.log_read = 0;
+        }
+        if meta.len() < state.log_read + RECORD as u64 {
+            return;
+        }
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(state.log_read)).is_err()
+            || file.read_to_end(&mut bytes).is_err()
+        {
+            return;
+        }
+        let whole = bytes.len() / RECORD * RECORD;
+        for record in bytes[..whole].chunks_exact(RECORD) {
+            if let Some((offset, r)) = decode_record(record, self.key_crc) {
+                state.records.insert(offset, r);
+            }
+        }
+        state.log_read += whole as u64;
+    }
+
+    /// Writes `bytes` at `offset` of `.data`, then appends their record: the growth of the
+    /// folder in bytes.
+    fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<(u64, Inode)> {
+        if let Some(folder) = self.data.parent() {
+            std::fs::create_dir_all(folder)?;
+        }
+        let data = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.data)?;
+        let before = data.metadata()?.blocks();
+        data.write_all_at(bytes, offset)?;
+        let meta = data.metadata()?;
+        let record = encode_record(offset, bytes.len(), crc32c::crc32c(bytes), self.key_crc);
+        let mut log = File::options().append(true).create(true).open(&self.log)?;
+        let log_before = log.metadata()?.blocks();
+        log.write_all(&record)?;
+        let log_grown = log.metadata()?.blocks().saturating_sub(log_before);
+        // Two writers of one file at once may each count the other's blocks: the next scan
+        // counts them right.
+        let grown = (meta.blocks().saturating_sub(before) + log_grown) * 512;
+        Ok((grown, inode_of(&meta)))
+    }
 }
 
 impl DiskCache {
@@ -143,7 +328,7 @@ impl DiskCache {
                 written_since_scan: 0,
             }),
             scanning: Mutex::new(()),
-            checked: Mutex::new(HashSet::new()),
+            entries: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         };
         cache.scan_and_trim()?;
@@ -160,83 +345,66 @@ impl DiskCache {
         self.max_bytes
     }
 
-    /// Where the file for `key` lives: a subfolder per first byte of its hash, so that no
-    /// folder holds too many files.
-    #[must_use]
-    pub fn path(&self, key: &str) -> PathBuf {
-        let name = format!(
-            "{:016x}{:08x}",
-            fnv1a(key.as_bytes()),
-            crc32c::crc32c(key.as_bytes())
-        );
-        self.dir
-            .join(&name[..2])
-            .join(format!("{}.{EXTENSION}", &name[2..]))
+    /// The object of `key` (an [`object_key`]): where its files live (a subfolder per first
+    /// byte of its hash, so that no folder holds too many files) and what this process knows
+    /// of them.
+    pub fn entry(&self, key: &str) -> Arc<Entry> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = entries.get(key) {
+            return Arc::clone(entry);
+        }
+        let key_crc = crc32c::crc32c(key.as_bytes());
+        let name = format!("{:016x}{key_crc:08x}", fnv1a(key.as_bytes()));
+        let stem = self.dir.join(&name[..2]).join(&name[2..]);
+        let entry = Arc::new(Entry {
+            data: stem.with_extension(DATA),
+            log: stem.with_extension(LOG),
+            key_crc,
+            state: Mutex::new(EntryState::default()),
+        });
+        entries.insert(key.to_owned(), Arc::clone(&entry));
+        entry
     }
 
-    /// Whether a file of the right length is there for `len` bytes under `key` (its contents
-    /// are checked when read, by [`DiskCache::payload`]).
-    #[must_use]
-    pub fn holds(&self, key: &str, len: usize) -> bool {
-        std::fs::metadata(self.path(key)).is_ok_and(|m| m.len() == entry_len(key, len))
-    }
-
-    /// The chunk's bytes in `file`, the whole file as read, after checking that it is the
-    /// file of `key`, whole and unchanged.
-    ///
-    /// # Errors
-    /// Why the file is not a good entry for `key`.
-    pub fn payload<'a>(key: &str, file: &'a [u8]) -> Result<&'a [u8], String> {
-        let word = |at: usize, n: usize| -> u64 {
-            file[at..at + n]
-                .iter()
-                .rev()
-                .fold(0, |acc, &b| (acc << 8) | u64::from(b))
-        };
-        if file.len() < HEADER || &file[..8] != MAGIC {
-            return Err(format!(
-                "not a chunk file of this cache ({} bytes)",
-                file.len()
-            ));
-        }
-        let (key_len, crc, len) = (word(8, 4) as usize, word(12, 4) as u32, word(16, 8));
-        if key_len != key.len() || file.get(HEADER..HEADER + key_len) != Some(key.as_bytes()) {
-            return Err("it holds another chunk (its key differs)".into());
-        }
-        let bytes = file.get(payload_offset(key) as usize..).unwrap_or_default();
-        if bytes.len() as u64 != len {
-            return Err(format!(
-                "{} bytes of chunk data, its header says {len}",
-                bytes.len()
-            ));
-        }
-        let found = crc32c::crc32c(bytes);
-        if found != crc {
-            return Err(format!(
-                "its CRC-32C is {found:#010x}, its header says {crc:#010x}"
-            ));
-        }
-        Ok(bytes)
-    }
-
-    /// Keeps `bytes` under `key` (fetched from the store: a miss), unless a good file for it
-    /// is there already (another batch or process fetched it too). Failures are counted, not
-    /// returned: a disk that cannot take a chunk costs its reuse only.
-    pub fn put(&self, key: &str, bytes: &[u8]) {
+    /// Keeps `bytes`, the chunk at `offset` of the object of `entry` (fetched from the
+    /// store: a miss), unless the folder records it already (another batch or process
+    /// fetched it too). Failures are counted, not returned: a disk that cannot take a chunk
+    /// costs its reuse only.
+    pub fn put(&self, entry: &Entry, offset: u64, bytes: &[u8]) {
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        if self.holds(key, bytes.len()) {
-            return;
+        {
+            let mut state = entry.state();
+            entry.read_log(&mut state);
+            let recorded = Record {
+                len: bytes.len(),
+                crc: crc32c::crc32c(bytes),
+            };
+            if state.records.get(&offset) == Some(&recorded) && state.checked.contains(&offset) {
+                return;
+            }
         }
-        match write_entry(&self.path(key), key, bytes) {
-            Ok(0) => {}
-            Ok(written) => {
+        match entry.write(offset, bytes) {
+            Ok((grown, data)) => {
+                {
+                    let mut state = entry.state();
+                    state.checks_in(data);
+                    let crc = crc32c::crc32c(bytes);
+                    state.records.insert(
+                        offset,
+                        Record {
+                            len: bytes.len(),
+                            crc,
+                        },
+                    );
+                    state.checked.insert(offset);
+                }
                 self.counters
                     .bytes_written
-                    .fetch_add(written, Ordering::Relaxed);
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let trim = {
                     let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-                    usage.bytes += written;
-                    usage.written_since_scan += written;
+                    usage.bytes += grown;
+                    usage.written_since_scan += grown;
                     usage.bytes > self.max_bytes
                         || usage.written_since_scan as f64 > self.max_bytes as f64 * RESCAN_EVERY
                 };
@@ -251,37 +419,17 @@ impl DiskCache {
         }
     }
 
-    /// Whether this process read `file` whole and found it good.
-    #[must_use]
-    pub fn checked(&self, file: &FileIdentity) -> bool {
-        self.checked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(file)
-    }
-
-    /// Records that `file` was read whole and found good.
-    pub fn note_checked(&self, file: FileIdentity) {
-        self.checked
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(file);
-    }
-
-    /// Counts a chunk read from the folder: `len` bytes of file.
+    /// Counts a chunk read from the folder: `len` bytes.
     pub fn note_hit(&self, len: u64) {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
     }
 
-    /// Deletes the file of `key`, `len` bytes long, found corrupt or unreadable; its chunk is
-    /// fetched again.
-    pub fn discard(&self, key: &str, len: u64) {
+    /// Counts a chunk found corrupt or unreadable in the folder, and forgets it: it is
+    /// fetched again and written over.
+    pub fn discard(&self, entry: &Entry, offset: u64) {
         self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-        if std::fs::remove_file(self.path(key)).is_ok() {
-            let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-            usage.bytes = usage.bytes.saturating_sub(len);
-        }
+        entry.forget(offset);
     }
 
     #[must_use]
@@ -303,9 +451,10 @@ impl DiskCache {
         }
     }
 
-    /// Lists the folder's chunk files and, past the bound, deletes those written longest ago
-    /// until the folder holds at most [`EVICT_TO`] of it. Another thread of this process
-    /// scanning already is enough: this one returns at once.
+    /// Lists the folder's objects and, past the bound, deletes those written to longest ago
+    /// (the log first: a chunk with no record is not read) until the folder holds at most
+    /// [`EVICT_TO`] of it. Another thread of this process scanning already is enough: this
+    /// one returns at once.
     ///
     /// # Errors
     /// The `io::Error` of a folder that cannot be listed.
@@ -313,21 +462,30 @@ impl DiskCache {
         let Ok(_scanning) = self.scanning.try_lock() else {
             return Ok(());
         };
-        let mut entries = list_entries(&self.dir)?;
-        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        let mut objects = list_objects(&self.dir)?;
+        let mut total: u64 = objects.iter().map(|o| o.bytes).sum();
         if total > self.max_bytes {
             let target = (self.max_bytes as f64 * EVICT_TO) as u64;
-            entries.sort_by_key(|(written, _, _)| *written);
-            for (_, len, path) in entries {
+            objects.sort_by_key(|o| o.written);
+            let mut evicted = HashSet::new();
+            for object in objects {
                 if total <= target {
                     break;
                 }
-                // Another process may have deleted it first: it is gone either way.
-                if std::fs::remove_file(&path).is_ok() {
+                // Another process may have deleted them first: they are gone either way.
+                let log = std::fs::remove_file(object.stem.with_extension(LOG)).is_ok();
+                let data = std::fs::remove_file(object.stem.with_extension(DATA)).is_ok();
+                if log || data {
                     self.counters.evictions.fetch_add(1, Ordering::Relaxed);
                 }
-                total -= len;
+                total -= object.bytes;
+                evicted.insert(object.stem.with_extension(DATA));
             }
+            // What this process knew of them is forgotten with them.
+            self.entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|_, entry| !evicted.contains(&entry.data));
         }
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         *usage = Usage {
@@ -338,60 +496,18 @@ impl DiskCache {
     }
 }
 
-/// Writes one entry under a name no other writer uses, then links it in at `path`: the
-/// bytes written, or 0 when another writer's file of the right length got there first. A
-/// file of the wrong length there (cut short) is replaced.
-fn write_entry(path: &Path, key: &str, bytes: &[u8]) -> std::io::Result<u64> {
-    static UNIQUE: AtomicU64 = AtomicU64::new(0);
-    let folder = path.parent().unwrap_or(path);
-    std::fs::create_dir_all(folder)?;
-    let unique = UNIQUE.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp.{}.{unique}", std::process::id()));
-    let mut header = Vec::with_capacity(payload_offset(key) as usize);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    header.extend_from_slice(&crc32c::crc32c(bytes).to_le_bytes());
-    header.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    header.extend_from_slice(key.as_bytes());
-    header.resize(payload_offset(key) as usize, 0);
-    let len = (header.len() + bytes.len()) as u64;
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&header)?;
-        file.write_all(bytes)?;
-        drop(file);
-        // A link fails where a file is there already, where a rename would replace it
-        // unseen: the bytes the folder holds are then counted once.
-        match std::fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(len),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if std::fs::metadata(path).is_ok_and(|m| m.len() == len) {
-                    Ok(0)
-                } else {
-                    std::fs::rename(&tmp, path).map(|()| len)
-                }
-            }
-            // A file system without hard links.
-            Err(_) => std::fs::rename(&tmp, path).map(|()| len),
-        }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    written
+/// An object's files in the folder: their path less the extension, when they were last
+/// written, the bytes they take on disk.
+struct Listed {
+    stem: PathBuf,
+    written: SystemTime,
+    bytes: u64,
 }
 
-/// A temporary file of [`write_entry`] older than any write takes: its writer died.
-fn is_abandoned(path: &Path, written: SystemTime) -> bool {
-    let temporary = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.contains(".tmp."));
-    temporary && written.elapsed().is_ok_and(|age| age > ABANDONED_AFTER)
-}
-
-/// Every finished chunk file under `dir`: when it was written, its length, its path. Temporary
-/// files abandoned by writers that died are deleted on the way.
-fn list_entries(dir: &Path) -> std::io::Result<Vec<(SystemTime, u64, PathBuf)>> {
-    let mut out = Vec::new();
+/// Every object under `dir`. Files of no object (an older format of this cache, a temporary
+/// file) left over an hour are deleted on the way.
+fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
+    let mut out: HashMap<PathBuf, Listed> = HashMap::new();
     for sub in std::fs::read_dir(dir)? {
         let Ok(sub) = sub else { continue };
         if !sub.file_type().is_ok_and(|t| t.is_dir()) {
@@ -405,15 +521,23 @@ fn list_entries(dir: &Path) -> std::io::Result<Vec<(SystemTime, u64, PathBuf)>> 
             // A file deleted since it was listed is skipped.
             let Ok(meta) = file.metadata() else { continue };
             let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            if path.extension().and_then(|e| e.to_str()) == Some(EXTENSION) {
-                out.push((written, meta.len(), path));
-            } else if is_abandoned(&path, written) {
-                // Left by a process that died while writing it.
-                let _ = std::fs::remove_file(&path);
+            let ours = matches!(path.extension().and_then(|e| e.to_str()), Some(DATA | LOG));
+            if !ours {
+                if written.elapsed().is_ok_and(|age| age > ABANDONED_AFTER) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                continue;
             }
+            let listed = out.entry(path.with_extension("")).or_insert(Listed {
+                stem: path.with_extension(""),
+                written,
+                bytes: 0,
+            });
+            listed.written = listed.written.max(written);
+            listed.bytes += meta.blocks() * 512;
         }
     }
-    Ok(out)
+    Ok(out.into_values().collect())
 }
 
 #[cfg(test)]
@@ -426,93 +550,160 @@ mod tests {
         dir
     }
 
+    fn inode(path: &Path) -> Inode {
+        inode_of(&std::fs::metadata(path).unwrap())
+    }
+
     #[test]
-    fn an_entry_reads_back_as_written_and_only_under_its_key() {
+    fn a_chunk_reads_back_at_its_offset_and_only_for_its_object() {
         let dir = folder("roundtrip");
         let cache = DiskCache::open(&dir, 1 << 20).unwrap();
-        let key = entry_key("s3://b/a.zarr/c/0/0", 1000, "\"e1\"", 24, 5);
-        assert!(!cache.holds(&key, 5));
-        cache.put(&key, b"hello");
-        assert!(cache.holds(&key, 5));
-        assert!(!cache.holds(&key, 6));
-        let file = std::fs::read(cache.path(&key)).unwrap();
-        assert_eq!(file.len() as u64, entry_len(&key, 5));
-        assert_eq!(DiskCache::payload(&key, &file).unwrap(), b"hello");
-        // Another version of the object is another key, and another file.
-        let changed = entry_key("s3://b/a.zarr/c/0/0", 1000, "\"e2\"", 24, 5);
-        assert_ne!(cache.path(&changed), cache.path(&key));
-        assert!(!cache.holds(&changed, 5));
-        // Read under another key (a hash collision), the file is refused.
-        let err = DiskCache::payload(&changed, &file).unwrap_err();
-        assert!(err.contains("another chunk"), "{err}");
+        let key = object_key("s3://b/a.zarr/c/0/0", 1000, "\"e1\"");
+        let entry = cache.entry(&key);
+        assert!(Arc::ptr_eq(&entry, &cache.entry(&key)));
+        cache.put(&entry, 24, b"hello");
+        let data = std::fs::read(entry.data_path()).unwrap();
+        assert_eq!(&data[24..], b"hello");
+        assert_eq!(&data[..24], &[0u8; 24]); // a hole
+        let ino = inode(entry.data_path());
+        // Written by this process: checked; another length is not the chunk.
+        assert_eq!(entry.held(ino, 24, 5, &mut false), Held::Checked);
+        assert_eq!(entry.held(ino, 24, 6, &mut false), Held::No);
+        assert_eq!(entry.held(ino, 0, 5, &mut true), Held::No);
+        // Another process sees the record, to check.
+        let other = DiskCache::open(&dir, 1 << 20).unwrap();
+        let seen = other.entry(&key);
+        assert_eq!(seen.held(ino, 24, 5, &mut false), Held::No); // the log not read yet
+        assert_eq!(
+            seen.held(ino, 24, 5, &mut true),
+            Held::ToCheck(crc32c::crc32c(b"hello"))
+        );
+        seen.note_checked(ino, 24);
+        assert_eq!(seen.held(ino, 24, 5, &mut false), Held::Checked);
+        // Through another file (the object's files replaced), checked again.
+        assert_eq!(
+            seen.held((ino.0, ino.1 + 1, ino.2), 24, 5, &mut false),
+            Held::ToCheck(crc32c::crc32c(b"hello"))
+        );
+        // Another version of the object has files of its own.
+        let changed = cache.entry(&object_key("s3://b/a.zarr/c/0/0", 1000, "\"e2\""));
+        assert_ne!(changed.data_path(), entry.data_path());
+        assert_eq!(changed.held(ino, 24, 5, &mut true), Held::No);
         // Fetched again (by a batch planned before it was kept): counted, not written twice.
-        cache.put(&key, b"hello");
+        cache.put(&entry, 24, b"hello");
         let s = cache.stats();
-        let len = file.len() as u64;
-        assert_eq!((s.misses, s.bytes_written, s.bytes), (2, len, len));
+        assert_eq!((s.misses, s.bytes_written), (2, 5));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_corrupt_entry_is_refused_with_the_reason() {
-        let key = entry_key("http://h/x", 10, "e", 0, 4);
-        let dir = folder("corrupt");
+    fn a_chunk_checked_in_a_deleted_file_is_not_held_by_the_file_after_it() {
+        let dir = folder("successor");
         let cache = DiskCache::open(&dir, 1 << 20).unwrap();
-        cache.put(&key, b"abcd");
-        let good = std::fs::read(cache.path(&key)).unwrap();
-        let mut flipped = good.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert!(DiskCache::payload(&key, &flipped)
-            .unwrap_err()
-            .contains("CRC-32C"));
-        assert!(DiskCache::payload(&key, &good[..good.len() - 1])
-            .unwrap_err()
-            .contains("header says 4"));
-        assert!(DiskCache::payload(&key, b"junk")
-            .unwrap_err()
-            .contains("not a chunk file"));
-        cache.discard(&key, good.len() as u64);
-        assert!(!cache.holds(&key, 4));
-        assert_eq!(cache.stats().bytes, 0);
+        let entry = cache.entry(&object_key("http://h/x", 1 << 20, "e"));
+        cache.put(&entry, 0, b"first");
+        // Evicted by another process, then written again from scratch (the new file may
+        // even have the old one's inode number).
+        std::fs::remove_file(&entry.log).unwrap();
+        std::fs::remove_file(entry.data_path()).unwrap();
+        cache.put(&entry, 4096, b"second");
+        let ino = inode(entry.data_path());
+        assert_eq!(entry.held(ino, 0, 5, &mut true), Held::No);
+        assert_eq!(entry.held(ino, 4096, 6, &mut true), Held::Checked);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damaged_or_foreign_records_are_skipped() {
+        let key_crc = 7;
+        let good = encode_record(4096, 100, 0xabcd, key_crc);
+        assert_eq!(
+            decode_record(&good, key_crc),
+            Some((
+                4096,
+                Record {
+                    len: 100,
+                    crc: 0xabcd
+                }
+            ))
+        );
+        assert_eq!(decode_record(&good, key_crc + 1), None); // another object's
+        let mut flipped = good;
+        flipped[3] ^= 1;
+        assert_eq!(decode_record(&flipped, key_crc), None);
+        assert_eq!(decode_record(&good[..31], key_crc), None);
+    }
+
+    #[test]
+    fn a_log_cut_short_keeps_its_whole_records_and_reads_on_later() {
+        let dir = folder("partial");
+        let cache = DiskCache::open(&dir, 1 << 20).unwrap();
+        let key = object_key("http://h/x", 1 << 20, "e");
+        let entry = cache.entry(&key);
+        cache.put(&entry, 0, b"abcd");
+        let ino = inode(entry.data_path());
+        // A writer that is halfway through its record.
+        let record = encode_record(100, 4, crc32c::crc32c(b"wxyz"), entry.key_crc);
+        let mut log = File::options().append(true).open(&entry.log).unwrap();
+        log.write_all(&record[..10]).unwrap();
+        let reader = DiskCache::open(&dir, 1 << 20).unwrap().entry(&key);
+        assert!(matches!(
+            reader.held(ino, 0, 4, &mut true),
+            Held::ToCheck(_)
+        ));
+        assert_eq!(reader.held(ino, 100, 4, &mut true), Held::No);
+        log.write_all(&record[10..]).unwrap();
+        assert!(matches!(
+            reader.held(ino, 100, 4, &mut true),
+            Held::ToCheck(_)
+        ));
+        // A corrupt chunk is forgotten, then fetched and recorded again.
+        cache.discard(&entry, 0);
+        assert_eq!(entry.held(ino, 0, 4, &mut false), Held::No);
         assert_eq!(cache.stats().corrupt, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn past_its_bound_the_folder_loses_its_oldest_files_first() {
+    fn past_its_bound_the_folder_loses_its_oldest_objects_first() {
         let dir = folder("bound");
-        let chunk = vec![7u8; 1000];
-        let key = |i: usize| entry_key("http://h/x", 1 << 30, "e", (1_000 + i as u64) * 1000, 1000);
-        let per_file = entry_len(&key(0), 1000);
-        // Room for ten files.
-        let cache = DiskCache::open(&dir, per_file * 10 + per_file / 2).unwrap();
+        let chunk = vec![7u8; 4096];
+        let key = |i: usize| object_key(&format!("http://h/{i}"), 1 << 30, "e");
+        // What one object takes on this file system: its data and its log of one record.
+        let probe = DiskCache::open(&folder("bound-probe"), 1 << 20).unwrap();
+        probe.put(&probe.entry(&key(0)), 0, &chunk);
+        let per_object = probe.stats().bytes;
+        assert!(per_object >= 4096 + RECORD as u64);
+        std::fs::remove_dir_all(probe.dir()).unwrap();
+        let cache = DiskCache::open(&dir, per_object * 10 + per_object / 2).unwrap();
         for i in 0..10 {
-            cache.put(&key(i), &chunk);
+            cache.put(&cache.entry(&key(i)), 0, &chunk);
             // File times must differ for "oldest" to mean something.
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert!((0..10).all(|i| cache.holds(&key(i), 1000)));
-        cache.put(&key(10), &chunk);
+        let there = |i: usize| cache.entry(&key(i)).data_path().exists();
+        assert!((0..10).all(there));
+        cache.put(&cache.entry(&key(10)), 0, &chunk);
         let s = cache.stats();
         assert!(s.bytes <= cache.max_bytes(), "{s:?}");
-        assert_eq!(s.evictions, 2, "{s:?}"); // down to 90%: nine files
-        assert!(!cache.holds(&key(0), 1000) && !cache.holds(&key(1), 1000));
-        assert!((2..=10).all(|i| cache.holds(&key(i), 1000)));
+        assert_eq!(s.evictions, 2, "{s:?}"); // down to 90%: nine objects
+        assert!(!there(0) && !there(1));
+        assert!((2..=10).all(there));
         // A second process's view: opening the folder counts what is there.
         let again = DiskCache::open(&dir, cache.max_bytes()).unwrap();
-        assert_eq!(again.stats().bytes, per_file * 9);
+        assert_eq!(again.stats().bytes, per_object * 9);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn a_temporary_file_of_a_writer_that_died_is_deleted_when_the_folder_is_scanned() {
+    fn files_of_no_object_are_deleted_once_old() {
         let dir = folder("abandoned");
         let cache = DiskCache::open(&dir, 1 << 20).unwrap();
-        let key = entry_key("http://h/x", 10, "e", 0, 4);
-        let sub = cache.path(&key).parent().unwrap().to_path_buf();
+        let entry = cache.entry(&object_key("http://h/x", 10, "e"));
+        let sub = entry.data_path().parent().unwrap().to_path_buf();
         std::fs::create_dir_all(&sub).unwrap();
-        let (old, young) = (sub.join("a.tmp.1.0"), sub.join("b.tmp.1.1"));
-        std::fs::write(&old, b"half a chunk").unwrap();
+        let (old, young) = (sub.join("a.chunk"), sub.join("b.tmp.1.1"));
+        std::fs::write(&old, b"an older format's chunk").unwrap();
         std::fs::write(&young, b"being written").unwrap();
         let two_hours_ago = SystemTime::now() - std::time::Duration::from_secs(7200);
         File::options()
@@ -530,13 +721,13 @@ mod tests {
     fn a_folder_that_cannot_be_written_costs_the_chunk_only() {
         let dir = folder("readonly");
         let cache = DiskCache::open(&dir, 1 << 20).unwrap();
-        let key = entry_key("http://h/x", 10, "e", 0, 4);
-        // A file where the entry's subfolder should be: the write fails.
-        let sub = cache.path(&key).parent().unwrap().to_path_buf();
+        let entry = cache.entry(&object_key("http://h/x", 10, "e"));
+        // A file where the object's subfolder should be: the write fails.
+        let sub = entry.data_path().parent().unwrap().to_path_buf();
         std::fs::write(&sub, b"in the way").unwrap();
-        cache.put(&key, b"abcd");
+        cache.put(&entry, 0, b"abcd");
         assert_eq!(cache.stats().write_errors, 1);
-        assert!(!cache.holds(&key, 4));
+        assert_eq!(entry.held((0, 0, 0), 0, 4, &mut true), Held::No);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,18 +21,38 @@ use super::open_direct;
 /// over the old one is a new inode, and rewritten in place it has a new size or mtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
-    dev: u64,
-    ino: u64,
+    inode: Inode,
     len: u64,
     mtime_ns: i128,
 }
 
+/// Which file a path named, whatever was written to it since: its device, its inode, and
+/// when it was made (an inode number is reused soon after its file is deleted).
+pub type Inode = (u64, u64, i128);
+
+/// The [`Inode`] of a file.
+#[must_use]
+pub fn inode_of(metadata: &std::fs::Metadata) -> Inode {
+    use std::os::unix::fs::MetadataExt;
+    let born = metadata
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    (metadata.dev(), metadata.ino(), born)
+}
+
 impl Identity {
+    /// Which file it is, whatever was written to it since.
+    #[must_use]
+    pub fn inode(&self) -> Inode {
+        self.inode
+    }
+
     fn of(metadata: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
+            inode: inode_of(metadata),
             len: metadata.len(),
             mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
                 + i128::from(metadata.mtime_nsec()),

@@ -8,6 +8,7 @@
 //! Batches are bounded by the caller (it holds at most `prefetch` tickets) and finish in
 //! any order; tickets are waited in submission order, so batches leave in order.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -515,7 +516,16 @@ fn plan_loop(
     jobs: &Receiver<Job>,
 ) {
     let mut cache = PlanCache::default();
-    while let Ok(job) = jobs.recv() {
+    // Batches submitted behind the one being planned: an object store's shard indexes are
+    // fetched for them too, in the same round trip.
+    let mut queued: VecDeque<Job> = VecDeque::new();
+    loop {
+        let Some(job) = queued.pop_front().or_else(|| jobs.recv().ok()) else {
+            break;
+        };
+        if stages.net.is_some() {
+            queued.extend(jobs.try_iter());
+        }
         if shared.cancel.load(Ordering::Relaxed) {
             shared.counters.batch_finished();
             let _ = job
@@ -524,12 +534,14 @@ fn plan_loop(
             continue;
         }
         let planned = guarded("planning thread", &shared.array.path, || {
+            let ahead: Vec<&[Vec<u64>]> = queued.iter().map(|j| j.origins.as_slice()).collect();
             let mut planned = plan_reads(
                 shared,
                 reader.as_mut(),
                 stages.net,
                 &mut cache,
                 &job.origins,
+                &ahead,
             )?;
             read_only_what_crops_need(shared, &mut planned)?;
             Ok(planned)

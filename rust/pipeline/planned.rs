@@ -1,7 +1,7 @@
 //! A batch planned down to its reads: each crop's chunks located, their files open and
 //! shard indexes read, each chunk's byte range known.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use super::decode::{needed_span, target_layout};
 use super::files::{OpenFile, PlanCache};
 use super::remote::{disk_key, unless_stopped};
 use super::Shared;
-use crate::cache::disk::{entry_len, payload_offset};
+use crate::cache::disk::{Entry, Held, Inode};
 use crate::cache::{Claims, DiskCache, Lookup, Promise};
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Net, Wanted};
@@ -49,11 +49,12 @@ pub(crate) struct PlannedRead {
     /// The whole object, whatever its size (`len` is then 0): a chunk of a remote array that
     /// is not sharded, whose size nothing has told yet.
     pub(super) whole: bool,
-    /// The chunk's bytes are in a file of the disk cache not yet checked by this process:
-    /// that file's index into `Planned::files`; it is read whole, checked, then decoded (the
-    /// read's own `file` and range stay the object's, to fetch it again if the file is bad).
-    /// A file checked already is read like a local chunk file: `file` and `offset` are its.
-    pub(super) disk: Option<usize>,
+    /// The chunk's bytes are in the disk cache's `.data` file of its object, not yet checked
+    /// by this process there: that file's index into `Planned::files`, and the CRC-32C its
+    /// bytes must have; they are read, checked, then decoded (the read's own `file` stays
+    /// the object's, to fetch the chunk again if they are bad). A chunk checked already is
+    /// read like a local one: `file` is then the `.data` file's (at the same offset).
+    pub(super) disk: Option<(usize, u32)>,
 }
 
 /// A batch whose files are open and whose shard indexes are read: what remains is reading
@@ -163,11 +164,12 @@ pub(crate) fn plan_reads(
     net: Option<&Net>,
     cache: &mut PlanCache,
     origins: &[Vec<u64>],
+    ahead: &[&[Vec<u64>]],
 ) -> Result<Planned> {
     let started = Instant::now();
     let mut pause = Duration::from_micros(200);
     loop {
-        match plan_reads_once(shared, reader, net, cache, origins) {
+        match plan_reads_once(shared, reader, net, cache, origins, ahead) {
             Err(Error::Io { path, what, source })
                 if open_files::out_of_descriptors(&source)
                     && !shared.cancel.load(Ordering::Relaxed) =>
@@ -193,6 +195,7 @@ fn plan_reads_once(
     net: Option<&Net>,
     cache: &mut PlanCache,
     origins: &[Vec<u64>],
+    ahead: &[&[Vec<u64>]],
 ) -> Result<Planned> {
     let array = &shared.array;
     let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
@@ -228,7 +231,8 @@ fn plan_reads_once(
     if array.sharding().is_some() {
         match net {
             Some(net) => {
-                fetch_indexes(shared, net, cache, &file_ids, &mut files, &mut shard_index)?;
+                let batch = (&file_ids, &mut files[..], &mut shard_index[..]);
+                fetch_indexes(shared, net, cache, batch, ahead)?;
             }
             None => read_indexes(shared, reader, cache, &file_ids, &files, &mut shard_index)?,
         }
@@ -291,9 +295,7 @@ fn plan_reads_once(
     }
     // Chunks whose bytes the disk cache holds are read from there.
     if let Some(disk) = &shared.disk_cache {
-        for read in &mut reads {
-            to_disk_cache(disk, shared, &mut files, read)?;
-        }
+        to_disk_cache(disk, shared, &mut files, &mut reads)?;
     }
     // Local files first, then files of the disk cache to check, then the store's; each in
     // file order, so that chunks stored side by side are read together.
@@ -326,8 +328,13 @@ pub(super) fn read_source(files: &[OpenFile], read: &PlannedRead) -> ReadSource 
     }
 }
 
-/// Turns a read of a remote chunk whose bytes the disk cache holds into a read of its file:
-/// a local read where this process checked the file already, else a read to check.
+/// An object of a batch in the disk cache: its entry, its `.data` file's index into the
+/// batch's files and inode, and whether its log may still be read in this batch (once).
+type Kept = (Arc<Entry>, usize, Inode, bool);
+
+/// Turns reads of remote chunks whose bytes the disk cache holds into reads of their object's
+/// `.data` file (at the same offset): local reads where this process checked the chunk in that
+/// file already, else reads to check.
 ///
 /// # Errors
 /// [`Error::Io`] out of file descriptors (the batch is planned again).
@@ -335,39 +342,62 @@ fn to_disk_cache(
     disk: &DiskCache,
     shared: &Shared,
     files: &mut Vec<OpenFile>,
-    read: &mut PlannedRead,
+    reads: &mut [PlannedRead],
 ) -> Result<()> {
-    let Some(key) = disk_key(shared, files, read) else {
-        return Ok(());
+    let mut objects: HashMap<usize, Option<Kept>> = HashMap::new();
+    for read in reads.iter_mut().filter(|read| !read.whole) {
+        let kept = match objects.entry(read.file) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(open_kept(disk, shared, files, read.file)?)
+            }
+        };
+        let Some((entry, data, inode, refresh)) = kept else {
+            continue;
+        };
+        match entry.held(*inode, read.offset, read.len, refresh) {
+            Held::No => {}
+            Held::Checked => {
+                disk.note_hit(read.len as u64);
+                read.file = *data;
+            }
+            Held::ToCheck(crc) => read.disk = Some((*data, crc)),
+        }
+    }
+    Ok(())
+}
+
+/// The disk cache's entry of the object `files[file]` and its `.data` file, opened (kept
+/// open between batches as local files are): `None` where the object's version is unknown or
+/// the folder holds none of it.
+fn open_kept(
+    disk: &DiskCache,
+    shared: &Shared,
+    files: &mut Vec<OpenFile>,
+    file: usize,
+) -> Result<Option<Kept>> {
+    let Some(key) = disk_key(shared, &files[file]) else {
+        return Ok(None);
     };
-    let path = disk.path(&key);
-    let open = match open_files::open(&path, false) {
+    let entry = disk.entry(&key);
+    let path = entry.data_path();
+    let open = match open_files::open(path, false) {
         Ok((Some(open), _)) => open,
-        Ok((None, _)) => return Ok(()),
+        Ok((None, _)) => return Ok(None),
         Err(e) if open_files::out_of_descriptors(&e) => {
-            return Err(Error::io(&path, "opening a file of the disk cache", e));
+            return Err(Error::io(path, "opening a file of the disk cache", e));
         }
         // Unreadable: fetched from the store instead.
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(None),
     };
-    if open.len != entry_len(&key, read.len) {
-        return Ok(());
-    }
-    let checked = disk.checked(&open.identity);
+    let inode = open.identity.inode();
     let id = files.len();
     files.push(OpenFile {
-        path,
+        path: path.to_path_buf(),
         file: Some(open),
         object: None,
     });
-    if checked {
-        disk.note_hit(read.len as u64);
-        read.file = id;
-        read.offset = payload_offset(&key);
-    } else {
-        read.disk = Some(id);
-    }
-    Ok(())
+    Ok(Some((entry, id, inode, true)))
 }
 
 /// Reads the indexes of a batch's local shards that are not cached, together.
@@ -436,16 +466,75 @@ fn read_indexes(
     Ok(())
 }
 
+/// A batch's files by shard coordinates, its files, and their shard indexes.
+type BatchFiles<'a, 'b> = (
+    &'a BTreeMap<&'b [u64], usize>,
+    &'a mut [OpenFile],
+    &'a mut [Option<Arc<ShardIndex>>],
+);
+
+/// The shards in an object store that the batches `ahead` touch and whose indexes are not
+/// cached, but for those in `skip`: each with its object's key.
+fn shards_ahead(
+    shared: &Shared,
+    cache: &PlanCache,
+    skip: &BTreeMap<&[u64], usize>,
+    ahead: &[&[Vec<u64>]],
+) -> Vec<(Vec<u64>, object_store::path::Path)> {
+    let Some(store) = shared.array.location.remote() else {
+        return Vec::new();
+    };
+    let array = &shared.array;
+    let (leaf, per_file) = (array.leaf_shape(), array.leaves_per_file());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for origin in ahead.iter().flat_map(|batch| batch.iter()) {
+        // The shards the crop at `origin` overlaps, dimension by dimension.
+        let ranges: Vec<(u64, u64)> = (0..leaf.len())
+            .map(|d| {
+                let end = origin[d] + shared.crop[d].max(1) - 1;
+                (
+                    origin[d] / leaf[d] / per_file[d],
+                    end / leaf[d] / per_file[d],
+                )
+            })
+            .collect();
+        let mut shard: Vec<u64> = ranges.iter().map(|r| r.0).collect();
+        loop {
+            let first_leaf: Vec<u64> = shard.iter().zip(&per_file).map(|(s, n)| s * n).collect();
+            let coords = array.locate(&first_leaf).file;
+            let known = skip.contains_key(coords.as_slice())
+                || cache.object_indexes.get(&coords).is_some()
+                || cache.missing.get(&coords).is_some();
+            if !known && seen.insert(coords.clone()) {
+                let key = store.key(&array.file_key(&coords));
+                out.push((coords, key));
+            }
+            // The next shard of the box, last dimension fastest.
+            let Some(d) = (0..shard.len()).rev().find(|&d| shard[d] < ranges[d].1) else {
+                break;
+            };
+            shard[d] += 1;
+            for (s, r) in shard.iter_mut().zip(&ranges).skip(d + 1) {
+                *s = r.0;
+            }
+        }
+    }
+    out
+}
+
 /// Fetches the indexes of a batch's shards in an object store that are not cached, all at
 /// once: an index at the end by a suffix range (a HEAD first where the store refuses those).
-/// A shard that is missing is remembered as such: its chunks are the fill value.
+/// In the same round trip, the indexes of the shards that the batches queued `ahead` of it
+/// will need (so that an epoch whose chunks are all on local disk waits for the store once,
+/// not once per batch that meets a new shard). A shard that is missing is remembered as
+/// such: its chunks are the fill value.
 fn fetch_indexes(
     shared: &Shared,
     net: &Net,
     cache: &mut PlanCache,
-    file_ids: &BTreeMap<&[u64], usize>,
-    files: &mut [OpenFile],
-    shard_index: &mut [Option<Arc<ShardIndex>>],
+    (file_ids, files, shard_index): BatchFiles<'_, '_>,
+    ahead: &[&[Vec<u64>]],
 ) -> Result<()> {
     let Some(sharding) = shared.array.sharding() else {
         return Ok(());
@@ -462,11 +551,13 @@ fn fetch_indexes(
             shard_index[id] = Some(Arc::clone(index));
             continue;
         }
-        wanted.push((coords.to_vec(), id, object.key.clone()));
+        wanted.push((coords.to_vec(), Some(id), object.key.clone()));
     }
     if wanted.is_empty() {
         return Ok(());
     }
+    let later = shards_ahead(shared, cache, file_ids, ahead);
+    wanted.extend(later.into_iter().map(|(coords, key)| (coords, None, key)));
     let (store, requests) = (net.store.as_ref(), net.requests.as_ref());
     let part_bytes = net.remote.settings.part_bytes;
     let suffix = net.remote.serves_suffix_ranges();
@@ -486,6 +577,14 @@ fn fetch_indexes(
     });
     let fetched = net.block_on(unless_stopped(shared, futures::future::join_all(fetches)))?;
     for ((coords, id), result) in wanted.into_iter().map(|(c, i, _)| (c, i)).zip(fetched) {
+        // A shard of a later batch whose index cannot be had now is that batch's to fetch
+        // (and to fail on).
+        let Some(id) = id else {
+            if let Ok(fetched) = result {
+                keep_index_ahead(shared, cache, coords, fetched);
+            }
+            continue;
+        };
         let path = &files[id].path;
         let fetched = result.map_err(|e| Error::io(path, "reading the shard index", e))?;
         let Some(fetched) = fetched else {
@@ -522,6 +621,37 @@ fn fetch_indexes(
         shard_index[id] = Some(index);
     }
     Ok(())
+}
+
+/// Keeps the index of a shard of a later batch, fetched ahead (missing: the shard is); one
+/// that is not a good index is left for that batch to fetch and report.
+fn keep_index_ahead(
+    shared: &Shared,
+    cache: &mut PlanCache,
+    coords: Vec<u64>,
+    fetched: Option<remote::Fetched>,
+) {
+    let Some(sharding) = shared.array.sharding() else {
+        return;
+    };
+    let Some(fetched) = fetched else {
+        cache.missing.insert(coords, ());
+        return;
+    };
+    shared
+        .counters
+        .bytes_read
+        .fetch_add(fetched.bytes.len() as u64, Ordering::Relaxed);
+    let per_shard_shape = shared.array.leaves_per_file();
+    let per_shard: u64 = per_shard_shape.iter().product();
+    let index = decode_index(sharding, &fetched.bytes, &per_shard_shape)
+        .and_then(|words| ShardIndex::from_words(&words, per_shard, fetched.size));
+    if let (Ok(index), true) = (index, fetched.size >= sharding.index_len) {
+        let version = (fetched.size, fetched.etag);
+        cache
+            .object_indexes
+            .insert(coords, (version, Arc::new(index)));
+    }
 }
 
 /// Narrows each read of a chunk stored as its elements to the bytes its crops need, from the

@@ -17,8 +17,7 @@ use super::files::OpenFile;
 use super::groups::read_groups;
 use super::planned::{read_source, Planned, PlannedRead, ReadSource};
 use super::{guarded, Job, Shared};
-use crate::cache::disk::{entry_key, entry_len};
-use crate::cache::DiskCache;
+use crate::cache::disk::object_key;
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Fetched, Link, Net, Settings, Wanted};
 use crate::io::ReadOp;
@@ -199,23 +198,19 @@ pub(super) fn run_remote(
     }
 }
 
-/// The disk cache's key for a read of a remote chunk: `None` where the object's version is
-/// not known before it is fetched (a whole object, or a store that gives no ETags).
-pub(super) fn disk_key(shared: &Shared, files: &[OpenFile], read: &PlannedRead) -> Option<String> {
+/// The disk cache's key for a remote object of a batch: `None` where its version is not known
+/// before it is fetched (a chunk that is an object of its own, or a store that gives no ETags).
+pub(super) fn disk_key(shared: &Shared, file: &OpenFile) -> Option<String> {
     let store = shared.array.location.remote()?;
-    let object = files[read.file].object.as_ref()?;
-    if read.whole {
-        return None;
-    }
+    let object = file.object.as_ref()?;
     let (size, etag) = (object.size?, object.etag.as_deref()?);
-    let url = store.object_url(&object.key);
-    Some(entry_key(&url, size, etag, read.offset, read.len))
+    Some(object_key(&store.object_url(&object.key), size, etag))
 }
 
-/// Reads a group of chunks from files of the disk cache this process has not checked yet,
-/// whole, with this thread's reader; checks each (key, length, CRC-32C) and decodes it. A file
-/// that is unreadable or corrupt is deleted and its chunk fetched from the store again, on this
-/// thread.
+/// Reads a group of chunks from the disk cache's `.data` files that this process has not
+/// checked there yet, with this thread's reader; checks each against its record's CRC-32C and
+/// decodes it. A chunk unreadable or corrupt is fetched from the store again, on this thread,
+/// and written over.
 fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Result<()> {
     let (shared, planned, out) = (&*batch.shared, &batch.planned, &batch.job.out);
     let Some(disk) = &shared.disk_cache else {
@@ -223,22 +218,25 @@ fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Resul
             "internal error: a disk read with no disk cache".into(),
         ));
     };
-    let mut keys = Vec::with_capacity(group.len());
     let mut ops = Vec::with_capacity(group.len());
+    let mut checks = Vec::with_capacity(group.len());
     for read in group {
-        let key = disk_key(shared, &planned.files, read);
-        let open = read.disk.and_then(|id| planned.files[id].file.as_ref());
-        let (Some(key), Some(open)) = (key, open) else {
+        let found = read.disk.and_then(|(id, crc)| {
+            let open = planned.files[id].file.as_ref()?;
+            let key = disk_key(shared, &planned.files[read.file])?;
+            Some((open, crc, key))
+        });
+        let Some((open, crc, key)) = found else {
             return Err(Error::Stopped(format!(
                 "internal error: no disk cache file for {read:?}"
             )));
         };
         ops.push(ReadOp {
             file: &open.file,
-            offset: 0,
-            len: entry_len(&key, read.len) as usize,
+            offset: read.offset,
+            len: read.len,
         });
-        keys.push(key);
+        checks.push((disk.entry(&key), open.identity.inode(), crc));
     }
     let mut again: Vec<usize> = Vec::new();
     with_local_io(shared, |reader, buf| {
@@ -248,20 +246,18 @@ fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Resul
             .reads
             .fetch_add(ops.len() as u64, Ordering::Relaxed);
         for (i, (at, result)) in results.into_iter().enumerate() {
-            let (read, key, len) = (&group[i], &keys[i], ops[i].len);
-            let payload = result
-                .map_err(|e| e.to_string())
-                .and_then(|()| DiskCache::payload(key, &buf[at..at + len]));
-            let Ok(bytes) = payload else {
-                disk.discard(key, len as u64);
+            let (read, (entry, inode, crc)) = (&group[i], &checks[i]);
+            let bytes = &buf[at..at + read.len];
+            if result.is_err() || crc32c::crc32c(bytes) != *crc {
+                disk.discard(entry, read.offset);
                 again.push(i);
                 continue;
-            };
-            if let Some(open) = read.disk.and_then(|id| planned.files[id].file.as_ref()) {
-                disk.note_checked(open.identity);
             }
+            entry.note_checked(*inode, read.offset);
             disk.note_hit(read.len as u64);
-            counters.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
+            counters
+                .bytes_read
+                .fetch_add(read.len as u64, Ordering::Relaxed);
             counters.chunks_decoded.fetch_add(1, Ordering::Relaxed);
             decode_read(shared, planned, read, bytes, out)?;
         }
@@ -323,10 +319,9 @@ fn decode_fetched(
             })?
         };
         decode_read(shared, planned, read, bytes, out)?;
-        if let Some(disk) = &shared.disk_cache {
-            if let Some(key) = disk_key(shared, &planned.files, read) {
-                disk.put(&key, bytes);
-            }
+        let kept = shared.disk_cache.as_ref().filter(|_| !read.whole);
+        if let Some((disk, key)) = kept.zip(disk_key(shared, &planned.files[read.file])) {
+            disk.put(&disk.entry(&key), read.offset, bytes);
         }
     }
     Ok(())

@@ -404,8 +404,9 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serves a folder until killed, printing its URL first (the bench runs it in a process
-    of its own, so that serving does not share the measured process's interpreter)."""
+    """Serves a folder until killed or until its standard input ends, printing its URL first
+    (the bench runs it in a process of its own, so that serving does not share the measured
+    process's interpreter; a bench that dies closes the pipe, and the server ends with it)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     server = ObjectServer(args.root, latency_ms=args.latency_ms, bandwidth=args.bandwidth)
     print(server.url, flush=True)
     try:
-        threading.Event().wait()
+        sys.stdin.read()
     except KeyboardInterrupt:
         pass
     finally:

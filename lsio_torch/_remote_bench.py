@@ -42,7 +42,11 @@ class ServedFolder:
         command += ["--latency-ms", str(latency_ms)]
         if bandwidth:
             command += ["--bandwidth", str(bandwidth)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        # The server reads its standard input until it ends: when this process dies, so does
+        # it.
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         line = self.process.stdout.readline().strip() if self.process.stdout else ""
         if not line.startswith("http://"):
             self.close()

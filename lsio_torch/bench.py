@@ -586,7 +586,10 @@ def memory(args, name: str) -> dict:
         peak = (_status_kb("VmHWM") - baseline) / 1024
         epochs.append({"epoch": epoch, "first_batch_s": first, "peak_rss_mb": peak})
         if folder is not None:
-            held = sum(f.stat().st_size for f in folder.rglob("*.chunk"))
+            # What the folder's shard files take on disk (their holes take nothing).
+            held = sum(
+                f.stat().st_blocks * 512 for f in folder.rglob("*") if f.suffix in (".data", ".log")
+            )
             epochs[-1]["disk_cache_mb"] = held / 2**20
         progress(f"memory {name}", epoch + 1, n_epochs, "epochs")
     sys.stderr.write("\n")

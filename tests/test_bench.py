@@ -8,6 +8,8 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +143,38 @@ def test_the_disk_cache_bench_measures_epoch_2_against_the_local_files(sharded):
     # Epoch 2's chunks come from the folder; only chunks epoch 1 never touched are fetched.
     hits = int(written["note"].split("chunks from disk ")[1].split(",")[0])
     assert hits > 0
+
+
+def test_memory_through_the_object_server_reports_the_disk_cache_folder(sharded):
+    (report,) = bench(
+        "--data", sharded, "--crop", ",".join(map(str, CROP)), "--batch", str(BATCH),
+        "--n", str(N), "--memory", "--epochs", "2", "--store", "http", "--latency-ms", "0",
+        "--cache-dir-bytes", "100%",
+    )  # fmt: skip
+    assert [e["epoch"] for e in report["epochs"]] == [0, 1]
+    # The folder holds what the epochs fetched (on disk: the blocks of its shard files),
+    # within its bound (the stored array: a small one, in whole blocks, overflows it and is
+    # trimmed; each process may pass the bound by 1/16 of it before it rescans).
+    bound = report["disk_cache_bound_mb"]
+    held = [e["disk_cache_mb"] for e in report["epochs"]]
+    assert all(0 < h <= bound * (1 + 1 / 16) for h in held), (held, bound)
+
+
+def test_the_bench_s_object_server_ends_with_the_bench():
+    # A bench killed mid-run (its pipe to the server closed) leaves no server behind.
+    code = (
+        "import os; from pathlib import Path; from lsio_torch._remote_bench import ServedFolder;"
+        "s = ServedFolder(Path('.'), 0, None); print(s.process.pid, flush=True); os._exit(1)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    pid = int(done.stdout.strip())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return  # gone
+        if state == "Z":
+            return  # exited, waiting to be reaped by init
+        time.sleep(0.05)
+    raise AssertionError(f"the object server {pid} still runs")

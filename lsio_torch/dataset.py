@@ -306,9 +306,11 @@ class ZarrCropDataset(IterableDataset):
             chunks fetched are kept, so that later epochs (and later runs, and other processes
             naming the same folder) read them from local disk instead of the store. Chunks are
             keyed by their object's ETag and size, so a changed object is fetched anew; a
-            corrupt file is deleted and its chunk fetched again. Chunks of shards (whose index
-            tells the version before the chunk is read) are kept; chunks that are objects of
-            their own are fetched every epoch. Local arrays ignore it.
+            corrupt chunk is fetched again. Chunks of shards are checked against the version
+            their shard's index names each epoch; chunks that are objects of their own are
+            fetched once a run (their answer names their version) and read from the folder in
+            later epochs of the run, during which they are taken not to change. Local arrays
+            ignore it.
         cache_dir_bytes: the bound on ``cache_dir``: past it, the files written longest ago
             are deleted. ``None``: half the free space of its file system when first used.
 

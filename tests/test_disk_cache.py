@@ -105,15 +105,35 @@ def test_later_epochs_and_runs_read_chunks_from_disk_and_fetch_only_shard_indexe
     assert not engine_threads()
 
 
-def test_chunks_that_are_objects_of_their_own_are_fetched_each_epoch(tmp_path, object_server):
-    # No index tells an unsharded chunk's version before it is fetched: it is not kept.
-    values = served_copy(tmp_path, "unsharded")
+@pytest.mark.parametrize("layout", ["unsharded", "unsharded-raw"])
+def test_chunks_that_are_objects_of_their_own_are_fetched_once_a_run(
+    tmp_path, object_server, layout
+):
+    # No index tells such a chunk's version before it is fetched; the answer does, and later
+    # epochs of the run read the folder's copy of that version.
+    values = served_copy(tmp_path, layout)
     server = object_server(tmp_path / "served")
-    ds = dataset(f"{server.url}/a.zarr", tmp_path / "cache")
-    check_epochs(ds, values, epochs=(0, 0))
+    url, folder = f"{server.url}/a.zarr", tmp_path / "cache"
+    ds = dataset(url, folder)
+    check_epochs(ds, values)
+    first = ds.stats()
+    assert first["disk_cache_misses"] > 0 and records(folder) > 0, first
+    reads_per_epoch = first["disk_cache_hits"] + first["disk_cache_misses"]
+    before = len(server.log)
+    check_epochs(ds, values)
+    # Nothing fetched (chunks never written are asked for each epoch: 404, their fill value).
+    assert [entry for entry in server.log[before:] if entry[3] != 404] == []
     s = ds.stats()
-    assert (s["disk_cache_hits"], s["disk_cache_misses"]) == (0, 0), s
-    assert cached_files(tmp_path / "cache") == []
+    assert s["disk_cache_hits"] - first["disk_cache_hits"] == reads_per_epoch, s
+    assert s["disk_cache_misses"] == first["disk_cache_misses"], s
+    # A new run knows no version: it fetches each chunk once again (a changed object is
+    # never served from an older copy), then reads the folder.
+    again = dataset(url, folder)
+    check_epochs(again, values)
+    assert again.stats()["disk_cache_misses"] == reads_per_epoch
+    changed = served_copy(tmp_path, layout, seed=9)
+    assert not same_bits(changed, values)
+    check_epochs(dataset(url, folder), changed)
 
 
 def test_through_s3_a_second_epoch_reads_from_disk(tmp_path, s3):

@@ -45,6 +45,9 @@ const EVICT_TO: f64 = 0.9;
 /// The folder is scanned again after this share of the bound was written by this process
 /// (other processes write to it too).
 const RESCAN_EVERY: f64 = 1.0 / 16.0;
+/// Versions of objects this process fetched whole (chunks that are objects of their own)
+/// that it remembers; past this many, it forgets them all and fetches such chunks again.
+const VERSIONS: usize = 1 << 18;
 /// A file of an older format of this cache, or a temporary one, this old is deleted when the
 /// folder is scanned.
 const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -100,6 +103,8 @@ pub struct DiskCache {
     scanning: Mutex<()>,
     /// The objects this process has looked up, by key.
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// The size and ETag of the objects of their own this process fetched, by URL.
+    versions: Mutex<HashMap<String, (u64, String)>>,
     counters: Counters,
 }
 
@@ -329,6 +334,7 @@ impl DiskCache {
             }),
             scanning: Mutex::new(()),
             entries: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         };
         cache.scan_and_trim()?;
@@ -417,6 +423,28 @@ impl DiskCache {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Remembers the version of an object fetched whole (a chunk that is an object of its
+    /// own: no index tells its version before it is fetched), so that later epochs of this
+    /// process read it from the folder. Objects are taken not to change while a process
+    /// reads them (a chunk read again names this version: one changed since is an error).
+    pub fn note_version(&self, url: &str, size: u64, etag: &str) {
+        let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+        if versions.len() >= VERSIONS && !versions.contains_key(url) {
+            versions.clear();
+        }
+        versions.insert(url.to_owned(), (size, etag.to_owned()));
+    }
+
+    /// The version of the object at `url` this process fetched, if it remembers one.
+    #[must_use]
+    pub fn version(&self, url: &str) -> Option<(u64, String)> {
+        self.versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(url)
+            .cloned()
     }
 
     /// Counts a chunk read from the folder: `len` bytes.

@@ -345,7 +345,11 @@ fn to_disk_cache(
     reads: &mut [PlannedRead],
 ) -> Result<()> {
     let mut objects: HashMap<usize, Option<Kept>> = HashMap::new();
-    for read in reads.iter_mut().filter(|read| !read.whole) {
+    for read in reads.iter_mut() {
+        adopt_version(disk, shared, files, read);
+        if read.whole {
+            continue;
+        }
         let kept = match objects.entry(read.file) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -365,6 +369,35 @@ fn to_disk_cache(
         }
     }
     Ok(())
+}
+
+/// A chunk that is an object of its own, fetched whole by this process before: read as that
+/// version (its size known, the folder's copy used, a fetch asking for that version).
+fn adopt_version(
+    disk: &DiskCache,
+    shared: &Shared,
+    files: &mut [OpenFile],
+    read: &mut PlannedRead,
+) {
+    let Some(store) = shared.array.location.remote() else {
+        return;
+    };
+    let Some(object) = files[read.file].object.as_mut() else {
+        return;
+    };
+    if shared.array.sharding().is_some() || object.etag.is_some() {
+        return;
+    }
+    let Some((size, etag)) = disk.version(&store.object_url(&object.key)) else {
+        return;
+    };
+    if read.whole || (read.offset == 0 && read.len as u64 == size) {
+        object.size = Some(size);
+        object.etag = Some(etag);
+        read.whole = false;
+        read.offset = 0;
+        read.len = usize::try_from(size).unwrap_or(usize::MAX);
+    }
 }
 
 /// The disk cache's entry of the object `files[file]` and its `.data` file, opened (kept

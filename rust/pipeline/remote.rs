@@ -18,6 +18,7 @@ use super::groups::read_groups;
 use super::planned::{read_source, Planned, PlannedRead, ReadSource};
 use super::{guarded, Job, Shared};
 use crate::cache::disk::object_key;
+use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Fetched, Link, Net, Settings, Wanted};
 use crate::io::ReadOp;
@@ -319,12 +320,43 @@ fn decode_fetched(
             })?
         };
         decode_read(shared, planned, read, bytes, out)?;
-        let kept = shared.disk_cache.as_ref().filter(|_| !read.whole);
-        if let Some((disk, key)) = kept.zip(disk_key(shared, &planned.files[read.file])) {
-            disk.put(&disk.entry(&key), read.offset, bytes);
+        if let Some(disk) = &shared.disk_cache {
+            keep_fetched(
+                shared,
+                disk,
+                &planned.files[read.file],
+                read,
+                &fetched,
+                bytes,
+            );
         }
     }
     Ok(())
+}
+
+/// Gives the disk cache a chunk fetched from the store: of a shard, whose index told its
+/// version; or an object of its own fetched whole, whose version the answer tells (and which
+/// later epochs of this process then read from the folder).
+fn keep_fetched(
+    shared: &Shared,
+    disk: &DiskCache,
+    file: &OpenFile,
+    read: &PlannedRead,
+    fetched: &Fetched,
+    bytes: &[u8],
+) {
+    if let Some(key) = disk_key(shared, file).filter(|_| !read.whole) {
+        disk.put(&disk.entry(&key), read.offset, bytes);
+        return;
+    }
+    let of_its_own =
+        shared.array.sharding().is_none() && read.offset == 0 && bytes.len() as u64 == fetched.size;
+    let found = (shared.array.location.remote(), &file.object, &fetched.etag);
+    if let (true, Some(store), Some(object), Some(etag)) = (of_its_own, found.0, found.1, found.2) {
+        let url = store.object_url(&object.key);
+        disk.note_version(&url, fetched.size, etag);
+        disk.put(&disk.entry(&object_key(&url, fetched.size, etag)), 0, bytes);
+    }
 }
 
 #[cfg(test)]

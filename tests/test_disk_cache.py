@@ -130,7 +130,11 @@ def test_chunks_that_are_objects_of_their_own_are_fetched_once_a_run(
     # never served from an older copy), then reads the folder.
     again = dataset(url, folder)
     check_epochs(again, values)
-    assert again.stats()["disk_cache_misses"] == reads_per_epoch
+    s = again.stats()
+    # Each object fetched at least once (a later batch of the epoch may find a chunk an
+    # earlier one fetched: a hit).
+    assert s["disk_cache_misses"] >= len(cached_files(folder)) > 0, s
+    assert s["disk_cache_hits"] + s["disk_cache_misses"] == reads_per_epoch, s
     changed = served_copy(tmp_path, layout, seed=9)
     assert not same_bits(changed, values)
     check_epochs(dataset(url, folder), changed)

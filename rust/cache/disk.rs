@@ -45,6 +45,9 @@ const EVICT_TO: f64 = 0.9;
 /// The folder is scanned again after this share of the bound was written by this process
 /// (other processes write to it too).
 const RESCAN_EVERY: f64 = 1.0 / 16.0;
+/// Objects whose records and checks this process keeps; past this many, it forgets them all
+/// (and checks their chunks again when it next reads them).
+const ENTRIES: usize = 1 << 16;
 /// Versions of objects this process fetched whole (chunks that are objects of their own)
 /// that it remembers; past this many, it forgets them all and fetches such chunks again.
 const VERSIONS: usize = 1 << 18;
@@ -358,6 +361,9 @@ impl DiskCache {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = entries.get(key) {
             return Arc::clone(entry);
+        }
+        if entries.len() >= ENTRIES {
+            entries.clear();
         }
         let key_crc = crc32c::crc32c(key.as_bytes());
         let name = format!("{:016x}{key_crc:08x}", fnv1a(key.as_bytes()));

@@ -8,6 +8,10 @@ Systems:
                (``async.concurrency`` the best of ``--concurrency``)
   zarrs        the same with the zarrs codec pipeline
   tensorstore  tensorstore's http kvstore, all crops of a batch in flight at once
+  xbatcher     xbatcher's BatchGenerator over xarray (dask chunks from zarr-python on obstore's
+               HTTPStore), its torch MapDataset in a DataLoader with a worker per core: what
+               training scripts run today. Its crops come from its own grid (see
+               ``XbatcherCrops``), each touching as many chunks as a random crop does
   disk         lsio_torch with ``cache_dir``: epoch 1 from the server into an empty folder,
                epoch 2 (other crops) with the folder holding what epoch 1 fetched, and epoch
                2's crops read from the local files the server serves (the local-disk rate)
@@ -23,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lsio_torch._stopwatch import Stopwatch
 from lsio_torch.dataset import ZarrCropDataset
 
 
@@ -139,13 +143,13 @@ def run_lsio_disk_cache(
 def _batches_read(read_batch: Callable, batches, label, touch, progress) -> float:
     total = sum(len(b) for b in batches)
     done = 0
-    start = time.perf_counter()
+    watch = Stopwatch()
     for group in batches:
         tensor = read_batch(group)
         touch(tensor)
         done += len(group)
         progress(label, done, total)
-    return time.perf_counter() - start
+    return watch.stop()
 
 
 def run_zarr(url, crop, batches, concurrency, label, touch, progress, pipeline=None) -> float:
@@ -185,6 +189,86 @@ def run_tensorstore(url, crop, batches, v3: bool, label, touch, progress) -> flo
     return _batches_read(read_batch, batches, label, touch, progress)
 
 
+class XbatcherCrops(torch.utils.data.Dataset):
+    """``n`` patches of xbatcher's grid over the array at ``url``, drawn at random (seed 0),
+    through xbatcher's torch ``MapDataset``. xbatcher cuts patches on a regular grid, not at
+    given origins; the grid starts one element in and strides half a crop and one, so that a
+    patch, like a random crop, straddles chunk edges rather than lining up with them. Each
+    worker opens the array itself (lazily), as it would under any start method."""
+
+    def __init__(self, url: str, shape, crop, n: int) -> None:
+        self.url, self.crop = url, tuple(crop)
+        self.start = tuple(1 if s > c else 0 for s, c in zip(shape, crop, strict=True))
+        self.stride = tuple(c // 2 + 1 for c in crop)
+        self.per_dim = [
+            (s - o - c) // t + 1
+            for s, o, c, t in zip(shape, self.start, crop, self.stride, strict=True)
+        ]
+        self.patches = int(np.prod(self.per_dim))
+        self.indexes = np.random.default_rng(0).choice(self.patches, n, replace=False).tolist()
+        self.map = None
+
+    def origins(self) -> list[tuple[int, ...]]:
+        """The origins of the chosen patches in the array (C order over xbatcher's grid)."""
+        return [
+            tuple(
+                int(o + i * t)
+                for o, i, t in zip(
+                    self.start, np.unravel_index(k, self.per_dim), self.stride, strict=True
+                )
+            )
+            for k in self.indexes
+        ]
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.map is None:
+            self.map = self._open()
+        return self.map[self.indexes[i]]
+
+    def _open(self):
+        import dask.array
+        import obstore.store
+        import xarray as xr
+        import xbatcher
+        import zarr
+        from xbatcher.loaders.torch import MapDataset
+
+        store = zarr.storage.ObjectStore(
+            obstore.store.HTTPStore.from_url(self.url, client_options={"allow_http": True}),
+            read_only=True,
+        )
+        array = zarr.open_array(store, mode="r")
+        dims = [f"d{i}" for i in range(array.ndim)]
+        data = xr.DataArray(dask.array.from_zarr(array), dims=dims)
+        data = data.isel({d: slice(o, None) for d, o in zip(dims, self.start, strict=True)})
+        generator = xbatcher.BatchGenerator(
+            data,
+            input_dims=dict(zip(dims, self.crop, strict=True)),
+            input_overlap={d: c - t for d, c, t in zip(dims, self.crop, self.stride, strict=True)},
+        )
+        if len(generator) != self.patches:
+            raise RuntimeError(f"xbatcher made {len(generator)} patches, not {self.patches}")
+        return MapDataset(generator)
+
+
+def chunks_touched(origins, crop, chunks) -> float:
+    """The mean number of chunks (of shape ``chunks``) a crop at each origin touches."""
+    o = np.asarray(origins)
+    last = o + np.asarray(crop) - 1
+    return float(np.prod(last // chunks - o // chunks + 1, axis=1).mean())
+
+
+def run_xbatcher(url, shape, crop, n, batch, workers, chunks, consume) -> tuple[float, str]:
+    crops = XbatcherCrops(url, shape, crop, n)
+    loader = torch.utils.data.DataLoader(crops, batch_size=batch, num_workers=workers)
+    seconds = consume(loader, "xbatcher", n)
+    touched = chunks_touched(crops.origins(), crop, chunks)
+    return seconds, f"{workers} workers; {touched:.2f} chunks a crop"
+
+
 def run_get_bound(server_url, root: Path, ranges: Sequence, concurrency: int) -> float:
     """Fetches every ``(path, offset, length)`` of ``ranges`` (all batches'), ``concurrency``
     at a time, with obstore; returns the seconds."""
@@ -203,9 +287,9 @@ def run_get_bound(server_url, root: Path, ranges: Sequence, concurrency: int) ->
 
         await asyncio.gather(*(one(*k) for k in keys))
 
-    start = time.perf_counter()
+    watch = Stopwatch()
     asyncio.run(fetch_all())
-    return time.perf_counter() - start
+    return watch.stop()
 
 
 def best_of(run: Callable[[int], float], choices: Sequence[int]) -> tuple[float, int]:

@@ -51,6 +51,7 @@ import torch
 
 from lsio_torch import _lsio_torch
 from lsio_torch._cache_bench import parse_sizes
+from lsio_torch._stopwatch import Stopwatch
 from lsio_torch.dataset import (
     LOCAL_PREFETCH,
     REMOTE_PREFETCH,
@@ -182,6 +183,8 @@ class Result:
     mb_per_s: float | None
     seconds: float | None
     note: str = ""
+    # The share of the machine's cores busy during the run (every process): see _stopwatch.
+    cpu_busy: float | None = None
 
 
 def touch(batch: torch.Tensor) -> None:
@@ -196,12 +199,12 @@ def batches_of(origins: list[list[int]], batch: int) -> list[list[list[int]]]:
 def consume(batches, label: str, total: int) -> float:
     """Touches every batch; returns the seconds from the first request to the last batch."""
     done = 0
-    start = time.perf_counter()
+    watch = Stopwatch()
     for tensor in batches:
         touch(tensor)
         done += tensor.shape[0]
         progress(label, done, total)
-    return time.perf_counter() - start
+    return watch.stop()
 
 
 def run_lsio(path, crop, origins, batch, threads, label, direct_io=False, io_threads=0) -> float:
@@ -250,7 +253,7 @@ def run_tensorstore(path, crop, origins, batch, threads, label) -> float:
         context=context,
     ).result()
     done = 0
-    start = time.perf_counter()
+    watch = Stopwatch()
     for group in batches_of(origins, batch):
         futures = [
             store[tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True))].read()
@@ -260,7 +263,7 @@ def run_tensorstore(path, crop, origins, batch, threads, label) -> float:
         touch(tensor)
         done += len(group)
         progress(label, done, len(origins))
-    return time.perf_counter() - start
+    return watch.stop()
 
 
 def drop_caches() -> None:
@@ -299,7 +302,7 @@ def measure(args, name: str) -> list[Result]:
         if seconds is None:
             return Result(system, None, None, None, note)
         rate = len(origins) / seconds
-        return Result(system, rate, rate * crop_mb, seconds, note)
+        return Result(system, rate, rate * crop_mb, seconds, note, Stopwatch.take())
 
     if args.store == "http":
         return measure_remote(args, name, path, array, crop, batches, result)
@@ -397,12 +400,14 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
     options = {} if args.merge_gap is None else {"merge_gap": str(args.merge_gap)}
     ranges = _lsio_torch.read_ranges(array, list(crop), batches, list(options.items()))
     v3 = (path / "zarr.json").exists()
+    n, chunks = sum(map(len, batches)), tuple(array.chunk_shape)
+    touched = rb.chunks_touched([o for b in batches for o in b], crop, chunks)
     results = []
     with rb.ServedFolder(path.parent, args.latency_ms, bandwidth) as server:
         url = f"{server.url}/{path.name}"
         print(
             f"\n{name}: {url} {tuple(array.shape)} {array.dtype}; crop {crop}, batch "
-            f"{args.batch}, {sum(map(len, batches))} crops, {threads} threads; first byte "
+            f"{args.batch}, {n} crops, {threads} threads; first byte "
             f"+{args.latency_ms:g} ms, {args.bandwidth or 'unlimited'} MB/s a connection",
             file=sys.stderr,
         )
@@ -412,7 +417,7 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
                 "lsio_torch" if i == 0 else f"lsio_torch, max_requests={m}",
                 lambda m=m: (
                     rb.run_lsio(url, crop, batches, threads, m, options, consume),
-                    f"max_requests={m or 'default'}{gap}",
+                    f"max_requests={m or 'default'}{gap}; {touched:.2f} chunks a crop",
                 ),
                 None,
             )
@@ -455,7 +460,13 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
                 ),
                 missing("tensorstore"),
             ),
-            "xbatcher": ("xbatcher", None, missing("xbatcher")),
+            "xbatcher": (
+                "xbatcher",
+                lambda: rb.run_xbatcher(
+                    url, array.shape, crop, n, args.batch, threads, chunks, consume
+                ),
+                missing("xbatcher") or missing("obstore"),
+            ),
             "get": (
                 "GET bound",
                 lambda: _best(
@@ -474,10 +485,12 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
             sys.stderr.write(f"\n  {system}: {seconds:.2f} s\n")
             results.append(result(system, seconds, note))
         if "disk" in chosen:
+            # Its epochs alternate with the local files' runs: no one run's busy share.
             first, seconds, counters = rb.run_lsio_disk_cache(
-                url, path, crop, sum(map(len, batches)), args.batch, threads, options,
+                url, path, crop, n, args.batch, threads, options,
                 consume, CACHE / "disk-cache",
             )  # fmt: skip
+            Stopwatch.take()
             hits, misses = counters["disk_cache_hits"], counters["disk_cache_misses"]
             results.append(result("lsio_torch, cache_dir, epoch 1", first, "from the server"))
             for state, what in (
@@ -502,7 +515,11 @@ def measure_remote(args, name, path, array, crop, batches, result) -> list[Resul
 
 
 def _best(run: Callable[[int], float], choices: list[int]) -> tuple[float, str]:
-    seconds, choice = min((run(c), c) for c in choices)
+    timed = []
+    for c in choices:
+        timed.append((run(c), c, Stopwatch.take()))
+    seconds, choice, busy = min(timed, key=lambda t: t[0])
+    Stopwatch.keep(busy)
     return seconds, f"concurrency {choice} (best of {','.join(map(str, choices))})"
 
 
@@ -616,18 +633,19 @@ def table(name: str, results: list[Result], cold: bool) -> str:
     ceiling = next((r for r in results if r.system == ceiling_name and r.crops_per_s), None)
     lines = [
         f"### {name}",
-        "| system | crops/s | MB/s | vs lsio_torch | vs ceiling | |",
-        "|---|---:|---:|---:|---:|---|",
+        "| system | crops/s | MB/s | vs lsio_torch | vs ceiling | CPU busy | |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         if r.crops_per_s is None:
-            lines.append(f"| {r.system} | - | - | - | - | {r.note} |")
+            lines.append(f"| {r.system} | - | - | - | - | - | {r.note} |")
             continue
         vs_lsio = f"{r.crops_per_s / lsio.crops_per_s:.2f}" if lsio else "-"
         vs_ceiling = f"{r.crops_per_s / ceiling.crops_per_s:.2f}" if ceiling else "-"
+        busy = f"{r.cpu_busy:.0%}" if r.cpu_busy is not None else "-"
         lines.append(
             f"| {r.system} | {r.crops_per_s:,.0f} | {r.mb_per_s:,.0f} | {vs_lsio} | "
-            f"{vs_ceiling} | {r.note} |"
+            f"{vs_ceiling} | {busy} | {r.note} |"
         )
     return "\n".join(lines)
 

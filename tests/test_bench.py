@@ -178,3 +178,39 @@ def test_the_bench_s_object_server_ends_with_the_bench():
             return  # exited, waiting to be reaped by init
         time.sleep(0.05)
     raise AssertionError(f"the object server {pid} still runs")
+
+
+def test_the_object_store_bench_measures_xbatcher_and_the_get_bound(sharded):
+    report = bench(
+        "--data", sharded, "--crop", ",".join(map(str, CROP)), "--batch", str(BATCH),
+        "--n", str(N), "--threads", "2", "--store", "http", "--latency-ms", "0",
+        "--systems", "lsio,xbatcher,get", "--concurrency", "4",
+    )  # fmt: skip
+    [rows] = report["data"].values()
+    by_system = {row["system"]: row for row in rows}
+    assert list(by_system) == ["lsio_torch", "xbatcher", "GET bound"]
+    for row in rows:
+        assert row["seconds"] > 0 and row["crops_per_s"] == pytest.approx(N / row["seconds"])
+        # The whole machine's cores, every process: busy some of the time, never over all.
+        assert 0 < row["cpu_busy"] <= 1
+    assert by_system["xbatcher"]["note"].startswith("2 workers; ")
+
+    def touched(row) -> float:
+        return float(row["note"].split(" chunks a crop")[0].split()[-1])
+
+    # xbatcher's grid straddles chunk edges as the random crops do: no cheaper crops.
+    assert touched(by_system["xbatcher"]) >= 0.95 * touched(by_system["lsio_torch"])
+
+
+def test_xbatcher_s_patches_are_the_crops_the_bench_names(sharded):
+    from lsio_torch._remote_bench import ServedFolder, XbatcherCrops
+
+    path = Path(sharded)
+    expected = zarr.open_array(path, mode="r")
+    with ServedFolder(path.parent, 0, None) as server:
+        crops = XbatcherCrops(f"{server.url}/{path.name}", expected.shape, CROP, 12)
+        origins = crops.origins()
+        assert len(set(origins)) == 12
+        for i, origin in enumerate(origins):
+            region = tuple(slice(o, o + c) for o, c in zip(origin, CROP, strict=True))
+            np.testing.assert_array_equal(crops[i].numpy(), expected[region])

@@ -261,12 +261,37 @@ def chunks_touched(origins, crop, chunks) -> float:
     return float(np.prod(last // chunks - o // chunks + 1, axis=1).mean())
 
 
+class _WarmFirst:
+    """A DataLoader's batch sampler: one batch per worker first (each worker starts, imports
+    and opens the array), then every batch."""
+
+    def __init__(self, n: int, batch: int, workers: int) -> None:
+        self.batches = [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+        self.warm = self.batches[:workers]
+
+    def __iter__(self):
+        batches, self.warm = (self.warm or self.batches), None
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self.warm or self.batches)
+
+
 def run_xbatcher(url, shape, crop, n, batch, workers, chunks, consume) -> tuple[float, str]:
+    """xbatcher's crops in a DataLoader of ``workers`` spawned workers, timed once they are
+    up. Spawned, not forked: the bench has run obstore's runtime and zarr-python's event loop
+    in this process, and a forked worker that reads through them hangs."""
     crops = XbatcherCrops(url, shape, crop, n)
-    loader = torch.utils.data.DataLoader(crops, batch_size=batch, num_workers=workers)
+    sampler = _WarmFirst(n, batch, workers)
+    loader = torch.utils.data.DataLoader(
+        crops, batch_sampler=sampler, num_workers=workers, multiprocessing_context="spawn",
+        persistent_workers=True,
+    )  # fmt: skip
+    for tensor in loader:
+        tensor.sum()
     seconds = consume(loader, "xbatcher", n)
     touched = chunks_touched(crops.origins(), crop, chunks)
-    return seconds, f"{workers} workers; {touched:.2f} chunks a crop"
+    return seconds, f"{workers} spawned workers; {touched:.2f} chunks a crop"
 
 
 def run_get_bound(server_url, root: Path, ranges: Sequence, concurrency: int) -> float:

@@ -315,9 +315,3 @@ def run_get_bound(server_url, root: Path, ranges: Sequence, concurrency: int) ->
     watch = Stopwatch()
     asyncio.run(fetch_all())
     return watch.stop()
-
-
-def best_of(run: Callable[[int], float], choices: Sequence[int]) -> tuple[float, int]:
-    """The fastest of ``run(c)`` over ``choices``: its seconds, and the choice."""
-    timed = [(run(c), c) for c in choices]
-    return min(timed)

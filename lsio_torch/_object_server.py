@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -70,7 +71,16 @@ class ObjectServer:
         #: (method, path, Range header or None, status) per request, in answer order; a
         #: request dropped unanswered (stalled or killed) has status 0.
         self.log: list[LogEntry] = []
+        #: Bodies cut short by :meth:`truncate` so far.
+        self.truncated = 0
+        #: Requests received so far (answered or not): what a test waits on to know that a
+        #: request reached the server.
+        self.arrived = 0
+        #: The most requests held in the latency wait at once: whether they overlapped.
+        self.most_waiting = 0
+        self._waiting = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._faults: list[_Fault] = []
         self._stall_match: str | None = None
         self._unstalled = threading.Event()
@@ -151,6 +161,29 @@ class ObjectServer:
         self._httpd.drop_connections(reset)
         self._httpd.join_threads()
 
+    def wait_for(self, condition: Callable[[ObjectServer], bool], timeout: float = 30) -> None:
+        """Blocks until ``condition(self)`` holds (checked as each request arrives and is
+        answered), or raises ``TimeoutError`` after ``timeout`` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self), timeout):
+                raise TimeoutError(f"the object server did not reach {condition} in {timeout} s")
+
+    def _arrive(self) -> None:
+        with self._changed:
+            self.arrived += 1
+            self._changed.notify_all()
+
+    def _wait_latency(self, seconds: float) -> bool:
+        """Sleeps the latency (overlapping other requests'); True when the server stopped."""
+        with self._changed:
+            self._waiting += 1
+            self.most_waiting = max(self.most_waiting, self._waiting)
+        try:
+            return self._stopped.wait(seconds)
+        finally:
+            with self._changed:
+                self._waiting -= 1
+
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         """The fault this request meets, counted down; None for normal service. A HEAD has
         no body to truncate: it meets only failures."""
@@ -167,9 +200,11 @@ class ObjectServer:
         with self._lock:
             return self._stall_match is not None and self._stall_match in path
 
-    def _record(self, entry: LogEntry) -> None:
-        with self._lock:
+    def _record(self, entry: LogEntry, truncated: bool = False) -> None:
+        with self._changed:
             self.log.append(entry)
+            self.truncated += truncated
+            self._changed.notify_all()
 
     def _open(self, url_path: str) -> int | None:
         """A descriptor of the regular file a URL path names under root; None for a missing
@@ -276,11 +311,12 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         ranges = self.headers.get("Range")
         entry = (self.command, self.path, ranges)
+        owner._arrive()
         fault = owner._take_fault(self.command, self.path)
         if owner._stalls(self.path):
             owner._unstalled.wait()
         latency = owner.latency_ms / 1000
-        if owner._stopped.is_set() or (latency > 0 and owner._stopped.wait(latency)):
+        if owner._stopped.is_set() or (latency > 0 and owner._wait_latency(latency)):
             owner._record((*entry, 0))
             self.close_connection = True
             return
@@ -326,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
             start, end = span
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        self.server.owner._record((*entry, status))
+        self.server.owner._record((*entry, status), truncated=truncate and body)
         headers["Content-Type"] = "application/octet-stream"
         count = end - start
         sent = count // 2 if truncate else count

@@ -5,36 +5,18 @@ open time with a message that names it."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numcodecs
 import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import crop_origins, reference_crop
-from zarr_cases import CASES, SHAPE, Case, v2, v3
+from support import crop_origins, reference_crop, same_values
+from zarr_cases import CASES, CHUNKS, SHAPE, Case, v2, v3
 
 import lsio_torch
 
 CROPS = [(4, 5, 3), (5, 6, 4), SHAPE, (1, 1, 1), (3, 13, 2)]
-
-
-def same_values(got: np.ndarray, want: np.ndarray) -> bool:
-    """Bit-for-bit equality, except that any NaN equals any NaN."""
-    if got.shape != want.shape or got.dtype != want.dtype:
-        return False
-    if want.dtype.kind not in "fc":
-        return got.tobytes() == want.tobytes()
-    parts = (got.real, got.imag, want.real, want.imag) if want.dtype.kind == "c" else (got, want)
-    pairs = [(parts[0], parts[-2 if len(parts) == 4 else 1])]
-    if len(parts) == 4:
-        pairs = [(parts[0], parts[2]), (parts[1], parts[3])]
-    for a, b in pairs:
-        nan = np.isnan(b)
-        if not np.array_equal(np.isnan(a), nan) or a[~nan].tobytes() != b[~nan].tobytes():
-            return False
-    return True
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -201,9 +183,20 @@ def test_unsupported_features_are_refused_at_open(tmp_path, feature):
     assert "a.zarr" in str(raised.value)
 
 
-def test_missing_array_in_v2_layout_names_the_path(tmp_path):
+def test_a_deleted_v2_chunk_reads_as_the_fill_value(tmp_path):
     path = v2(numcodecs.Zstd())(tmp_path / "a.zarr")
-    shutil.rmtree(path / "0.0.0", ignore_errors=True)
-    (path / "0.0.0").unlink(missing_ok=True)
-    out = lsio_torch.read_crops(path, [(0, 0, 0)], (2, 2, 2))
-    assert same_values(out[0].numpy(), zarr.open_array(path)[:2, :2, :2])
+    chunk = path / "1.1.1"  # written: with_holes leaves only chunk 0.0.0 unstored
+    before = lsio_torch.read_crops(path, [(4, 5, 3)], CHUNKS)[0].numpy()
+    assert chunk.is_file() and (before != 0).any()
+    chunk.unlink()
+    out = lsio_torch.read_crops(path, [(4, 5, 3)], CHUNKS)[0].numpy()
+    assert (out == 0).all()
+    assert same_values(out, zarr.open_array(path)[4:8, 5:10, 3:6])
+
+
+@pytest.mark.parametrize("meta", [".zarray", "zarr.json"])
+def test_a_missing_array_is_file_not_found_naming_the_path(tmp_path, meta):
+    path = (v2(numcodecs.Zstd()) if meta == ".zarray" else v3())(tmp_path / "a.zarr")
+    (path / meta).unlink()
+    with pytest.raises(FileNotFoundError, match=r"a\.zarr"):
+        lsio_torch.read_crops(path, [(0, 0, 0)], (2, 2, 2))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from conftest import smooth_field
+from support import smooth_field
 from zarr.codecs import ZstdCodec
 
 # The reading side runs in a child with its own descriptor limit; it compares every batch

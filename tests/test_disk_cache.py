@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import INNER, SHARD, reference_crop, same_bits, write_array
-from test_engine import engine_threads
+from support import (
+    FILL,
+    INNER,
+    SHARD,
+    check_batches,
+    chunks_touched,
+    engine_threads,
+    same_bits,
+    write_array,
+)
 
 import lsio_torch
 from lsio_torch import _lsio_torch
@@ -36,10 +44,7 @@ def check_epochs(ds, values, epochs=(0,)) -> int:
     n = 0
     for epoch in epochs:
         ds.set_epoch(epoch)
-        for batch, origins in ds:
-            for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
-                assert same_bits(crop, reference_crop(values, origin, CROP)), origin
-                n += 1
+        n += check_batches(ds, values, CROP)
     return n
 
 
@@ -250,12 +255,7 @@ def test_dataloader_workers_share_one_folder(tmp_path, object_server, method):
         ds, batch_size=None, num_workers=2, multiprocessing_context=method
     )
     for _ in range(2):
-        n = 0
-        for batch, origins in loader:
-            for crop, origin in zip(batch.numpy(), origins.tolist(), strict=True):
-                assert same_bits(crop, reference_crop(values, origin, CROP))
-                n += 1
-        assert n == 48
+        assert check_batches(loader, values, CROP) == 48
     # What the workers wrote is whole: this process reads every chunk from the folder.
     check_epochs(ds, values)
     s = ds.stats()
@@ -304,4 +304,40 @@ def test_cache_dir_arguments_are_checked(tmp_path, object_server):
 def test_the_disk_cache_counts_what_it_holds(tmp_path):
     cache = _lsio_torch.DiskCache(str(tmp_path / "c"), 1 << 20)
     assert cache.max_bytes == 1 << 20 and Path(cache.path) == tmp_path / "c"
-    assert cache.stats() == lsio_torch.dataset._EMPTY_DISK_CACHE_STATS
+    assert cache.stats() == {
+        "disk_cache_hits": 0,
+        "disk_cache_misses": 0,
+        "disk_cache_bytes_read": 0,
+        "disk_cache_bytes_written": 0,
+        "disk_cache_evictions": 0,
+        "disk_cache_corrupt": 0,
+        "disk_cache_write_errors": 0,
+        "disk_cache_bytes": 0,
+    }
+
+
+def test_a_filled_folder_counts_its_blocks_and_what_was_written(tmp_path, object_server):
+    """After an epoch, the folder holds what its files take on disk (counted here from their
+    blocks), and what was written is exactly the chunk bytes its records name."""
+    values = served_copy(tmp_path, "shard-index-end")
+    url, folder = f"{object_server(tmp_path / 'served').url}/a.zarr", tmp_path / "cache"
+    ds = dataset(url, folder)
+    batches = list(ds)
+    assert check_batches(batches, values, CROP) == 24
+    # The chunks stored (not all fill) that the crops touch, counted with numpy.
+    touched = set().union(*(chunks_touched(o.tolist(), CROP, INNER) for _, o in batches))
+    stored = {
+        chunk
+        for chunk in touched
+        if (
+            values[tuple(slice(i * c, (i + 1) * c) for i, c in zip(chunk, INNER, strict=True))]
+            != FILL
+        ).any()
+    }
+    s = ds.stats()
+    assert s["disk_cache_bytes"] == folder_bytes(folder) > 0
+    assert records(folder) == len(stored) <= s["disk_cache_misses"]
+    stored = sum(
+        f.stat().st_size for f in (tmp_path / "served" / "a.zarr" / "c").rglob("*") if f.is_file()
+    )
+    assert 0 < s["disk_cache_bytes_written"] <= stored

@@ -7,29 +7,31 @@ import os
 import shutil
 import threading
 
-import google_crc32c
 import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import reference_crop, same_bits, write_array
+from conftest import io_uring_refusal
+from support import (
+    FILL,
+    INNER,
+    check_crops,
+    cut_file,
+    engine_threads,
+    junk_head,
+    reference_crop,
+    rewrite_shard_index,
+    same_bits,
+    shard_index,
+    write_array,
+)
 
 import lsio_torch
 
 
-def engine_threads() -> list[str]:
-    """Names of this process's threads that belong to an lsio engine."""
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                names.append(f.read().strip())
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # the thread exited while we listed, or while we read its name
-    return [n for n in names if n.startswith("lsio-")]
-
-
 def test_default_backend_is_io_uring_and_lsio_io_switches(arrays, monkeypatch):
+    if (refused := io_uring_refusal()) is not None:
+        pytest.skip(f"io_uring is refused here: {refused}")
     monkeypatch.delenv("LSIO_IO", raising=False)
     assert lsio_torch.io_backend() == "io_uring", lsio_torch.io_fallback_reason()
     assert lsio_torch.io_fallback_reason() is None
@@ -98,10 +100,7 @@ def test_origin_outside_the_array_is_an_index_error(arrays):
 @pytest.mark.parametrize("layout", ["unsharded", "shard-index-end"])
 def test_corrupt_chunk_is_an_error_naming_file_and_chunk(tmp_path, layout, backend):
     written = write_array(tmp_path / "a.zarr", layout, "int16")
-    shard = written.path / "c/0/0/0"
-    data = bytearray(shard.read_bytes())
-    data[0:4] = b"junk"  # the first (inner) chunk's zstd frame header
-    shard.write_bytes(bytes(data))
+    junk_head(written.path / "c/0/0/0")  # the first (inner) chunk's zstd frame header
     with pytest.raises(lsio_torch.LsioError, match=r"c/0/0/0: corrupt chunk \[0, 0, 0\]"):
         lsio_torch.read_crops(written.path, [(0, 0, 0)], (2, 2, 2))
     ds = lsio_torch.ZarrCropDataset(written.path, (13, 50, 37), batch_size=1, samples_per_epoch=2)
@@ -111,8 +110,7 @@ def test_corrupt_chunk_is_an_error_naming_file_and_chunk(tmp_path, layout, backe
 
 def test_truncated_chunk_is_an_error_not_zeros(tmp_path, backend):
     written = write_array(tmp_path / "a.zarr", "unsharded", "float32")
-    chunk = written.path / "c/1/0/0"
-    chunk.write_bytes(chunk.read_bytes()[:-20])
+    cut_file(written.path / "c/1/0/0", 20)
     with pytest.raises(lsio_torch.LsioError, match=r"c/1/0/0: corrupt chunk \[1, 0, 0\]: zstd"):
         lsio_torch.read_crops(written.path, [(4, 0, 0)], (2, 2, 2))
 
@@ -121,17 +119,14 @@ def test_truncated_chunk_is_an_error_not_zeros(tmp_path, backend):
 def test_truncated_uncompressed_chunk_is_an_error_not_zeros(tmp_path, backend, layout):
     written = write_array(tmp_path / "a.zarr", layout, "float32")
     if layout == "unsharded-raw":
-        chunk = written.path / "c/1/0/0"
-        chunk.write_bytes(chunk.read_bytes()[:-20])
+        cut_file(written.path / "c/1/0/0", 20)
         where = r"c/1/0/0: corrupt chunk \[1, 0, 0\]"
     else:  # an inner chunk's slot made shorter in the shard index
-        shard = written.path / "c/0/0/0"
-        data = bytearray(shard.read_bytes())
-        index = np.frombuffer(data[-(4 + 16 * 8) : -4], dtype="<u8").copy()
-        index[1] -= 8  # the first inner chunk's length
-        data[-(4 + 16 * 8) : -4] = index.tobytes()
-        data[-4:] = google_crc32c.value(bytes(data[-(4 + 16 * 8) : -4])).to_bytes(4, "little")
-        shard.write_bytes(bytes(data))
+
+        def shorter(index):
+            index[0, 1] -= 8  # the first inner chunk's length
+
+        rewrite_shard_index(written.path / "c/0/0/0", 8, shorter)
         where = r"c/0/0/0: corrupt chunk \[0, 0, 0\]"
     with pytest.raises(lsio_torch.LsioError, match=where + ".*uncompressed chunk of"):
         lsio_torch.read_crops(written.path, [(4, 0, 0), (0, 0, 0)], (2, 2, 2))
@@ -139,8 +134,7 @@ def test_truncated_uncompressed_chunk_is_an_error_not_zeros(tmp_path, backend, l
 
 def test_truncated_shard_is_an_error_not_zeros(tmp_path, backend):
     written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16")
-    shard = written.path / "c/0/0/0"
-    shard.write_bytes(shard.read_bytes()[:-50])
+    cut_file(written.path / "c/0/0/0", 50)
     with pytest.raises(lsio_torch.LsioError, match=r"c/0/0/0: corrupt shard index"):
         lsio_torch.read_crops(written.path, [(0, 0, 0)], (2, 2, 2))
 
@@ -152,8 +146,7 @@ def test_chunk_cut_short_in_a_read_of_adjacent_chunks_is_named(tmp_path, backend
     I/O thread)."""
     written = write_array(tmp_path / "a.zarr", "shard-index-end", "int16")
     shard = written.path / "c/0/0/0"
-    data = shard.read_bytes()
-    index = np.frombuffer(data[-(4 + 8 * 16) : -4], dtype="<u8").reshape(2, 2, 2, 2)
+    index = shard_index(shard, 8).reshape(2, 2, 2, 2)
     written_slots = [(c, *index[c]) for c in np.ndindex(2, 2, 2) if index[c][0] != 2**64 - 1]
     last, offset, length = max(written_slots, key=lambda slot: slot[1])
     first_chunk = [(0, 0, 0)] * 8
@@ -179,10 +172,7 @@ def test_corrupt_chunk_with_io_threads_is_named_and_threads_exit(tmp_path, backe
     """A chunk that does not decode (found on a decode thread, after an I/O thread read it)
     is an error naming it, as without I/O threads; and the engine's threads all exit."""
     written = write_array(tmp_path / "a.zarr", "unsharded", "int16")
-    chunk = written.path / "c/0/0/0"
-    data = bytearray(chunk.read_bytes())
-    data[0:4] = b"junk"  # the zstd frame header
-    chunk.write_bytes(bytes(data))
+    junk_head(written.path / "c/0/0/0")  # the zstd frame header
     ds = lsio_torch.ZarrCropDataset(
         written.path, (4, 16, 10), batch_size=4, io_threads=1, threads=2,
         origins=[(4, 0, 0)] * 4 + [(0, 0, 0)] * 4,
@@ -203,14 +193,32 @@ def test_io_threads_must_be_a_non_negative_integer(arrays):
             lsio_torch.ZarrCropDataset(written.path, (2, 2, 2), io_threads=bad)
 
 
-def test_deleted_array_mid_run_is_an_error(tmp_path):
+def test_chunks_deleted_mid_run_read_as_old_values_or_fill_never_garbage(tmp_path):
+    """A store whose chunk files are deleted while a loop runs: each crop (one whole chunk)
+    is either what was there (its file was open before) or the fill value, as zarr-python
+    reads a missing chunk; never an error, a mix or garbage. The next epoch opens the files
+    again and reads what zarr-python reads now: the fill value everywhere."""
     written = write_array(tmp_path / "a.zarr", "unsharded", "int16")
-    ds = lsio_torch.ZarrCropDataset(written.path, (4, 16, 10), batch_size=2)
+    origins = [(t, y, x) for t in (0, 4) for y in (0, 16, 32) for x in (0, 10, 20)]
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, INNER, batch_size=2, origins=origins * 3, return_origins=True,
+        prefetch=1, cache_bytes=0,
+    )  # fmt: skip
+    batches = iter(ds)
+    first, first_origins = next(batches)
+    check_crops(first, first_origins, written.values, INNER)
     shutil.rmtree(written.path / "c")
-    # Missing chunk files read as the fill value, exactly as zarr-python reads them.
-    batch = next(iter(ds))
-    assert (batch == 7).all()
-    assert (zarr.open_array(written.path)[:4, :16, :10] == 7).all()
+    fill = np.full(INNER, FILL, dtype="int16")
+    kinds = set()
+    for batch, at in batches:
+        for got, origin in zip(batch.numpy(), at.tolist(), strict=True):
+            old = reference_crop(written.values, origin, INNER)
+            kinds.add("fill" if same_bits(got, fill) else "old" if same_bits(got, old) else "bad")
+    assert "bad" not in kinds and "fill" in kinds, kinds
+    assert (zarr.open_array(written.path)[...] == FILL).all()
+    ds.set_epoch(1)
+    for batch, _ in ds:
+        assert (batch == FILL).all()
 
 
 def test_abandoned_loops_leave_no_threads_or_files(arrays):

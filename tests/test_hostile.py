@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import same_bits, smooth_field
+from support import same_bits, smooth_field
 from zarr.codecs import BytesCodec, ZstdCodec
 
 import lsio_torch

@@ -14,7 +14,7 @@ import pytest
 import torch
 import zarr
 import zarr.codecs.numcodecs as znc
-from conftest import crop_origins, reference_crop, same_bits, smooth_field
+from support import crop_origins, reference_crop, same_bits, smooth_field
 
 import lsio_torch
 
@@ -145,9 +145,11 @@ DELTAS = [
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 @pytest.mark.parametrize(("dtype", "astype"), DELTAS, ids=[f"{d}-{a}" for d, a in DELTAS])
-def test_delta_decodes_as_numcodecs(tmp_path, zarr_format, dtype, astype):
+def test_delta_decodes_as_numcodecs(tmp_path, zarr_format, dtype, astype, request):
     if zarr_format == 3 and np.dtype(dtype).itemsize == 1 and astype is not None:
-        pytest.skip("zarr-python 3 writes no bytes endian for the 1-byte array, then fails")
+        # Strict: the day zarr-python reads it, this case fails until the mark is removed.
+        reason = "zarr-python 3 writes no bytes endian for the 1-byte array, then cannot read it"
+        request.applymarker(pytest.mark.xfail(strict=True, raises=ValueError, reason=reason))
     values = smooth_field(SHAPE, np.dtype(dtype).name, seed=4)
     codec = numcodecs.Delta(dtype=dtype, astype=astype)
     compressor = numcodecs.Zstd(level=1)

@@ -142,19 +142,23 @@ def test_latency_delays_the_first_byte_and_overlaps(object_server: Start, root: 
     server = object_server(root, latency_ms=300)
     began = time.monotonic()
     assert fetch(server, "/a/small.bin")[0] == 200
-    assert time.monotonic() - began >= 0.29
+    assert time.monotonic() - began >= 0.29  # a lower bound: no load makes a sleep shorter
+    assert server.most_waiting == 1
+    # Four requests at once wait out their latency together, not in turn: the server holds
+    # all four in the wait at one moment (a wait long enough for any machine to start them).
+    server.latency_ms = 3000
     statuses: list[int] = []
     threads = [
         threading.Thread(target=lambda: statuses.append(fetch(server, "/a/small.bin")[0]))
         for _ in range(4)
     ]
-    began = time.monotonic()
     for thread in threads:
         thread.start()
+    server.wait_for(lambda s: s.most_waiting == 4)
+    server.latency_ms = 0
     for thread in threads:
         thread.join()
     assert statuses == [200] * 4
-    assert time.monotonic() - began < 0.9  # 1.2 s if they waited in turn
 
 
 def test_bandwidth_paces_a_connection(object_server: Start, root: Path) -> None:
@@ -163,11 +167,10 @@ def test_bandwidth_paces_a_connection(object_server: Start, root: Path) -> None:
     status, _, body = fetch(server, "/big.bin")
     took = time.monotonic() - began
     assert (status, body) == (200, BIG)
-    assert 0.35 < took < 1.5  # 2 MiB at 4 MB/s: about 0.5 s
+    assert took > 0.35  # 2 MiB at 4 MB/s: at least 0.5 s less a block; no load makes it less
+    # Changed while serving (speed is the bench's to measure, not a test's).
     server.bandwidth = None
-    began = time.monotonic()
     assert fetch(server, "/big.bin")[2] == BIG
-    assert time.monotonic() - began < 0.3
 
 
 def test_fail_counts_down(object_server: Start, root: Path) -> None:
@@ -197,6 +200,7 @@ def test_truncate_sends_half_the_body(
     with pytest.raises(http.client.IncompleteRead) as short:
         response.read()
     assert len(short.value.partial) == size // 2
+    assert server.truncated == 1
     connection.close()
     assert fetch(server, path)[:3:2] == (200, (root / path[1:]).read_bytes())
 
@@ -230,8 +234,9 @@ def test_stall_blocks_until_unstall(object_server: Start, root: Path) -> None:
     assert fetch(server, "/big.bin")[0] == 200  # other paths still served
     held: list[bytes] = []
     waiting = threading.Thread(target=lambda: held.append(fetch(server, "/a/small.bin")[2]))
+    arrived = server.arrived
     waiting.start()
-    time.sleep(0.2)
+    server.wait_for(lambda s: s.arrived == arrived + 1)  # the request is held by the server
     assert held == []
     server.unstall()
     waiting.join(timeout=5)
@@ -252,11 +257,10 @@ def test_close_drops_stalled_requests(object_server: Start, root: Path) -> None:
 
     waiting = threading.Thread(target=request)
     waiting.start()
-    time.sleep(0.2)
-    began = time.monotonic()
-    server.close()
-    assert time.monotonic() - began < 1
-    waiting.join(timeout=5)
+    server.wait_for(lambda s: s.arrived == 1)
+    server.close()  # returns though a request is stalled (a hang fails the test's join)
+    waiting.join(timeout=30)
+    assert not waiting.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], (ConnectionError, http.client.HTTPException))
     assert server.log == [("GET", "/a/small.bin", None, 0)]
 
@@ -276,7 +280,8 @@ def test_kill_cuts_connections_and_refuses_new_ones(object_server: Start, root: 
 
     downloading = threading.Thread(target=download)
     downloading.start()
-    time.sleep(0.3)
+    # The headers are sent as the answer is logged; the body then takes about 2 s.
+    server.wait_for(lambda s: ("GET", "/big.bin", None, 200) in s.log)
     server.kill()
     downloading.join(timeout=5)
     assert len(errors) == 1 and isinstance(errors[0], (OSError, http.client.HTTPException))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import reference_crop, same_bits, smooth_field
+from support import reference_crop, same_bits, smooth_field
 from torch.utils.data import DataLoader
 
 import lsio_torch

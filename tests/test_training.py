@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 import torch.multiprocessing
-from conftest import reference_crop, same_bits
+from support import junk_head, reference_crop, same_bits, write_array
 from torch.utils.data import DataLoader
 
 import lsio_torch
@@ -194,20 +194,10 @@ def test_state_dict_tracks_the_position_and_refuses_another_dataset(arrays):
         other.load_state_dict(state)
 
 
-def _corrupt_first_chunk(path) -> str:
-    chunk = next(p for p in sorted(path.rglob("c/*/*/*")) if p.is_file())
-    data = bytearray(chunk.read_bytes())
-    data[:8] = b"\xff" * 8  # not a zstd frame any more
-    chunk.write_bytes(bytes(data))
-    return str(chunk)
-
-
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_rust_error_in_a_worker_reaches_the_main_process_intact(tmp_path, method):
-    from conftest import write_array
-
     written = write_array(tmp_path / "a.zarr", "unsharded", "int16")
-    chunk = _corrupt_first_chunk(written.path)
+    chunk = str(junk_head(written.path / "c" / "0" / "0" / "0", 8))  # not a zstd frame
     ds = lsio_torch.ZarrCropDataset(
         written.path, (4, 16, 10), origins=[(0, 0, 0)] * 8, batch_size=2
     )

@@ -13,7 +13,7 @@ import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
-from conftest import smooth_field
+from support import smooth_field
 from zarr.codecs import (
     BloscCodec,
     BytesCodec,

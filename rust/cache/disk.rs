@@ -710,10 +710,19 @@ mod tests {
         assert!(per_object >= 4096 + RECORD as u64);
         std::fs::remove_dir_all(probe.dir()).unwrap();
         let cache = DiskCache::open(&dir, per_object * 10 + per_object / 2).unwrap();
+        // Object i written i seconds after the first, an hour ago: "oldest" is set, not slept.
+        let an_hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
         for i in 0..10 {
-            cache.put(&cache.entry(&key(i)), 0, &chunk);
-            // File times must differ for "oldest" to mean something.
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            let entry = cache.entry(&key(i));
+            cache.put(&entry, 0, &chunk);
+            let written = an_hour_ago + std::time::Duration::from_secs(i as u64);
+            for path in [
+                entry.data_path().to_path_buf(),
+                entry.data_path().with_extension(LOG),
+            ] {
+                let file = File::options().write(true).open(&path).unwrap();
+                file.set_modified(written).unwrap();
+            }
         }
         let there = |i: usize| cache.entry(&key(i)).data_path().exists();
         assert!((0..10).all(there));

@@ -753,3 +753,227 @@ pub(super) fn advise(reader: &mut dyn Reader, planned: &Planned) {
     let ops = planned.ops();
     reader.advise(&ops);
 }
+
+#[cfg(test)]
+mod tests {
+    //! The planning math on arrays zarr-python wrote (`tests/fixtures`): which chunks a batch
+    //! reads, at which byte ranges, checked against the files' own bytes (each shard index
+    //! parsed here, independently of `zarr::shard_index`).
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::io::pread::PreadReader;
+    use crate::io::Backend;
+    use crate::zarr::ZarrArray;
+
+    /// The fixtures' inner chunk grid: (6, 10, 9) in chunks of (2, 4, 3), shards of (4, 8, 6).
+    const INNER: [u64; 3] = [2, 4, 3];
+    const PER_SHARD: usize = 2 * 2 * 2;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn shared(path: &Path, crop: &[u64]) -> Shared {
+        let array = Arc::new(ZarrArray::open(path).unwrap());
+        Shared::new(array, crop.to_vec(), Backend::Pread, None).unwrap()
+    }
+
+    fn plan(shared: &Shared, origins: &[Vec<u64>]) -> Planned {
+        let mut cache = PlanCache::default();
+        plan_reads(shared, &mut PreadReader, None, &mut cache, origins, &[]).unwrap()
+    }
+
+    /// A shard's index as zarr-python wrote it: `(offset, length)` per inner chunk, little
+    /// endian, then a CRC-32C, at the end of the file or at its start.
+    fn index_of(path: &Path, at_end: bool) -> Vec<(u64, u64)> {
+        let bytes = std::fs::read(path).unwrap();
+        let size = 16 * PER_SHARD;
+        let raw = if at_end {
+            &bytes[bytes.len() - size - 4..bytes.len() - 4]
+        } else {
+            &bytes[..size]
+        };
+        raw.chunks(16)
+            .map(|e| {
+                let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+                (word(&e[..8]), word(&e[8..]))
+            })
+            .collect()
+    }
+
+    /// Every inner chunk that crops of `crop` at `origins` touch, counted element by element.
+    fn touched(crop: &[u64], origins: &[Vec<u64>]) -> Vec<Vec<u64>> {
+        let mut out = std::collections::BTreeSet::new();
+        for o in origins {
+            for i in o[0]..o[0] + crop[0] {
+                for j in o[1]..o[1] + crop[1] {
+                    for k in o[2]..o[2] + crop[2] {
+                        out.insert(vec![i / INNER[0], j / INNER[1], k / INNER[2]]);
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// The reads of a sharded fixture's batch are exactly the written slots of the chunks
+    /// its crops touch, at the offsets and lengths the shard index on disk gives; chunks in
+    /// an empty slot or a shard never written read nothing and are the fill value.
+    fn check_sharded(name: &str, at_end: bool) {
+        let crop = [3, 5, 4];
+        let origins = vec![vec![0, 0, 0], vec![1, 3, 2], vec![3, 5, 5], vec![2, 2, 0]];
+        let shared = shared(&fixture(name), &crop);
+        let planned = plan(&shared, &origins);
+        let chunks: Vec<_> = planned.tasks.iter().map(|t| t.chunk.clone()).collect();
+        assert_eq!(chunks, touched(&crop, &origins));
+        let mut expected = Vec::new();
+        for (t, chunk) in chunks.iter().enumerate() {
+            let shard: Vec<u64> = chunk.iter().map(|c| c / 2).collect();
+            let inner = ((chunk[0] % 2) * 4 + (chunk[1] % 2) * 2 + chunk[2] % 2) as usize;
+            let path = fixture(name).join(format!("c/{}/{}/{}", shard[0], shard[1], shard[2]));
+            let slot = path
+                .exists()
+                .then(|| index_of(&path, at_end)[inner])
+                .filter(|&(offset, len)| (offset, len) != (u64::MAX, u64::MAX));
+            match slot {
+                Some((offset, len)) => {
+                    assert!(matches!(planned.sources[t], Source::Encoded), "{chunk:?}");
+                    expected.push((path, offset, len as usize));
+                }
+                None => assert!(matches!(planned.sources[t], Source::Fill), "{chunk:?}"),
+            }
+        }
+        // The fixture's holes: the empty slot of inner chunk (0, 1, 0), and rows 4..6.
+        let fills = |c: &Vec<u64>| c == &vec![0, 1, 0] || c[0] >= 2;
+        let filled: Vec<bool> = planned
+            .sources
+            .iter()
+            .map(|s| matches!(s, Source::Fill))
+            .collect();
+        assert_eq!(filled, chunks.iter().map(fills).collect::<Vec<_>>());
+        let mut got: Vec<_> = planned
+            .reads
+            .iter()
+            .map(|r| (planned.path(r).to_path_buf(), r.offset, r.len))
+            .collect();
+        // Reads go out in file order, then offset order: chunks side by side are read together.
+        let in_order = got
+            .windows(2)
+            .all(|w| (&w[0].0, w[0].1) < (&w[1].0, w[1].1));
+        assert!(in_order, "{got:?}");
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_batch_reads_each_chunk_at_its_slot_in_a_shard_indexed_at_the_end() {
+        check_sharded("sharded_end_int16.zarr", true);
+    }
+
+    #[test]
+    fn a_batch_reads_each_chunk_at_its_slot_in_a_shard_indexed_at_the_start() {
+        check_sharded("sharded_start_float32.zarr", false);
+    }
+
+    #[test]
+    fn an_unsharded_batch_reads_each_chunk_file_whole_and_missing_files_as_fill() {
+        let crop = [2, 6, 5];
+        let origins = vec![vec![0, 2, 1], vec![3, 4, 4]];
+        let path = fixture("unsharded_uint8.zarr");
+        let shared = shared(&path, &crop);
+        let planned = plan(&shared, &origins);
+        let chunks = touched(&crop, &origins);
+        assert_eq!(planned.tasks.len(), chunks.len());
+        let mut reads = Vec::new();
+        for (task, source) in planned.tasks.iter().zip(&planned.sources) {
+            let c = &task.chunk;
+            let file = path.join(format!("c/{}/{}/{}", c[0], c[1], c[2]));
+            if file.exists() {
+                assert!(matches!(source, Source::Encoded), "{c:?}");
+                reads.push((
+                    file.clone(),
+                    0,
+                    std::fs::metadata(&file).unwrap().len() as usize,
+                ));
+            } else {
+                assert!(matches!(source, Source::Fill), "{c:?}");
+            }
+        }
+        assert!(
+            reads.len() < chunks.len(),
+            "the fixture's holes are touched"
+        );
+        let got: Vec<_> = planned
+            .reads
+            .iter()
+            .map(|r| (planned.path(r).to_path_buf(), r.offset, r.len))
+            .collect();
+        assert_eq!(got, reads);
+        assert!(planned.reads.iter().all(|r| r.chunk_start == 0 && !r.whole));
+    }
+
+    /// A v3 array of (4, 6) uint16 in raw chunks of (2, 3), written here as zarr-python
+    /// writes it: each chunk file its 12 bytes, little endian.
+    fn raw_array() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = r#"{"zarr_format": 3, "node_type": "array", "shape": [4, 6],
+            "data_type": "uint16", "fill_value": 0,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 3]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}]}"#;
+        std::fs::write(dir.path().join("zarr.json"), meta).unwrap();
+        for (i, j) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let chunk = dir.path().join(format!("c/{i}"));
+            std::fs::create_dir_all(&chunk).unwrap();
+            std::fs::write(chunk.join(format!("{j}")), [0u8; 12]).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_raw_chunk_is_read_from_the_first_to_the_last_byte_its_crops_need() {
+        let dir = raw_array();
+        // Row 1, columns 1..3 of chunk (0, 0): elements 4 and 5, bytes 8..12.
+        let shared = shared(dir.path(), &[1, 2]);
+        let mut planned = plan(&shared, &[vec![1, 1]]);
+        read_only_what_crops_need(&shared, &mut planned).unwrap();
+        let [read] = planned.reads.as_slice() else {
+            panic!("one read: {:?}", planned.reads)
+        };
+        assert_eq!((read.offset, read.len, read.chunk_start), (8, 4, 8));
+        // One run of one crop: read straight into the batch, at the crop's start.
+        assert_eq!(read.direct, Some(0));
+        // Two crops in one chunk, rows 0 and 1 at column 0: elements 0 and 3, bytes 0..8;
+        // the second crop's bytes go to the batch's second crop (4 bytes on).
+        let shared = self::shared(dir.path(), &[1, 1]);
+        let mut planned = plan(&shared, &[vec![0, 0], vec![1, 0]]);
+        read_only_what_crops_need(&shared, &mut planned).unwrap();
+        let [read] = planned.reads.as_slice() else {
+            panic!("one read: {:?}", planned.reads)
+        };
+        assert_eq!((read.offset, read.len, read.chunk_start), (0, 8, 0));
+        assert_eq!(
+            read.direct, None,
+            "two crops' bytes are not one run of the batch"
+        );
+    }
+
+    #[test]
+    fn a_raw_chunk_of_the_wrong_length_is_corrupt_naming_it() {
+        let dir = raw_array();
+        std::fs::write(dir.path().join("c/1/1"), [0u8; 10]).unwrap();
+        let shared = shared(dir.path(), &[1, 1]);
+        let mut planned = plan(&shared, &[vec![3, 5]]);
+        let e = read_only_what_crops_need(&shared, &mut planned).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("c/1/1") && message.contains("chunk [1, 1]"),
+            "{message}"
+        );
+        assert!(message.contains("10 bytes, expected 12"), "{message}");
+    }
+}

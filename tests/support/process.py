@@ -1,0 +1,49 @@
+"""The test process itself: the engine's threads, memory, and waiting on a condition."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def engine_threads() -> list[str]:
+    """Names of this process's threads that belong to an lsio engine."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread exited while we listed, or while we read its name
+    return [n for n in names if n.startswith("lsio-")]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Polls ``condition`` until it is true and returns its value; fails after ``timeout``
+    seconds. For what ends asynchronously (threads exiting), with a limit no loaded machine
+    reaches: a synchronisation, not a speed check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or condition}")
+        threading.Event().wait(0.02)
+
+
+def epochs_of(ds, epochs: int) -> list[Any]:
+    """Every batch of epochs 0 .. ``epochs - 1`` of a dataset, in order."""
+    out = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        out.extend(ds)
+    return out

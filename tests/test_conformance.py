@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from support import crop_origins, reference_crop, same_values
+from support import check_batches, check_crops, crop_origins, same_values
 from zarr_cases import CASES, CHUNKS, SHAPE, Case, v2, v3
 
 import lsio_torch
@@ -28,10 +28,7 @@ def test_crops_equal_zarr_python(case: Case, tmp_path):
     for k, crop in enumerate(CROPS):
         origins = crop_origins(SHAPE, crop, n=10, seed=k)
         out = lsio_torch.read_crops(path, origins, crop)
-        for origin, got in zip(origins, out, strict=True):
-            want = reference_crop(reference, origin, crop)
-            assert same_values(got.numpy(), want), f"{case.id}: crop {crop} at {origin}"
-            checked += 1
+        checked += check_crops(out, origins, reference, crop, same_values)
     assert checked == 50
 
 
@@ -51,9 +48,7 @@ def test_crop_by_dimension_name_takes_the_rest_whole(tmp_path, fmt):
     )
     assert ds.crop == (2, 5, 7)
     reference = zarr.open_array(path)[...]
-    for batch, origins in ds:
-        for got, origin in zip(batch, origins, strict=True):
-            assert same_values(got.numpy(), reference_crop(reference, origin.tolist(), ds.crop))
+    assert check_batches(ds, reference, ds.crop, same_values) == 8
     with pytest.raises(ValueError, match=r"crop names \['level'\], not dimensions"):
         lsio_torch.ZarrCropDataset(path, {"level": 1})
 
@@ -81,15 +76,9 @@ def test_variables_of_a_group(tmp_path, fmt, consolidated):
         samples_per_epoch=6,
         return_origins=True,
     )
-    seen = 0
-    for batch, origins in torch.utils.data.DataLoader(loader, batch_size=None):
-        assert set(batch) == {"t2m", "u10"}
-        for name in ("t2m", "u10"):
-            for got, origin in zip(batch[name], origins, strict=True):
-                want = reference_crop(ds[name].values, origin.tolist(), (11, 4, 4))
-                assert same_values(got.numpy(), want)
-                seen += 1
-    assert seen == 12
+    batches = torch.utils.data.DataLoader(loader, batch_size=None)
+    values = {name: ds[name].values for name in ("t2m", "u10")}
+    assert check_batches(batches, values, (11, 4, 4), same_values) == 6
 
 
 def test_consolidated_metadata_is_used(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from support import chunks_touched, smooth_field
+from support import chunks_touched, smooth_field, write_zarr
 from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
 
 import lsio_torch
@@ -30,11 +30,7 @@ def sharded(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("bench") / "sat.zarr"
     values = smooth_field((8, 64, 64), "int16", 0)
     sharding = ShardingCodec(chunk_shape=INNER, codecs=[BytesCodec(), ZstdCodec(level=3)])
-    array = zarr.create_array(
-        path, shape=values.shape, dtype="int16", chunks=SHARD, serializer=sharding,
-        compressors=None, filters=None,
-    )  # fmt: skip
-    array[...] = values
+    write_zarr(path, values, chunks=SHARD, serializer=sharding, compressors=None, filters=None)
     return str(path)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from support import check_batches, check_crops, crop_origins, same_values
+from support import check_batches, check_crops, crop_origins, rewrite_json, same_values
 from zarr_cases import CASES, CHUNKS, SHAPE, Case, v2, v3
 
 import lsio_torch
@@ -107,9 +107,7 @@ def test_variables_must_share_a_shape(tmp_path):
 
 
 def _edit(path, **fields):
-    meta = json.loads((path / "zarr.json").read_text())
-    meta.update(fields)
-    (path / "zarr.json").write_text(json.dumps(meta))
+    rewrite_json(path / "zarr.json", lambda meta: meta.update(fields))
     return path
 
 

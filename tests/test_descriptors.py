@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from support import smooth_field
+from support import smooth_field, write_zarr
 from zarr.codecs import ZstdCodec
 
 # The reading side runs in a child with its own descriptor limit; it compares every batch
@@ -127,15 +127,9 @@ def test_shards_replaced_while_training_read_old_or_new_never_a_mix(tmp_path):
     base = np.arange(400, dtype=np.int32)[:, None].repeat(64, axis=1)
     noise = np.random.default_rng(1).integers(1, 10**6, size=shape, dtype=np.int32)
     for name, values in [("old.zarr", base), ("new.zarr", base + noise)]:
-        array = zarr.create_array(
-            tmp_path / name,
-            shape=shape,
-            chunks=(2, 64),
-            shards=shards,
-            dtype="int32",
-            compressors=[ZstdCodec(level=1)],
+        write_zarr(
+            tmp_path / name, values, chunks=(2, 64), shards=shards, compressors=[ZstdCodec(level=1)]
         )
-        array[...] = values
     for limit in [64, 0]:  # 64: files closed and opened again all the time; 0: as it is
         old, new = tmp_path / f"old-{limit}.zarr", tmp_path / f"new-{limit}.zarr"
         subprocess.run(["cp", "-r", str(tmp_path / "old.zarr"), str(old)], check=True)

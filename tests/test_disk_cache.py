@@ -18,6 +18,7 @@ from support import (
     check_batches,
     chunks_touched,
     engine_threads,
+    flip_bit,
     same_bits,
     write_array,
 )
@@ -200,15 +201,11 @@ def test_a_corrupt_file_is_detected_and_its_chunk_fetched_again(tmp_path, object
         log = path.with_suffix(".log")
         offset, length = first_record(log)
         if damage == "flip":  # a bit of a chunk's bytes
-            data = bytearray(path.read_bytes())
-            data[offset + length // 2] ^= 0x40
-            path.write_bytes(bytes(data))
+            flip_bit(path, offset + length // 2)
         elif damage == "truncate":  # the object's bytes cut inside its first chunk
             os.truncate(path, offset + length // 2)
         else:  # a record damaged: it is skipped
-            data = bytearray(log.read_bytes())
-            data[3] ^= 0x01
-            log.write_bytes(bytes(data))
+            flip_bit(log, 3, 0x01)
     ds = dataset(url, folder)
     check_epochs(ds, values)
     s = ds.stats()

@@ -5,7 +5,6 @@ named the wrong cause."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -15,36 +14,23 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from support import same_bits, smooth_field
+from support import rewrite_json, same_bits, smooth_field, write_zarr
 from zarr.codecs import BytesCodec, ZstdCodec
 
 import lsio_torch
 from lsio_torch import ZarrCropDataset, read_crops
 
 
-def rewrite_json(path: Path, edit) -> None:
-    """Applies ``edit`` to the JSON document at ``path`` and writes it back."""
-    document = json.loads(path.read_text())
-    edit(document)
-    path.write_text(json.dumps(document))
-
-
 def small_v3(path: Path, **kwargs) -> np.ndarray:
     values = smooth_field((6, 20), "float32", 3)
     kwargs.setdefault("compressors", None)
-    array = zarr.create_array(
-        path, shape=values.shape, chunks=(4, 8), dtype="float32", zarr_format=3, **kwargs
-    )
-    array[...] = values
+    write_zarr(path, values, chunks=(4, 8), zarr_format=3, **kwargs)
     return values
 
 
 def small_v2(path: Path) -> np.ndarray:
     values = smooth_field((6, 20), "int16", 4)
-    array = zarr.create_array(
-        path, shape=values.shape, chunks=(4, 8), dtype="int16", zarr_format=2, compressors=None
-    )
-    array[...] = values
+    write_zarr(path, values, chunks=(4, 8), zarr_format=2, compressors=None)
     return values
 
 
@@ -222,10 +208,7 @@ def test_zstd_without_checksum_reads_like_zarr_python(tmp_path):
 def test_sharding_without_index_codecs_or_location_reads_like_zarr_python(tmp_path):
     path = tmp_path / "sharded.zarr"
     values = smooth_field((8, 12), "uint16", 6)
-    array = zarr.create_array(
-        path, shape=values.shape, chunks=(2, 3), shards=(4, 6), dtype="uint16", compressors=None
-    )
-    array[...] = values
+    write_zarr(path, values, chunks=(2, 3), shards=(4, 6), compressors=None)
 
     def edit(doc):
         config = doc["codecs"][0]["configuration"]

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
-from support import engine_threads, rss_bytes, smooth_field
+from support import engine_threads, rss_bytes, smooth_field, write_zarr
 from torch.utils.data import DataLoader
 
 import lsio_torch
@@ -111,14 +110,7 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_engine(arrays):
 
 def test_memory_is_flat_over_20_epochs(tmp_path):
     values = smooth_field((32, 256, 256), "int16", 0)
-    array = zarr.create_array(
-        tmp_path / "a.zarr",
-        shape=values.shape,
-        dtype="int16",
-        chunks=(1, 64, 64),
-        shards=(8, 256, 256),
-    )
-    array[...] = values
+    write_zarr(tmp_path / "a.zarr", values, chunks=(1, 64, 64), shards=(8, 256, 256))
     ds = lsio_torch.ZarrCropDataset(
         tmp_path / "a.zarr", (4, 96, 96), batch_size=16, samples_per_epoch=256, dtype=torch.float32
     )
@@ -133,10 +125,7 @@ def test_memory_is_flat_over_20_epochs(tmp_path):
 
 def test_stats_count_what_was_read_and_decoded(tmp_path):
     values = smooth_field((6, 40, 40), "uint16", 0)
-    array = zarr.create_array(
-        tmp_path / "a.zarr", shape=values.shape, dtype="uint16", chunks=(2, 10, 10)
-    )
-    array[...] = values
+    write_zarr(tmp_path / "a.zarr", values, chunks=(2, 10, 10))
     ds = lsio_torch.ZarrCropDataset(
         tmp_path / "a.zarr", (3, 12, 12), batch_size=4, samples_per_epoch=20, seed=3,
         cache_bytes=0,
@@ -187,10 +176,7 @@ def test_batches_are_engine_memory_reused_once_freed(tmp_path, dtype):
         values = smooth_field((12, 20, 16), "float32", 3) * (1 - 2j)
     else:
         values = smooth_field((12, 20, 16), dtype, 3)
-    array = zarr.create_array(
-        tmp_path / "a.zarr", shape=values.shape, dtype=dtype, chunks=(2, 8, 8)
-    )
-    array[:] = values.astype(dtype)
+    write_zarr(tmp_path / "a.zarr", values.astype(dtype), chunks=(2, 8, 8))
     crop = (3, 8, 5)
     ds = lsio_torch.ZarrCropDataset(
         tmp_path / "a.zarr", crop, batch_size=4, samples_per_epoch=40, return_origins=True,
@@ -256,10 +242,7 @@ def test_out_of_file_descriptors_the_open_files_are_closed_and_reading_goes_on(t
     descriptor limit is lowered)."""
     values = smooth_field((8, 24, 24), "int16", 5)
     # 4 x 6 x 6 = 144 chunk files; a crop touches at most 2 x 2 x 2 = 8 of them.
-    array = zarr.create_array(
-        tmp_path / "a.zarr", shape=values.shape, dtype="int16", chunks=(2, 4, 4)
-    )
-    array[...] = values
+    write_zarr(tmp_path / "a.zarr", values, chunks=(2, 4, 4))
     script = tmp_path / "few.py"
     script.write_text(_FEW_DESCRIPTORS)
     run = subprocess.run(

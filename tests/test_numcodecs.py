@@ -272,16 +272,11 @@ def test_filters_chain_with_byte_filters_and_compressors(tmp_path):
 
 def test_sharded_inner_chunks_with_numcodecs(tmp_path):
     values = scaled("<f8", "|u1", seed=11)
-    array = zarr.create_array(
-        tmp_path / "a.zarr",
-        shape=SHAPE,
-        chunks=(2, 7, 3),
-        shards=(4, 14, 6),
-        dtype="<f8",
+    write_zarr(
+        tmp_path / "a.zarr", values, chunks=(2, 7, 3), shards=(4, 14, 6),
         filters=[znc.FixedScaleOffset(offset=OFFSET, scale=SCALE, dtype="<f8", astype="|u1")],
         compressors=[znc.LZ4()],
-    )
-    array[...] = values
+    )  # fmt: skip
     assert assert_reads_as_zarr_python(tmp_path / "a.zarr") == 24
 
 
@@ -297,11 +292,7 @@ def test_times_read_as_int64_counts(tmp_path, zarr_format, dtype):
     counts = smooth_field(SHAPE, "int64", seed=12) * 10**9 + 1_700_000_000 * 10**9
     values = counts.astype("int64").view(dtype)
     values[0, 0, :] = np.array("NaT", dtype=dtype)  # NaT is int64's least value
-    array = zarr.create_array(
-        tmp_path / "a.zarr", shape=SHAPE, chunks=CHUNKS, dtype=dtype, zarr_format=zarr_format
-    )
-    array[...] = values
-    path = tmp_path / "a.zarr"
+    path = write_zarr(tmp_path / "a.zarr", values, chunks=CHUNKS, zarr_format=zarr_format)
     assert assert_reads_as_zarr_python(path, view="int64") == 24
     whole = lsio_torch.read_crops(path, [(0, 0, 0)], SHAPE)[0]
     assert whole.dtype == torch.int64

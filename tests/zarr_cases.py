@@ -12,8 +12,7 @@ from pathlib import Path
 import google_crc32c
 import numcodecs
 import numpy as np
-import zarr
-from support import smooth_field
+from support import smooth_field, write_zarr
 from zarr.codecs import (
     BloscCodec,
     BytesCodec,
@@ -52,16 +51,8 @@ def with_holes(values: np.ndarray, fill) -> np.ndarray:
 
 
 def write(path: Path, values: np.ndarray, fill=0, **kwargs) -> Path:
-    array = zarr.create_array(
-        path,
-        shape=values.shape,
-        dtype=kwargs.pop("dtype", values.dtype),
-        fill_value=fill,
-        overwrite=True,
-        **{"chunks": CHUNKS, **kwargs},
-    )
-    array[...] = with_holes(values, fill)
-    return path
+    kwargs.setdefault("chunks", CHUNKS)
+    return write_zarr(path, with_holes(values, fill), fill_value=fill, **kwargs)
 
 
 def v2(compressor=None, dtype="float32", fill=0, **kwargs) -> Callable[[Path], Path]:

@@ -367,3 +367,122 @@ fn read_direct(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a batch's parts end it: its ticket resolves once, after its last part, with its
+    //! first error; parts after a failure are skipped; chunks never written are the fill value.
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{bounded, Receiver, TryRecvError};
+    use crossbeam_utils::sync::WaitGroup;
+
+    use super::*;
+    use crate::io::pread::PreadReader;
+    use crate::io::Backend;
+    use crate::pipeline::files::PlanCache;
+    use crate::pipeline::planned::plan_reads;
+    use crate::zarr::ZarrArray;
+
+    /// The fixture's (6, 10, 9) int16 array in shards of inner chunks (2, 4, 3); rows 4..6
+    /// were never written and read as its fill value, -1.
+    const CROP: [u64; 3] = [2, 4, 3];
+
+    fn shared() -> Arc<Shared> {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sharded_end_int16.zarr");
+        let array = Arc::new(ZarrArray::open(path).unwrap());
+        Arc::new(Shared::new(array, CROP.to_vec(), Backend::Pread, None).unwrap())
+    }
+
+    fn planned(shared: &Shared, origins: &[Vec<u64>]) -> Planned {
+        let mut cache = PlanCache::default();
+        plan_reads(shared, &mut PreadReader, None, &mut cache, origins, &[]).unwrap()
+    }
+
+    fn job(out: &mut [u8], origins: &[Vec<u64>]) -> (Job, Receiver<Result<()>>) {
+        let (done, done_rx) = bounded(1);
+        // SAFETY: each test waits for the batch's ticket before it reads or drops `out`.
+        let out = unsafe { OutBuffer::new(out.as_mut_ptr(), out.len()) };
+        let job = Job {
+            origins: origins.to_vec(),
+            out,
+            done,
+            _in_use: WaitGroup::new(),
+        };
+        (job, done_rx)
+    }
+
+    fn wait_for(condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "not reached in 30 s");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn chunks_never_written_are_the_fill_value_in_every_place_of_the_batch() {
+        let shared = shared();
+        // Crop 0 lies in rows 4..6 (never written); crop 1 straddles row 3 (written) and 4.
+        let origins = vec![vec![4, 0, 0], vec![3, 4, 3]];
+        let planned = planned(&shared, &origins);
+        let crop_bytes = shared.crop_bytes;
+        let mut out = vec![0u8; 2 * crop_bytes];
+        let (job, done) = job(&mut out, &origins);
+        let (pool, _threads) = crate::pool::build_pool("lsio-test", 2).unwrap();
+        run_batch(&shared, planned, job, &pool);
+        done.recv().unwrap().unwrap();
+        let values: Vec<i16> = out
+            .chunks(2)
+            .map(|b| i16::from_ne_bytes([b[0], b[1]]))
+            .collect();
+        let per_crop = crop_bytes / 2;
+        assert!(values[..per_crop].iter().all(|&v| v == -1));
+        // Crop 1: its first row (array row 3) was written, its second (row 4) is the fill.
+        let row = per_crop / 2;
+        assert!(values[per_crop + row..].iter().all(|&v| v == -1));
+        assert!(values[per_crop..per_crop + row].iter().any(|&v| v != -1));
+        assert_eq!(shared.counters.snapshot().batches, 1);
+    }
+
+    #[test]
+    fn a_batch_ends_after_its_last_part_with_its_first_error_and_skips_the_rest() {
+        let shared = shared();
+        let origins = vec![vec![4, 0, 0]];
+        let planned = planned(&shared, &origins);
+        let mut out = vec![0u8; shared.crop_bytes];
+        let (job, done) = job(&mut out, &origins);
+        let (pool, _threads) = crate::pool::build_pool("lsio-test", 2).unwrap();
+        let batch = BatchRun::start(&shared, planned, job, &pool, 3);
+        let (release, held) = bounded::<()>(0);
+        batch.spawn_part(&pool, move |_| {
+            held.recv().unwrap();
+            Err(Error::Stopped("the second error".into()))
+        });
+        batch.spawn_part(&pool, |_| Err(Error::Stopped("the first error".into())));
+        // Its fill part and the failing part end; the held one has not.
+        wait_for(|| batch.failed() && batch.remaining.load(Ordering::Acquire) == 2);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        batch.spawn_part(&pool, move |_| {
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        wait_for(|| batch.remaining.load(Ordering::Acquire) == 1);
+        assert_eq!(done.try_recv().unwrap_err(), TryRecvError::Empty);
+        release.send(()).unwrap();
+        let error = done.recv().unwrap().unwrap_err();
+        assert!(error.to_string().contains("the first error"), "{error}");
+        assert!(!ran.load(Ordering::SeqCst), "a part after the failure ran");
+        assert_eq!(shared.counters.snapshot().batches, 0);
+        // Resolved once: when the last holder of the batch lets go, no second answer came.
+        drop(batch);
+        wait_for(|| match done.try_recv() {
+            Ok(again) => panic!("a second answer: {again:?}"),
+            Err(e) => e == TryRecvError::Disconnected,
+        });
+    }
+}

@@ -147,4 +147,30 @@ mod tests {
         let requests = Requests::of(&reads[..2]);
         assert_eq!(requests.ranges().collect::<Vec<_>>(), vec![(0, 0, 15)]);
     }
+
+    #[test]
+    fn a_gap_of_one_byte_or_another_file_ends_a_run() {
+        let reads = [
+            read(0, 0, 10),
+            read(0, 11, 5),
+            read(0, 16, 4),
+            read(1, 20, 4),
+        ];
+        let refs: Vec<&PlannedRead> = reads.iter().collect();
+        assert_eq!(coalesce(&refs), vec![0..1, 1..3, 3..4]);
+        let requests = Requests::of(&reads);
+        let ranges: Vec<_> = requests.ranges().collect();
+        assert_eq!(ranges, vec![(0, 0, 10), (0, 11, 9), (1, 20, 4)]);
+    }
+
+    #[test]
+    fn reads_straight_into_the_batch_are_requests_of_their_own() {
+        let mut reads = [read(0, 0, 10), read(0, 10, 10), read(0, 20, 10)];
+        reads[1].direct = Some(0);
+        let requests = Requests::of(&reads);
+        assert_eq!(requests.direct.len(), 1);
+        // The buffered reads around it no longer meet: two requests, and the direct one.
+        let ranges: Vec<_> = requests.ranges().collect();
+        assert_eq!(ranges, vec![(0, 10, 10), (0, 0, 10), (0, 20, 10)]);
+    }
 }

@@ -183,3 +183,70 @@ fn io_loop(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crossbeam_channel::bounded;
+    use crossbeam_utils::sync::WaitGroup;
+
+    use super::*;
+    use crate::io::pread::PreadReader;
+    use crate::io::Backend;
+    use crate::pipeline::batch::run_batch;
+    use crate::pipeline::files::PlanCache;
+    use crate::pipeline::planned::plan_reads;
+    use crate::pipeline::OutBuffer;
+    use crate::zarr::ZarrArray;
+
+    const CROP: [u64; 3] = [3, 5, 4];
+
+    fn shared() -> Arc<Shared> {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sharded_end_int16.zarr");
+        let array = Arc::new(ZarrArray::open(path).unwrap());
+        Arc::new(Shared::new(array, CROP.to_vec(), Backend::Pread, None).unwrap())
+    }
+
+    /// Runs one batch at `origins` with `run` and returns its bytes, or its error.
+    fn batch_with(
+        shared: &Arc<Shared>,
+        origins: &[Vec<u64>],
+        run: impl FnOnce(Planned, Job),
+    ) -> Result<Vec<u8>> {
+        let mut cache = PlanCache::default();
+        let planned = plan_reads(shared, &mut PreadReader, None, &mut cache, origins, &[])?;
+        let mut out = vec![0u8; origins.len() * shared.crop_bytes];
+        let (done, done_rx) = bounded(1);
+        // SAFETY: the batch's ticket is waited for before `out` is read or dropped.
+        let buffer = unsafe { OutBuffer::new(out.as_mut_ptr(), out.len()) };
+        let job = Job {
+            origins: origins.to_vec(),
+            out: buffer,
+            done,
+            _in_use: WaitGroup::new(),
+        };
+        run(planned, job);
+        done_rx.recv().unwrap()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn groups_read_by_io_threads_decode_as_those_read_by_the_pool() {
+        let shared = shared();
+        let origins = vec![vec![0, 0, 0], vec![1, 3, 2], vec![3, 5, 5], vec![2, 1, 4]];
+        let (pool, _threads) = crate::pool::build_pool("lsio-test", 2).unwrap();
+        let pool = Arc::new(pool);
+        let by_pool = batch_with(&shared, &origins, |p, j| run_batch(&shared, p, j, &pool));
+        let mut stage = IoStage::start(&shared, 2, 2, &pool).unwrap();
+        let by_stage = batch_with(&shared, &origins, |p, j| stage.run(&shared, p, j, &pool));
+        assert_eq!(by_stage.unwrap(), by_pool.unwrap());
+        // Stopped, its threads have exited, and a batch handed to it ends in an error.
+        stage.stop();
+        assert!(stage.threads.is_empty());
+        let after = batch_with(&shared, &origins, |p, j| stage.run(&shared, p, j, &pool));
+        let e = after.unwrap_err().to_string();
+        assert!(e.contains("the I/O threads have exited"), "{e}");
+    }
+}

@@ -592,3 +592,78 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn engine() -> Engine {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sharded_end_int16.zarr");
+        let array = Arc::new(ZarrArray::open(path).unwrap());
+        let config = EngineConfig {
+            threads: 2,
+            io_threads: 0,
+            backend: Backend::Pread,
+            cast: None,
+            direct_io: false,
+            cache: None,
+            disk_cache: None,
+        };
+        Engine::start(array, vec![2, 4, 3], config).unwrap()
+    }
+
+    fn submit(engine: &Engine, origins: Vec<Vec<u64>>, out: &mut [u8]) -> Result<Ticket> {
+        // SAFETY: every ticket is waited for (or refused) before `out` is dropped, and the
+        // engine is closed before the test ends.
+        let buffer = unsafe { OutBuffer::new(out.as_mut_ptr(), out.len()) };
+        engine.submit(origins, buffer)
+    }
+
+    #[test]
+    fn crops_leaving_the_array_and_buffers_of_the_wrong_size_are_refused_before_reading() {
+        let mut engine = engine();
+        assert_eq!(engine.crop_bytes(), 2 * 4 * 3 * 2);
+        let mut out = vec![0u8; 2 * engine.crop_bytes()];
+        // The array is (6, 10, 9): a crop of 2 rows starts at row 4 at most.
+        let e = submit(&engine, vec![vec![0, 0, 0], vec![5, 0, 0]], &mut out)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, Error::OutOfBounds(_)), "{e:?}");
+        assert!(e.to_string().contains("crop 1 at origin [5, 0, 0]"), "{e}");
+        let e = submit(&engine, vec![vec![0, 0]; 2], &mut out)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, Error::OutOfBounds(_)), "{e:?}");
+        let e = submit(&engine, vec![vec![4, 6, 6]], &mut out)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("holds 96 bytes") && e.to_string().contains("needs 48"));
+        assert_eq!(engine.stats().bytes_read, 0);
+        assert_eq!(engine.stats().batches, 0);
+        // The largest origins fit.
+        let ticket = submit(&engine, vec![vec![4, 6, 6], vec![0, 0, 0]], &mut out).unwrap();
+        ticket.wait().unwrap();
+        assert_eq!(engine.stats().batches, 1);
+        engine.close();
+    }
+
+    #[test]
+    fn a_closed_engine_refuses_batches_and_its_threads_are_gone() {
+        let mut engine = engine();
+        let mut out = vec![0u8; engine.crop_bytes()];
+        submit(&engine, vec![vec![0, 0, 0]], &mut out)
+            .unwrap()
+            .wait()
+            .unwrap();
+        engine.close();
+        assert!(engine.io_thread.is_none());
+        let e = submit(&engine, vec![vec![0, 0, 0]], &mut out)
+            .err()
+            .expect("refused");
+        assert!(matches!(e, Error::Stopped(_)), "{e:?}");
+        engine.close(); // a second close does nothing
+    }
+}

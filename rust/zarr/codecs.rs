@@ -241,3 +241,54 @@ pub fn decode_index(
         .map(|w| u64::from_ne_bytes(w.try_into().unwrap_or([0; 8])))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zarr::ZarrArray;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// The fixtures' shards: (4, 8, 6) of inner chunks (2, 4, 3), an index of 8 entries.
+    const PER_SHARD: [u64; 3] = [2, 2, 2];
+
+    #[test]
+    fn sharding_is_read_from_the_codecs_with_its_index_size_and_place() {
+        for (name, location) in [
+            ("sharded_end_int16.zarr", IndexLocation::End),
+            ("sharded_start_float32.zarr", IndexLocation::Start),
+        ] {
+            let array = ZarrArray::open(fixture(name)).unwrap();
+            let sharding = array.sharding().expect("sharded");
+            assert_eq!(sharding.inner_shape, vec![2, 4, 3]);
+            assert_eq!(sharding.index_location, location);
+            // 8 entries of two u64, and a CRC-32C.
+            assert_eq!(sharding.index_len, 8 * 16 + 4);
+        }
+        let unsharded = ZarrArray::open(fixture("unsharded_uint8.zarr")).unwrap();
+        assert!(unsharded.sharding().is_none());
+    }
+
+    #[test]
+    fn a_shard_index_decodes_to_the_words_on_disk_and_a_bad_checksum_is_refused() {
+        let array = ZarrArray::open(fixture("sharded_end_int16.zarr")).unwrap();
+        let sharding = array.sharding().unwrap();
+        let shard = std::fs::read(fixture("sharded_end_int16.zarr/c/0/0/0")).unwrap();
+        let mut encoded = shard[shard.len() - 8 * 16 - 4..].to_vec();
+        let words = decode_index(sharding, &encoded, &PER_SHARD).unwrap();
+        let on_disk: Vec<u64> = encoded[..8 * 16]
+            .chunks(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, on_disk);
+        // Inner chunk (0, 1, 0) was never written: its slot is empty.
+        assert_eq!(&words[4..6], &[u64::MAX, u64::MAX]);
+        encoded[3] ^= 1;
+        let e = decode_index(sharding, &encoded, &PER_SHARD).unwrap_err();
+        assert!(e.to_lowercase().contains("checksum"), "{e}");
+    }
+}

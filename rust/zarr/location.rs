@@ -109,3 +109,48 @@ impl Location {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_local_and_a_url_is_remote() {
+        let local = Location::parse("/data/era5.zarr", &[]).unwrap();
+        assert_eq!(local.local(), Some(Path::new("/data/era5.zarr")));
+        assert!(local.remote().is_none());
+        let remote = Location::parse("http://127.0.0.1:9/era5.zarr", &[]).unwrap();
+        assert!(remote.local().is_none() && remote.remote().is_some());
+        assert_eq!(remote.path(), PathBuf::from("http://127.0.0.1:9/era5.zarr"));
+        assert!(
+            remote.exists(),
+            "an object store has no directories to look for"
+        );
+    }
+
+    #[test]
+    fn storage_options_for_a_local_path_are_refused_naming_the_key_not_the_value() {
+        let options = [("secret_access_key".to_string(), "SECRETVALUE".to_string())];
+        let e = Location::parse("/data/era5.zarr", &options).unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        assert!(message.contains("\"secret_access_key\""), "{message}");
+        assert!(!message.contains("SECRETVALUE"), "{message}");
+    }
+
+    #[test]
+    fn members_join_the_path_and_metadata_reads_back_or_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("t2m")).unwrap();
+        std::fs::write(dir.path().join("t2m/zarr.json"), b"{}").unwrap();
+        let group = Location::parse(dir.path().to_str().unwrap(), &[]).unwrap();
+        let member = group.join("t2m");
+        assert_eq!(member.path(), dir.path().join("t2m"));
+        assert_eq!(member.read("zarr.json").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(member.read(".zarray").unwrap(), None);
+        assert!(member.exists() && !group.join("u10").exists());
+        // A key that is a directory cannot be read: an error naming it, not None.
+        let e = group.read("t2m").unwrap_err().to_string();
+        assert!(e.contains("t2m") && e.contains("reading metadata"), "{e}");
+    }
+}

@@ -137,3 +137,75 @@ fn v2_metadata(path: &Path, value: Value, attributes: Option<Value>) -> Result<S
         dimension_names,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> Location {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        Location::Local(path)
+    }
+
+    #[test]
+    fn v3_and_v2_metadata_are_read_with_xarray_s_dimension_names() {
+        let v3 = read_array_metadata(&fixture("sharded_end_int16.zarr")).unwrap();
+        assert!(matches!(v3.metadata, ArrayMetadata::V3(_)));
+        let v2 = read_array_metadata(&fixture("v2_blosc_order_f_float32.zarr")).unwrap();
+        let ArrayMetadata::V2(meta) = &v2.metadata else {
+            panic!("{v2:?}")
+        };
+        assert_eq!(meta.shape, vec![6, 10, 9]);
+        let names = ["time", "y", "x"].map(|n| Some(n.to_string())).to_vec();
+        assert_eq!(v2.dimension_names, Some(names));
+    }
+
+    #[test]
+    fn what_is_not_an_array_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = Location::Local(dir.path().to_path_buf());
+        let e = read_array_metadata(&at).unwrap_err();
+        assert!(matches!(&e, Error::NotFound { what, .. } if what.contains("no zarr.json")));
+        let gone = Location::Local(dir.path().join("nothing"));
+        let e = read_array_metadata(&gone).unwrap_err();
+        assert!(matches!(&e, Error::NotFound { what, .. } if what == "path does not exist"));
+        std::fs::write(
+            dir.path().join("zarr.json"),
+            br#"{"zarr_format": 3, "node_type": "group"}"#,
+        )
+        .unwrap();
+        let e = read_array_metadata(&at).unwrap_err().to_string();
+        assert!(e.contains("is a Zarr group, not an array"), "{e}");
+        std::fs::write(dir.path().join("zarr.json"), b"{not json").unwrap();
+        let e = read_array_metadata(&at).unwrap_err();
+        assert!(matches!(&e, Error::InvalidMetadata { reason, .. } if reason.contains("not JSON")));
+    }
+
+    #[test]
+    fn a_group_member_is_read_from_consolidated_metadata_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let array = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/sharded_end_int16.zarr/zarr.json"),
+        )
+        .unwrap();
+        // The member has no files of its own: only the group's consolidated entry names it.
+        let group = format!(
+            r#"{{"zarr_format": 3, "node_type": "group", "consolidated_metadata":
+                {{"kind": "inline", "must_understand": false, "metadata": {{"t2m": {array}}}}}}}"#
+        );
+        std::fs::write(dir.path().join("zarr.json"), group).unwrap();
+        let at = Location::Local(dir.path().to_path_buf());
+        let (member, meta) = read_group_member(&at, "t2m").unwrap();
+        assert_eq!(member.path(), dir.path().join("t2m"));
+        assert!(matches!(meta.metadata, ArrayMetadata::V3(_)));
+        let e = read_group_member(&at, "u10").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound { path, .. } if path.ends_with("u10")),
+            "{e:?}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ from support.checks import (
 )
 from support.damage import (
     cut_file,
+    flip_bit,
     junk_head,
     rewrite_json,
     rewrite_shard_index,
@@ -47,6 +48,7 @@ __all__ = [
     "cut_file",
     "engine_threads",
     "epochs_of",
+    "flip_bit",
     "junk_head",
     "reference_crop",
     "rewrite_json",

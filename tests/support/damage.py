@@ -22,6 +22,14 @@ def junk_head(path: Path, n: int = 4) -> Path:
     return path
 
 
+def flip_bit(path: Path, at: int, mask: int = 0x40) -> Path:
+    """Flips the bits of ``mask`` in the byte at ``at``: damage a length check cannot see."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= mask
+    path.write_bytes(bytes(data))
+    return path
+
+
 def cut_file(path: Path, drop: int) -> Path:
     """Drops the last ``drop`` bytes of a file."""
     path.write_bytes(path.read_bytes()[:-drop])

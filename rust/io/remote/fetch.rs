@@ -195,3 +195,55 @@ fn full_message(e: &dyn std::error::Error) -> String {
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_store_errors_keep_their_kind_and_their_message() {
+        let missing = object_store::Error::NotFound {
+            path: "a.zarr/c/0".into(),
+            source: "404 Not Found".into(),
+        };
+        let e = to_io(missing);
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("a.zarr/c/0"), "{e}");
+        let denied = object_store::Error::PermissionDenied {
+            path: "a.zarr/c/0".into(),
+            source: "403 Forbidden".into(),
+        };
+        let e = to_io(denied);
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("403 Forbidden"), "{e}");
+        let replaced = object_store::Error::Precondition {
+            path: "a.zarr/c/0".into(),
+            source: "412".into(),
+        };
+        let e = to_io(replaced).to_string();
+        assert!(e.contains("replaced after its shard index was read"), "{e}");
+    }
+
+    #[test]
+    fn a_message_names_each_source_once() {
+        let inner = std::io::Error::other("connection reset");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(full_message(&outer), "GET failed: connection reset");
+    }
+
+    /// An error whose message does not repeat its source's.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("GET failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+}

@@ -138,3 +138,50 @@ pub fn on_this_thread<F: Future>(future: F) -> Result<F::Output> {
         .map_err(|e| Error::Stopped(format!("starting a network runtime: {e}")))?;
     Ok(runtime.block_on(future))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(max_bytes_in_flight: usize) -> Net {
+        let options = [
+            (
+                "max_bytes_in_flight".to_string(),
+                max_bytes_in_flight.to_string(),
+            ),
+            ("max_requests".to_string(), "3".to_string()),
+        ];
+        let remote = RemoteStore::parse("http://127.0.0.1:9/a.zarr", &options).unwrap();
+        Net::start(&Arc::new(remote)).unwrap()
+    }
+
+    #[test]
+    fn bytes_in_flight_are_bounded_in_whole_units_and_freed_by_their_permits() {
+        let net = net(8 * BYTE_UNIT);
+        assert_eq!(net.requests.available_permits(), 3);
+        let first = net.block_on(net.bytes_permit(5 * BYTE_UNIT)).unwrap();
+        // 1 byte takes a unit; 3 units are left, so 4 units must wait.
+        let second = net.block_on(net.bytes_permit(1)).unwrap();
+        assert_eq!(net.bytes.available_permits(), 2);
+        let waiting = net.bytes_permit(4 * BYTE_UNIT);
+        let late =
+            net.block_on(async { tokio::time::timeout(Duration::from_millis(20), waiting).await });
+        assert!(late.is_err(), "4 units were given with 2 free");
+        drop((first, second));
+        assert_eq!(net.bytes.available_permits(), 8);
+        // A request larger than the bound waits for all of it, not forever.
+        let whole = net.block_on(net.bytes_permit(100 * BYTE_UNIT)).unwrap();
+        assert_eq!(whole.num_permits(), 8);
+    }
+
+    #[test]
+    fn a_stopped_net_gives_no_more_permits() {
+        let net = net(BYTE_UNIT);
+        let pending = net.bytes_permit(1);
+        let bytes = Arc::clone(&net.bytes);
+        drop(net);
+        assert!(bytes.is_closed());
+        assert!(on_this_thread(pending).unwrap().is_none());
+        assert_eq!(on_this_thread(async { 6 * 7 }).unwrap(), 42);
+    }
+}

@@ -121,3 +121,48 @@ pub(super) fn decode(
         .map(Cow::Owned)
         .map_err(CodecError::Other)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compressor that stores bytes reversed and may grow them by at most 8.
+    struct Reverse;
+
+    impl Compressor for Reverse {
+        fn compress(&self, decoded: &[u8]) -> Result<Vec<u8>, CodecError> {
+            Ok(decoded.iter().rev().copied().collect())
+        }
+
+        fn decompress(&self, encoded: &[u8], expected: Option<u64>) -> Result<Vec<u8>, String> {
+            match expected {
+                Some(n) if n != encoded.len() as u64 => {
+                    Err(format!("{} bytes, expected {n}", encoded.len()))
+                }
+                _ => Ok(encoded.iter().rev().copied().collect()),
+            }
+        }
+
+        fn max_encoded_size(&self, decoded_size: u64) -> Option<u64> {
+            Some(decoded_size + 8)
+        }
+    }
+
+    #[test]
+    fn the_encoded_size_is_bounded_only_when_the_decoded_size_is_known() {
+        let fixed = encoded_representation(&Reverse, &BytesRepresentation::FixedSize(100));
+        assert_eq!(fixed, BytesRepresentation::BoundedSize(108));
+        let unknown = encoded_representation(&Reverse, &BytesRepresentation::UnboundedSize);
+        assert_eq!(unknown, BytesRepresentation::UnboundedSize);
+    }
+
+    #[test]
+    fn decoding_hands_the_compressor_the_size_it_must_give() {
+        let out = decode(&Reverse, b"abc", &BytesRepresentation::FixedSize(3)).unwrap();
+        assert_eq!(out.as_ref(), b"cba");
+        let e = decode(&Reverse, b"abc", &BytesRepresentation::FixedSize(4)).unwrap_err();
+        assert!(e.to_string().contains("3 bytes, expected 4"), "{e}");
+        let any = decode(&Reverse, b"abc", &BytesRepresentation::UnboundedSize).unwrap();
+        assert_eq!(any.as_ref(), b"cba");
+    }
+}

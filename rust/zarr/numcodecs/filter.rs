@@ -271,3 +271,51 @@ impl ArrayPartialDecoderTraits for WholeChunkDecoder {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_are_mapped_in_order_from_one_type_to_another() {
+        let input: Vec<u8> = [1i16, -2, 300]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let doubled = |s: Scalar| match s {
+            Scalar::Int(i) => Scalar::Int(2 * i),
+            Scalar::Float(f) => Scalar::Float(2.0 * f),
+        };
+        let out = map_elements("test", &input, NumpyType::Int16, NumpyType::Int8, doubled).unwrap();
+        // 600 wraps in int8 as numpy's astype does: 600 - 512 = 88.
+        assert_eq!(out, [2i8, -4, 88].map(|v| v.to_ne_bytes()[0]).to_vec());
+        let e = map_elements(
+            "delta",
+            &input[..5],
+            NumpyType::Int16,
+            NumpyType::Int8,
+            doubled,
+        );
+        let message = format!("{}", e.unwrap_err());
+        assert!(
+            message.contains("delta: 5 bytes are not a whole number of int16"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn astype_defaults_to_dtype_and_a_bad_type_names_the_codec() {
+        assert_eq!(
+            dtypes("delta", "<i4", None).unwrap(),
+            (NumpyType::Int32, NumpyType::Int32)
+        );
+        assert_eq!(
+            dtypes("delta", "<f8", Some("<f4")).unwrap(),
+            (NumpyType::Float64, NumpyType::Float32)
+        );
+        let e = dtypes("fixedscaleoffset", "<q9", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fixedscaleoffset:"), "{e}");
+    }
+}

@@ -4,16 +4,11 @@ from is in ``support/``."""
 
 from __future__ import annotations
 
-import functools
-import os
-import subprocess
-import sys
-
 import pytest
 
 # The object stores (moto's S3, the HTTP object server) the remote tests read from.
 from object_stores import object_server, s3  # noqa: F401
-from support import DTYPES, LAYOUTS, Written, write_array
+from support import DTYPES, LAYOUTS, Written, io_uring_refusal, write_array
 
 
 @pytest.fixture(scope="session")
@@ -25,19 +20,6 @@ def arrays(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Wr
             (layout, dtype) for layout in LAYOUTS for dtype in DTYPES
         )
     }
-
-
-@functools.cache
-def io_uring_refusal() -> str | None:
-    """Why this kernel (or its sandbox) refuses io_uring, or None where it gives a ring.
-    Asked in a child process with ``LSIO_IO`` unset, so that this process's choice is not
-    fixed by the asking."""
-    probe = "import lsio_torch; print(lsio_torch.io_fallback_reason() or '')"
-    env = {k: v for k, v in os.environ.items() if k != "LSIO_IO"}
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip() or None
 
 
 @pytest.fixture(params=["io_uring", "pread"])

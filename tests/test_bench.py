@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
-from support import chunks_touched, smooth_field, write_zarr
+from support import chunks_touched, smooth_field, wait_until, write_zarr
 from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
 
 import lsio_torch
@@ -183,16 +182,15 @@ def test_the_bench_s_object_server_ends_with_the_bench():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     pid = int(done.stdout.strip())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
         except FileNotFoundError:
-            return  # gone
-        if state == "Z":
-            return  # exited, waiting to be reaped by init
-        time.sleep(0.05)
-    raise AssertionError(f"the object server {pid} still runs")
+            return True
+        return state == "Z"  # exited, waiting to be reaped by init
+
+    wait_until(gone, what=f"the object server {pid} exits")
 
 
 def test_the_object_store_bench_measures_xbatcher_and_the_get_bound(sharded):

@@ -5,24 +5,24 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
-import threading
 
 import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import io_uring_refusal
 from support import (
     FILL,
     INNER,
     check_crops,
     cut_file,
     engine_threads,
+    io_uring_refusal,
     junk_head,
     reference_crop,
     rewrite_shard_index,
     same_bits,
     shard_index,
+    wait_until,
     write_array,
 )
 
@@ -231,11 +231,7 @@ def test_abandoned_loops_leave_no_threads_or_files(arrays):
         assert engine_threads() != []
         del it  # abandon mid-stream: the generator's finally closes the engine
     # rayon workers leave asynchronously after their pool is dropped.
-    for _ in range(100):
-        if not engine_threads():
-            break
-        threading.Event().wait(0.05)
-    assert engine_threads() == []
+    wait_until(lambda: not engine_threads(), what="the engine threads exit")
     assert len(os.listdir("/proc/self/fd")) <= fds_before
 
 

@@ -31,7 +31,7 @@ def threads_and_fds() -> set[str]:
     return found
 
 
-def settled(baseline: set[str], seconds: float = 5.0) -> set[str]:
+def settled(baseline: set[str], seconds: float = 30.0) -> set[str]:
     """What this process has that `baseline` did not, once that is nothing or time is up."""
     deadline = time.monotonic() + seconds
     while (extra := threads_and_fds() - baseline) and time.monotonic() < deadline:
@@ -102,7 +102,9 @@ def test_ctrl_c_while_waiting_for_a_batch_stops_the_engine(arrays):
     with pytest.raises(KeyboardInterrupt):
         for _ in ds:  # endless: only the signal stops it
             pass
-    assert time.monotonic() - started < 5
+    # The stream is endless: ending at all is the check; 30 s only says "not a hang", which
+    # no load reaches (it ends within a wait slice of the signal).
+    assert time.monotonic() - started < 30
     timer.join()
     assert engine_threads() == []
     assert threads_and_fds() - before == set()

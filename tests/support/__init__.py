@@ -31,7 +31,7 @@ from support.data import (
     write_array,
     write_zarr,
 )
-from support.process import engine_threads, epochs_of, rss_bytes, wait_until
+from support.process import engine_threads, epochs_of, io_uring_refusal, rss_bytes, wait_until
 
 __all__ = [
     "DTYPES",
@@ -49,6 +49,7 @@ __all__ = [
     "engine_threads",
     "epochs_of",
     "flip_bit",
+    "io_uring_refusal",
     "junk_head",
     "reference_crop",
     "rewrite_json",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,3 +50,16 @@ def epochs_of(ds, epochs: int) -> list[Any]:
         ds.set_epoch(epoch)
         out.extend(ds)
     return out
+
+
+@functools.cache
+def io_uring_refusal() -> str | None:
+    """Why this kernel (or its sandbox) refuses io_uring, or None where it gives a ring.
+    Asked in a child process with ``LSIO_IO`` unset, so that this process's choice is not
+    fixed by the asking."""
+    probe = "import lsio_torch; print(lsio_torch.io_fallback_reason() or '')"
+    env = {k: v for k, v in os.environ.items() if k != "LSIO_IO"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip() or None

@@ -45,6 +45,9 @@ const EVICT_TO: f64 = 0.9;
 /// The folder is scanned again after this share of the bound was written by this process
 /// (other processes write to it too).
 const RESCAN_EVERY: f64 = 1.0 / 16.0;
+/// A scan lists the folder at most this many times, while other threads of this process
+/// write past the bound as it lists.
+const SCANS: usize = 4;
 /// Objects whose records and checks this process keeps; past this many, it forgets them all
 /// (and checks their chunks again when it next reads them).
 const ENTRIES: usize = 1 << 16;
@@ -95,6 +98,9 @@ struct Counters {
 struct Usage {
     bytes: u64,
     written_since_scan: u64,
+    /// Every byte this process grew the folder by, ever: a scan adds what grew while it
+    /// listed (counted twice where its listing saw it already: the bound errs on the safe side).
+    grown: u64,
 }
 
 /// A folder of objects' files, bounded to `max_bytes`.
@@ -208,12 +214,16 @@ struct EntryState {
 }
 
 impl EntryState {
-    /// Forgets the checks made in another `.data` file than `data`.
-    fn checks_in(&mut self, data: Inode) {
-        if self.data != Some(data) {
-            self.data = Some(data);
-            self.checked.clear();
+    /// Forgets the checks made in another `.data` file than `data`: whether checks were made
+    /// in another one (the object's files were replaced since).
+    fn checks_in(&mut self, data: Inode) -> bool {
+        if self.data == Some(data) {
+            return false;
         }
+        let replaced = self.data.is_some();
+        self.data = Some(data);
+        self.checked.clear();
+        replaced
     }
 }
 
@@ -234,7 +244,11 @@ impl Entry {
     /// and `refresh` is cleared (a batch reads each log once at most).
     pub fn held(&self, data: Inode, offset: u64, len: usize, refresh: &mut bool) -> Held {
         let mut state = self.state();
-        state.checks_in(data);
+        // Another `.data` file (the object's files evicted and written again since): the
+        // records read were of the old pair's log; the new log says what the new file holds.
+        if state.checks_in(data) {
+            self.read_log(&mut state);
+        }
         if *refresh && !state.records.contains_key(&offset) {
             self.read_log(&mut state);
             *refresh = false;
@@ -295,8 +309,9 @@ impl Entry {
     }
 
     /// Writes `bytes` at `offset` of `.data`, then appends their record: the growth of the
-    /// folder in bytes.
-    fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<(u64, Inode)> {
+    /// folder in bytes and the `.data` file's inode, or `None` where the files were evicted
+    /// while it wrote (the bytes went to a deleted file: no record names them).
+    fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<Option<(u64, Inode)>> {
         if let Some(folder) = self.data.parent() {
             std::fs::create_dir_all(folder)?;
         }
@@ -309,6 +324,9 @@ impl Entry {
         let before = data.metadata()?.blocks();
         data.write_all_at(bytes, offset)?;
         let meta = data.metadata()?;
+        if meta.nlink() == 0 {
+            return Ok(None);
+        }
         let record = encode_record(offset, bytes.len(), crc32c::crc32c(bytes), self.key_crc);
         let mut log = File::options().append(true).create(true).open(&self.log)?;
         let log_before = log.metadata()?.blocks();
@@ -317,7 +335,7 @@ impl Entry {
         // Two writers of one file at once may each count the other's blocks: the next scan
         // counts them right.
         let grown = (meta.blocks().saturating_sub(before) + log_grown) * 512;
-        Ok((grown, inode_of(&meta)))
+        Ok(Some((grown, inode_of(&meta))))
     }
 }
 
@@ -334,6 +352,7 @@ impl DiskCache {
             usage: Mutex::new(Usage {
                 bytes: 0,
                 written_since_scan: 0,
+                grown: 0,
             }),
             scanning: Mutex::new(()),
             entries: Mutex::new(HashMap::new()),
@@ -396,7 +415,8 @@ impl DiskCache {
             }
         }
         match entry.write(offset, bytes) {
-            Ok((grown, data)) => {
+            Ok(None) => {}
+            Ok(Some((grown, data))) => {
                 {
                     let mut state = entry.state();
                     state.checks_in(data);
@@ -414,9 +434,10 @@ impl DiskCache {
                     .bytes_written
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 let trim = {
-                    let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut usage = self.usage();
                     usage.bytes += grown;
                     usage.written_since_scan += grown;
+                    usage.grown += grown;
                     usage.bytes > self.max_bytes
                         || usage.written_since_scan as f64 > self.max_bytes as f64 * RESCAN_EVERY
                 };
@@ -477,18 +498,15 @@ impl DiskCache {
             evictions: c.evictions.load(Ordering::Relaxed),
             corrupt: c.corrupt.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
-            bytes: self
-                .usage
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .bytes,
+            bytes: self.usage().bytes,
         }
     }
 
     /// Lists the folder's objects and, past the bound, deletes those written to longest ago
     /// (the log first: a chunk with no record is not read) until the folder holds at most
     /// [`EVICT_TO`] of it. Another thread of this process scanning already is enough: this
-    /// one returns at once.
+    /// one returns at once, and the scan lists the folder again where what was written while
+    /// it listed puts the folder past the bound.
     ///
     /// # Errors
     /// The `io::Error` of a folder that cannot be listed.
@@ -496,37 +514,53 @@ impl DiskCache {
         let Ok(_scanning) = self.scanning.try_lock() else {
             return Ok(());
         };
-        let mut objects = list_objects(&self.dir)?;
-        let mut total: u64 = objects.iter().map(|o| o.bytes).sum();
-        if total > self.max_bytes {
-            let target = (self.max_bytes as f64 * EVICT_TO) as u64;
-            objects.sort_by_key(|o| o.written);
-            let mut evicted = HashSet::new();
-            for object in objects {
-                if total <= target {
-                    break;
-                }
-                // Another process may have deleted them first: they are gone either way.
-                let log = std::fs::remove_file(object.stem.with_extension(LOG)).is_ok();
-                let data = std::fs::remove_file(object.stem.with_extension(DATA)).is_ok();
-                if log || data {
-                    self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-                }
-                total -= object.bytes;
-                evicted.insert(object.stem.with_extension(DATA));
+        for _ in 0..SCANS {
+            let grown_before = self.usage().grown;
+            let held = self.trim(list_objects(&self.dir)?);
+            let mut usage = self.usage();
+            let grown_since = usage.grown - grown_before;
+            usage.bytes = held + grown_since;
+            usage.written_since_scan = 0;
+            if usage.bytes <= self.max_bytes || grown_since == 0 {
+                break;
             }
-            // What this process knew of them is forgotten with them.
-            self.entries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|_, entry| !evicted.contains(&entry.data));
         }
-        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        *usage = Usage {
-            bytes: total,
-            written_since_scan: 0,
-        };
         Ok(())
+    }
+
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes the `objects` written to longest ago while they take more than the bound, down
+    /// to [`EVICT_TO`] of it: the bytes the rest take.
+    fn trim(&self, mut objects: Vec<Listed>) -> u64 {
+        let mut total: u64 = objects.iter().map(|o| o.bytes).sum();
+        if total <= self.max_bytes {
+            return total;
+        }
+        let target = (self.max_bytes as f64 * EVICT_TO) as u64;
+        objects.sort_by_key(|o| o.written);
+        let mut evicted = HashSet::new();
+        for object in objects {
+            if total <= target {
+                break;
+            }
+            // Another process may have deleted them first: they are gone either way.
+            let log = std::fs::remove_file(object.stem.with_extension(LOG)).is_ok();
+            let data = std::fs::remove_file(object.stem.with_extension(DATA)).is_ok();
+            if log || data {
+                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            total -= object.bytes;
+            evicted.insert(object.stem.with_extension(DATA));
+        }
+        // What this process knew of them is forgotten with them.
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, entry| !evicted.contains(&entry.data));
+        total
     }
 }
 
@@ -586,6 +620,30 @@ mod tests {
 
     fn inode(path: &Path) -> Inode {
         inode_of(&std::fs::metadata(path).unwrap())
+    }
+
+    #[test]
+    fn files_replaced_since_are_read_anew() {
+        let dir = folder("replaced");
+        let cache = DiskCache::open(&dir, 1 << 20).unwrap();
+        let key = object_key("s3://b/a.zarr/c/0/0", 1000, "\"e1\"");
+        let entry = cache.entry(&key);
+        cache.put(&entry, 0, b"first");
+        let old = inode(entry.data_path());
+        assert_eq!(entry.held(old, 0, 5, &mut false), Held::Checked);
+        // Another process evicts the pair and keeps another chunk of the object.
+        std::fs::remove_file(&entry.log).unwrap();
+        std::fs::remove_file(entry.data_path()).unwrap();
+        let other = DiskCache::open(&dir, 1 << 20).unwrap();
+        other.put(&other.entry(&key), 100, b"second");
+        let new = inode(entry.data_path());
+        assert_ne!(old, new);
+        // Through the new file, the new log tells what it holds: not the first chunk.
+        assert_eq!(entry.held(new, 0, 5, &mut false), Held::No);
+        assert_eq!(
+            entry.held(new, 100, 6, &mut false),
+            Held::ToCheck(crc32c::crc32c(b"second"))
+        );
     }
 
     #[test]

@@ -163,6 +163,12 @@ pub fn open(path: &Path, direct_io: bool) -> std::io::Result<(Option<Arc<OpenFil
     Ok((Some(file), true))
 }
 
+/// Stops keeping the file at `path` open (batches reading it keep it until they end): the
+/// next [`open`] opens whatever the path names then.
+pub fn forget(path: &Path, direct_io: bool) {
+    kept().files.remove(&(path.to_path_buf(), direct_io));
+}
+
 /// Closes the kept file used longest ago that no batch holds; whether there was one.
 fn close_oldest_idle(kept: &mut Kept) -> bool {
     let oldest = kept

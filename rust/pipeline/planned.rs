@@ -414,7 +414,21 @@ fn open_kept(
     };
     let entry = disk.entry(&key);
     let path = entry.data_path();
-    let open = match open_files::open(path, false) {
+    // A kept `.data` file evicted since (by this process or another) is closed: the path
+    // names the object's new files, which the log describes.
+    let deleted = |open: &open_files::OpenFile| {
+        open.file
+            .metadata()
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
+    };
+    let mut opened = open_files::open(path, false);
+    if let Ok((Some(open), false)) = &opened {
+        if deleted(open) {
+            open_files::forget(path, false);
+            opened = open_files::open(path, false);
+        }
+    }
+    let open = match opened {
         Ok((Some(open), _)) => open,
         Ok((None, _)) => return Ok(None),
         Err(e) if open_files::out_of_descriptors(&e) => {

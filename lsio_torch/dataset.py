@@ -6,6 +6,7 @@ decodes, casts and writes every byte of them with the GIL released.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from lsio_torch import _lsio_torch
+from lsio_torch._epochs import MAIN, Board
 from lsio_torch._sources import (
     TORCH_DTYPES,
     Source,
@@ -31,7 +33,7 @@ from lsio_torch._sources import (
     joint_grid,
     per_key,
 )
-from lsio_torch._split import current_share
+from lsio_torch._split import Share, current_share
 
 log = logging.getLogger("lsio_torch")
 
@@ -464,7 +466,11 @@ class ZarrCropDataset(IterableDataset):
         self._sampler = self._make_sampler()
 
         self._position = 0  # where the live iteration would resume (`Share.batches`)
-        self._resume: int | None = None  # from load_state_dict, for the next iteration
+        self._board = Board()  # which epoch each iteration yields (lsio_torch._epochs)
+        self._explicit = False  # the next iteration's epoch was chosen (set_epoch, a state)
+        self._finished = False  # the last iteration ran to its end
+        self._next_local = 0  # the next epoch as this copy alone knows it (no board)
+        _LIVE.add(self)
         self._inherited_share: tuple[int, int] | None = None
         self._stats = dict.fromkeys(_COUNTERS, 0)
         self._iterators: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -490,6 +496,9 @@ class ZarrCropDataset(IterableDataset):
                 )
 
     def __getstate__(self) -> dict[str, Any]:
+        # What receives this copy (spawned DataLoader workers) counts this process's
+        # iterations: the board must be this process's own.
+        self._own_board()
         state = self.__dict__.copy()
         del state["_sampler"], state["_iterators"], state["_engines"]
         state["_cache"] = state["_cache_pid"] = None  # each process its own
@@ -508,24 +517,54 @@ class ZarrCropDataset(IterableDataset):
         self._sampler = self._make_sampler()
         self._iterators = weakref.WeakSet()
         self._engines = weakref.WeakSet()
+        _LIVE.add(self)
+        if self._board.owner == os.getpid():
+            # A copy in the process that made it (pickle, deepcopy): a count of its own.
+            self._board = self._carried_board()
+
+    def _own_board(self) -> Board:
+        """The board of this process's iterations: in a DataLoader worker, its loader's; in
+        a process that received the dataset from another (a rank started by ``ddp_spawn``), a
+        board of its own, made now, that carries on the count."""
+        board = self._board
+        if board.owner == os.getpid() or torch.utils.data.get_worker_info() is not None:
+            return board
+        self._board = self._carried_board()
+        return self._board
+
+    def _carried_board(self) -> Board:
+        """A new board that goes on from where this copy's board stands."""
+        try:
+            epoch, resume = self._board.next_epoch()
+        except OSError:  # on another machine, or gone: from what this copy knows
+            epoch, resume = self._next_local, None
+        return Board(epoch, resume)
 
     def set_epoch(self, epoch: int) -> None:
         """Chooses the epoch whose crops the next iteration yields (and forgets a position
-        loaded by :meth:`load_state_dict`)."""
+        loaded by :meth:`load_state_dict`). Without it, each iteration is the epoch after
+        the previous one: the first is epoch 0."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = epoch
+        self.epoch = self._next_local = epoch
         self._position = 0
-        self._resume = None
+        self._explicit, self._finished = True, False
+        self._own_board().set_next(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Where this process is in the epoch: ``{"epoch", "batch", ...}``, ``batch`` being
         the number of this rank's batches already yielded. In a DataLoader worker it is that
         worker's own resume point, for the same worker (torchdata's ``StatefulDataLoader``
         saves and restores one per worker)."""
+        epoch, position = self.epoch, self._position
+        if self._finished and torch.utils.data.get_worker_info() is None:
+            # The iteration ran to its end: the run goes on with the next epoch. (A loop
+            # broken after the last batch resumes into the rest of the epoch, which is empty,
+            # as the uninterrupted loop would have ended it.)
+            epoch, position = epoch + 1, 0
         return {
-            "epoch": self.epoch,
-            "batch": self._position,
+            "epoch": epoch,
+            "batch": position,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "samples_per_epoch": self.samples_per_epoch,
@@ -542,8 +581,15 @@ class ZarrCropDataset(IterableDataset):
         epoch, batch = state["epoch"], state["batch"]
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
             raise ValueError(f"state batch must be a non-negative int, got {batch!r}")
-        self.set_epoch(epoch)
-        self._position = self._resume = batch
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"state epoch must be a non-negative int, got {epoch!r}")
+        self.epoch, self._position, self._next_local = epoch, batch, epoch
+        self._explicit, self._finished = True, False
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            self._own_board().set_next(epoch, batch)
+        else:  # restored by StatefulDataLoader: this worker's resume point
+            self._board.reserve(_loader_key(info), f"w{info.id}", epoch, batch)
 
     def __len__(self) -> int:
         """Batches per epoch that this rank yields (all its DataLoader workers together), as
@@ -652,6 +698,30 @@ class ZarrCropDataset(IterableDataset):
         self._iterators.add(iterator)
         return iterator
 
+    def _begin(self, share: Share) -> tuple[int, int]:
+        """Joins the board as an iteration begins: its epoch, and the rank position it
+        resumes from."""
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            board, key, member = self._own_board(), MAIN, MAIN
+        else:
+            board, key, member = self._board, _loader_key(info), f"w{info.id}"
+        explicit, self._explicit = self._explicit, False
+        try:
+            epoch, start = board.join(key, member)
+        except OSError as e:
+            # The board is gone (a cleaner emptied its folder): this copy's own count.
+            epoch, start = self._next_local, None
+            _warn_once(
+                "board",
+                "lsio_torch: the epoch count shared with DataLoader workers is lost (%s): "
+                "call ds.set_epoch(n) before each epoch",
+                e,
+            )
+        self.epoch, self._next_local = epoch, epoch + 1
+        _note_epoch(self, epoch, explicit)
+        return epoch, start or 0
+
     def _iterate(self) -> Iterator[Any]:
         share = current_share(self.rank, self.world_size, self._inherited_share)
         pin = self.pin_memory
@@ -661,11 +731,10 @@ class ZarrCropDataset(IterableDataset):
             pin = False
         _log_backend_once()
         threads = self.threads or _default_threads()
-        start = self._resume or 0
-        self._resume = None
-        self._position = start
+        epoch, start = self._begin(share)
+        self._position, self._finished = start, False
         total = None if self.samples_per_epoch is None else self._epoch_batches()
-        n, epoch = self.samples_per_epoch, self.epoch
+        n = self.samples_per_epoch
         batches = share.batches(total, start)
         cache, disk = self._chunk_cache(), self._disk_chunk_cache()
         engines = _Engines(
@@ -705,6 +774,7 @@ class ZarrCropDataset(IterableDataset):
                 self._stats["batches"] += 1
                 batch = outs[None] if self.variables is None else outs
                 yield (batch, origins) if self.return_origins else batch
+            self._finished = True
         finally:
             self._engines.discard(engines)
             for name, value in _engine_stats(engines).items():
@@ -712,6 +782,58 @@ class ZarrCropDataset(IterableDataset):
                     self._stats[name] += value
             for engine in engines.values():
                 engine.close()
+
+
+#: Every dataset of this process, for the fork hook below.
+_LIVE: weakref.WeakSet[ZarrCropDataset] = weakref.WeakSet()
+
+
+def _own_boards() -> None:
+    """Before a fork (a DataLoader worker started under ``fork``): every dataset holds a
+    board of this process, which the child will count on."""
+    if torch.utils.data.get_worker_info() is None:
+        for ds in list(_LIVE):
+            # No folder for boards: the iterations say so.
+            with contextlib.suppress(OSError):
+                ds._own_board()
+
+
+os.register_at_fork(before=_own_boards)
+
+
+def _loader_key(info: Any) -> str:
+    """What the workers of one DataLoader iteration share: its base seed."""
+    return f"seed {info.seed - info.id}"
+
+
+_warned: set[Any] = set()
+
+
+def _warn_once(what: Any, message: str, *args: Any) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning(message, *args)
+
+
+#: The epochs begun in this process, by what decides a dataset's crops.
+_begun: dict[tuple[Any, ...], set[int]] = {}
+
+
+def _note_epoch(ds: ZarrCropDataset, epoch: int, explicit: bool) -> None:
+    """Warns (once per dataset) when an iteration repeats an epoch that another dataset of the same
+    arrays and sampling began in this process, with no epoch chosen: a training loop that
+    makes its dataset anew each epoch sees epoch 0 every time."""
+    signature = (repr(ds._sources), ds.crop, ds.seed, ds.batch_size, ds.samples_per_epoch)
+    seen = _begun.setdefault(signature, set())
+    if epoch in seen and not explicit:
+        _warn_once(
+            ("repeat", signature),
+            "lsio_torch: epoch %d of this dataset was already iterated in this process: "
+            "a dataset made anew starts at epoch 0; keep one dataset for the run, or call "
+            "ds.set_epoch(n)",
+            epoch,
+        )
+    seen.add(epoch)
 
 
 class _Engines(dict):

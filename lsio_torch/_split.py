@@ -27,20 +27,35 @@ class Share:
     #: In a DataLoader worker process (which must not pin memory).
     in_worker: bool = False
 
-    def batches(self, total: int | None, start: int = 0) -> Iterator[tuple[int, int]]:
+    def length(self, total: int, drop_last: bool = False) -> int:
+        """Batches in this rank's stream of an epoch of ``total``: the same on every rank,
+        as ``DistributedSampler`` makes it: the epoch padded with batches from its start, or
+        with ``drop_last`` cut to a multiple of the world size."""
+        return total // self.world if drop_last else -(-total // self.world)
+
+    def batches(
+        self, total: int | None, start: int = 0, length: int | None = None
+    ) -> Iterator[tuple[int, int]]:
         """``(global batch, resume point after it)`` for each batch this share yields, from
-        rank position ``start`` on; ``total`` batches per epoch, ``None`` without end.
+        rank position ``start`` on; ``total`` batches per epoch, ``None`` without end; the
+        rank's stream ``length`` positions long (by default, the epoch's batches that fall to
+        it: :meth:`length` pads). A position past the epoch's last batch wraps around to its
+        first ones.
 
         Worker ``w`` takes positions ``start + w, start + w + workers, ...``, so a DataLoader
         (which asks worker 0 first) yields positions ``start, start + 1, ...`` in order. The
         resume point is the ``start`` from which this worker would take its next position.
         """
+        if total is not None and length is None:
+            length = len(range(self.rank, total, self.world))
         w, nw = self.worker, self.workers
         p = start + w
-        while True:
+        while length is None or p < length:
             g = p * self.world + self.rank
-            if total is not None and g >= total:
-                return
+            if total is not None:
+                if total == 0:
+                    return
+                g %= total
             yield g, p + nw - w
             p += nw
 

@@ -261,6 +261,11 @@ class ZarrCropDataset(IterableDataset):
         batch_size: crops per batch.
         samples_per_epoch: crops per epoch; ``None`` streams without end (or, with an explicit
             list of ``origins``, its length). The last batch of an epoch may be smaller.
+            Every rank yields as many batches (so that DDP's steps stay in step): where the
+            batches do not divide among the ranks, those short of one repeat the epoch's first
+            batches, as ``DistributedSampler`` pads.
+        drop_last: instead, leave out the epoch's last batch when it is short, and the
+            batches past the last multiple of the world size.
         seed: with the epoch and the sample's index, decides every crop's origin.
         origins: instead of uniform random origins: an ``[N, ndim]`` list (the epoch is these
             crops, in order) or a callable ``origins(epoch, index) -> origin`` (deterministic,
@@ -331,6 +336,7 @@ class ZarrCropDataset(IterableDataset):
         scale: Mapping[str, Sequence[int]] | None = None,
         batch_size: int = 1,
         samples_per_epoch: int | None = None,
+        drop_last: bool = False,
         seed: int = 0,
         origins: Any = None,
         valid: Any = None,
@@ -403,6 +409,9 @@ class ZarrCropDataset(IterableDataset):
 
         self.batch_size = _positive("batch_size", batch_size)
         self.samples_per_epoch = _positive("samples_per_epoch", samples_per_epoch, allow_none=True)
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
+        self.drop_last = drop_last
         if prefetch is None:
             remote = any(is_url(source.path) for source in self._sources)
             prefetch = REMOTE_PREFETCH if remote else LOCAL_PREFETCH
@@ -595,12 +604,14 @@ class ZarrCropDataset(IterableDataset):
         """Batches per epoch that this rank yields (all its DataLoader workers together), as
         ``len(DataLoader(...))`` is expected to be under ``DistributedSampler``."""
         share = current_share(self.rank, self.world_size, self._inherited_share)
-        return len(range(share.rank, self._epoch_batches(), share.world))
+        return share.length(self._epoch_batches(), self.drop_last)
 
     def _epoch_batches(self) -> int:
-        """Batches in a whole epoch, over all ranks."""
+        """Batches in a whole epoch, over all ranks (with ``drop_last``, whole ones only)."""
         if self.samples_per_epoch is None:
             raise TypeError("an endless ZarrCropDataset (samples_per_epoch=None) has no len()")
+        if self.drop_last:
+            return self.samples_per_epoch // self.batch_size
         return math.ceil(self.samples_per_epoch / self.batch_size)
 
     def __repr__(self) -> str:
@@ -735,7 +746,8 @@ class ZarrCropDataset(IterableDataset):
         self._position, self._finished = start, False
         total = None if self.samples_per_epoch is None else self._epoch_batches()
         n = self.samples_per_epoch
-        batches = share.batches(total, start)
+        length = None if total is None else share.length(total, self.drop_last)
+        batches = share.batches(total, start, length)
         cache, disk = self._chunk_cache(), self._disk_chunk_cache()
         engines = _Engines(
             {

@@ -7,9 +7,13 @@ import itertools
 from lsio_torch._split import Share
 
 
-def stream(rank: int, world: int, workers: int, total: int, start: int = 0) -> list[int]:
+def stream(
+    rank: int, world: int, workers: int, total: int, start: int = 0, length: int | None = None
+) -> list[int]:
     """A rank's batches as a DataLoader yields them: worker 0 first, then in turn."""
-    parts = [list(Share(rank, world, w, workers).batches(total, start)) for w in range(workers)]
+    parts = [
+        list(Share(rank, world, w, workers).batches(total, start, length)) for w in range(workers)
+    ]
     return [g for row in itertools.zip_longest(*parts) for g, _ in filter(None, row)]
 
 
@@ -44,3 +48,35 @@ def test_a_workers_resume_point_continues_that_worker():
     batches = list(share.batches(20))
     for i, (_, resume) in enumerate(batches):
         assert [g for g, _ in share.batches(20, resume)] == [g for g, _ in batches[i + 1 :]]
+
+
+def test_every_rank_runs_as_many_batches_the_short_ones_padded_with_the_first():
+    for world, workers, total in [(2, 1, 13), (2, 2, 13), (3, 2, 17), (4, 3, 2), (3, 1, 9)]:
+        n = -(-total // world)
+        streams = []
+        for rank in range(world):
+            assert Share(rank, world).length(total) == n
+            streams.append(stream(rank, world, workers, total, length=n))
+            assert stream(rank, world, 1, total, length=n) == streams[-1]  # whatever its workers
+        assert all(len(s) == n for s in streams), (world, workers, total)
+        # Every batch once, then the pad: the epoch's first batches, in order.
+        ordered = [s[p] for p in range(n) for s in streams]
+        assert ordered == list(range(total)) + list(range(n * world - total))
+
+
+def test_drop_last_cuts_the_epoch_to_a_multiple_of_the_world_size():
+    for world, workers, total in [(2, 1, 13), (2, 2, 13), (3, 2, 17), (4, 1, 2)]:
+        n = total // world
+        streams = [
+            stream(r, world, workers, total, length=Share(r, world).length(total, drop_last=True))
+            for r in range(world)
+        ]
+        assert all(len(s) == n for s in streams)
+        assert sorted(g for s in streams for g in s) == list(range(n * world))
+
+
+def test_a_padded_stream_resumes_into_its_pad():
+    whole = stream(1, 2, 2, 13, length=7)
+    assert whole[-1] == 0  # rank 1's 7th batch: the epoch's first, again
+    for k in range(8):
+        assert stream(1, 2, 3, 13, k, length=7) == whole[k:]

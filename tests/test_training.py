@@ -56,6 +56,52 @@ def test_workers_share_the_epoch_exactly(arrays, method, workers):
     assert got == expected
 
 
+def _ddp_main(rank: int, world: int, path: str, rendezvous: str, out: str, drop_last: bool):
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world
+    )
+    try:
+        # 52 samples in batches of 4: 13 batches, which do not divide between 2 ranks.
+        ds = lsio_torch.ZarrCropDataset(
+            path, CROP, batch_size=4, samples_per_epoch=52, seed=5, return_origins=True,
+            dtype=torch.float32, drop_last=drop_last,
+        )  # fmt: skip
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(CROP[-1], 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        loader = DataLoader(ds, batch_size=None, num_workers=rank)
+        seen = []
+        for batch, origins in loader:  # a step per batch: DDP needs as many on every rank
+            optimizer.zero_grad()
+            model(batch).mean().backward()
+            optimizer.step()
+            seen.append(origins.tolist())
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"len": len(ds), "batches": seen}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_an_uneven_epoch_runs_as_many_ddp_steps_on_every_rank(arrays, tmp_path, drop_last):
+    written = arrays[("shard-index-start", "float32")]
+    out = tmp_path / "origins"
+    args = (2, str(written.path), str(tmp_path / "rendezvous"), str(out), drop_last)
+    torch.multiprocessing.spawn(_ddp_main, args=args, nprocs=2, join=True)
+    ranks = [json.loads(out.with_suffix(f".{r}").read_text()) for r in (0, 1)]
+    ds = lsio_torch.ZarrCropDataset(
+        written.path, CROP, batch_size=4, samples_per_epoch=52, seed=5, return_origins=True
+    )
+    whole = [origins.tolist() for _, origins in ds]
+    assert len(whole) == 13
+    steps = 6 if drop_last else 7
+    for seen in ranks:
+        assert seen["len"] == len(seen["batches"]) == steps
+    assert ranks[0]["batches"] == whole[0 : 2 * steps : 2]
+    # Rank 1's share of 13 batches is 6: padded with the epoch's first batch, or both cut to 6.
+    pad = [] if drop_last else [whole[0]]
+    assert ranks[1]["batches"] == whole[1:12:2] + pad
+
+
 def _rank_main(rank: int, world: int, path: str, rendezvous: str, out: str) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world
@@ -99,9 +145,9 @@ def test_explicit_rank_and_world_size_without_a_process_group(arrays):
             written.path, CROP, return_origins=True, rank=rank, world_size=3, **EPOCH
         )
         parts.append(origins_of(DataLoader(ds, batch_size=None, num_workers=2)))
-        assert len(ds) == [3, 3, 2][rank]  # this rank's batches: 8 in all
-    assert sorted(o for part in parts for o in part) == sorted(expected)
-    assert sum(len(p) for p in parts) == 30
+        assert len(ds) == 3  # 8 batches over 3 ranks: rank 2's third is the epoch's first again
+    assert parts[2][-4:] == expected[:4]
+    assert sorted(o for part in parts for o in part) == sorted(expected + expected[:4])
     with pytest.raises(ValueError, match="rank 3 is not in range"):
         next(iter(lsio_torch.ZarrCropDataset(written.path, CROP, rank=3, world_size=3)))
 

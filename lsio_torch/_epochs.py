@@ -93,6 +93,16 @@ class Board:
 
         return self._update(read)
 
+    def current(self) -> int:
+        """The epoch of the iteration that began last, or, where none began since the epoch
+        was set, the epoch the next one yields."""
+
+        def read(state: dict[str, Any]) -> int:
+            begun = len(state["iterations"])
+            return state["base"] + (begun - 1 if begun > state["set_at"] else begun)
+
+        return self._update(read)
+
     def set_next(self, epoch: int, resume: int | None = None) -> None:
         """Makes the next iteration to begin yield ``epoch``, from ``resume`` (a rank's
         position) when given."""
@@ -101,6 +111,7 @@ class Board:
             i = len(state["iterations"])
             state["base"] = epoch - i
             state["resume"] = None if resume is None else [i, resume]
+            state["set_at"] = i
 
         self._update(change)
 
@@ -123,6 +134,7 @@ class Board:
                 i = len(iterations) - 1
             iterations[i]["positions"][member] = position
             state["base"] = epoch - i
+            state["set_at"] = i
 
         self._update(change)
 
@@ -155,4 +167,5 @@ class Board:
 
 
 def _fresh(base: int, resume: int | None) -> dict[str, Any]:
-    return {"base": base, "resume": None if resume is None else [0, resume], "iterations": []}
+    resume_at = None if resume is None else [0, resume]
+    return {"base": base, "resume": resume_at, "iterations": [], "set_at": 0}

@@ -560,6 +560,14 @@ class ZarrCropDataset(IterableDataset):
         self._explicit, self._finished = True, False
         self._own_board().set_next(epoch)
 
+    def current_epoch(self) -> int:
+        """The epoch of this dataset's iteration in progress (or the last one begun), in this
+        process or its DataLoader workers; before any, the epoch the first one yields."""
+        try:
+            return self._own_board().current()
+        except OSError:
+            return self.epoch
+
     def state_dict(self) -> dict[str, Any]:
         """Where this process is in the epoch: ``{"epoch", "batch", ...}``, ``batch`` being
         the number of this rank's batches already yielded. In a DataLoader worker it is that

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -170,3 +171,22 @@ def test_ranks_that_receive_one_dataset_count_their_own_epochs(path, epochs, tmp
             # Rank r's batches of epoch e: r, r + 2, ... of the whole epoch.
             whole = [epochs[e][i : i + 4] for i in range(0, 22, 4)]
             assert seen[e] == [o for b in whole[rank::2] for o in b], (rank, e)
+
+
+def test_the_count_leaves_no_file_behind(path):
+    import gc
+
+    from lsio_torch._epochs import _folder
+
+    def boards() -> set[str]:
+        return {n for n in os.listdir(_folder()) if n.startswith("lsio_torch-epochs-")}
+
+    gc.collect()
+    before = boards()
+    datasets = [dataset(path) for _ in range(3)]
+    for ds in datasets:
+        origins_of(loader(ds, 2, "spawn"))  # workers that open the board and exit
+    assert len(boards() - before) == 3
+    del datasets, ds
+    gc.collect()
+    assert boards() <= before

@@ -81,3 +81,21 @@ def test_a_resumed_run_yields_the_uninterrupted_tail(
     resumed = train(path, tmp_path, strategy, workers, first / "checkpoints" / checkpoint)
     for rank in (0, 1):
         assert resumed[rank] == seen[rank][step:], rank
+
+
+def test_validation_reads_epoch_0_every_time_and_is_left_out_without_a_dataset(path):
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from lsio_torch.lightning import ZarrDataModule
+
+    train = lsio_torch.ZarrCropDataset(path, CROP, **DATASET)
+    val = lsio_torch.ZarrCropDataset(path, CROP, **{**DATASET, "samples_per_epoch": 12})
+    val.set_epoch(0)
+    epoch0 = [origins.tolist() for _, origins in val]
+    dm = ZarrDataModule(train, val=val, num_workers=2, multiprocessing_context="fork")
+    assert is_overridden("val_dataloader", dm)
+    loader = dm.val_dataloader()
+    assert [[o.tolist() for _, o in loader] for _ in range(2)] == [epoch0, epoch0]
+    assert not is_overridden("val_dataloader", ZarrDataModule(train))
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        ZarrDataModule(lsio_torch.ZarrCropDataset(path, CROP))

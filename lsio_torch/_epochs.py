@@ -58,21 +58,33 @@ class Board:
     """The shared count of a dataset's iterations (see the module's docstring)."""
 
     def __init__(self, base: int = 0, resume: int | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="lsio_torch-epochs-", dir=_folder())
         self.owner = os.getpid()
+        try:
+            fd, path = tempfile.mkstemp(prefix="lsio_torch-epochs-", dir=_folder())
+        except OSError as e:
+            # No folder to share a count in: every use says so (the dataset counts alone).
+            self.path, self.error = None, e
+            return
+        self.path, self.error = path, None
         with os.fdopen(fd, "w") as f:
             json.dump(_fresh(base, resume), f)
-        self._finalizer = weakref.finalize(self, _remove, self.path, self.owner)
+        self._finalizer = weakref.finalize(self, _remove, path, self.owner)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "owner": self.owner}
+        return {"path": self.path, "owner": self.owner, "error": self.error}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path, self.owner = state["path"], state["owner"]
+        self.path, self.owner, self.error = state["path"], state["owner"], state["error"]
 
     def _update(self, change: Any) -> Any:
         """Runs ``change(state)`` on the board's state under its lock, writes the state back,
-        and returns what ``change`` returned."""
+        and returns what ``change`` returned.
+
+        Raises:
+            OSError: the board could not be made, or is gone.
+        """
+        if self.path is None:
+            raise OSError(f"no folder for the epoch count: {self.error}")
         fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
         with os.fdopen(fd, "r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)

@@ -558,7 +558,8 @@ class ZarrCropDataset(IterableDataset):
         self.epoch = self._next_local = epoch
         self._position = 0
         self._explicit, self._finished = True, False
-        self._own_board().set_next(epoch)
+        with contextlib.suppress(OSError):  # no shared count: this copy's own (see _begin)
+            self._own_board().set_next(epoch)
 
     def current_epoch(self) -> int:
         """The epoch of this dataset's iteration in progress (or the last one begun), in this
@@ -603,10 +604,11 @@ class ZarrCropDataset(IterableDataset):
         self.epoch, self._position, self._next_local = epoch, batch, epoch
         self._explicit, self._finished = True, False
         info = torch.utils.data.get_worker_info()
-        if info is None:
-            self._own_board().set_next(epoch, batch)
-        else:  # restored by StatefulDataLoader: this worker's resume point
-            self._board.reserve(_loader_key(info), f"w{info.id}", epoch, batch)
+        with contextlib.suppress(OSError):  # no shared count: this copy's own (see _begin)
+            if info is None:
+                self._own_board().set_next(epoch, batch)
+            else:  # restored by StatefulDataLoader: this worker's resume point
+                self._board.reserve(_loader_key(info), f"w{info.id}", epoch, batch)
 
     def __len__(self) -> int:
         """Batches per epoch that this rank yields (all its DataLoader workers together), as
@@ -730,11 +732,12 @@ class ZarrCropDataset(IterableDataset):
             epoch, start = board.join(key, member)
         except OSError as e:
             # The board is gone (a cleaner emptied its folder): this copy's own count.
-            epoch, start = self._next_local, None
+            epoch, start = self._next_local, (self._position if explicit else None)
             _warn_once(
                 "board",
-                "lsio_torch: the epoch count shared with DataLoader workers is lost (%s): "
-                "call ds.set_epoch(n) before each epoch",
+                "lsio_torch: the epoch count cannot be shared with DataLoader workers (%s): "
+                "this process counts its own iterations; with workers started anew each "
+                "epoch, call ds.set_epoch(n) before each epoch",
                 e,
             )
         self.epoch, self._next_local = epoch, epoch + 1

@@ -190,3 +190,23 @@ def test_the_count_leaves_no_file_behind(path):
     del datasets, ds
     gc.collect()
     assert boards() <= before
+
+
+def test_with_no_folder_to_share_the_count_a_process_counts_alone(path, epochs, tmp_path, caplog):
+    # Where /dev/shm and the temporary folder both refuse files: said once, and a loop with
+    # no workers still advances and resumes on its own.
+    import lsio_torch._epochs
+
+    caplog.set_level(logging.WARNING, logger="lsio_torch")
+    lsio_torch.dataset._warned.discard("board")  # said once a process: this test's process
+    folder = lsio_torch._epochs._folder
+    lsio_torch._epochs._folder = lambda: str(tmp_path / "missing")
+    try:
+        ds = dataset(path)
+        assert [origins_of(ds) for _ in range(2)] == epochs[:2]
+        ds.load_state_dict({"epoch": 3, "batch": 4})
+        assert origins_of(ds) == epochs[3][16:]
+    finally:
+        lsio_torch._epochs._folder = folder
+    said = [r for r in caplog.records if "cannot be shared" in r.getMessage()]
+    assert len(said) == 1, said

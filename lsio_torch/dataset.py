@@ -571,7 +571,8 @@ class ZarrCropDataset(IterableDataset):
 
     def state_dict(self) -> dict[str, Any]:
         """Where this process is in the epoch: ``{"epoch", "batch", ...}``, ``batch`` being
-        the number of this rank's batches already yielded. In a DataLoader worker it is that
+        the number of this rank's batches already yielded; after an iteration that ran to its
+        end, the next epoch at batch 0. In a DataLoader worker it is that
         worker's own resume point, for the same worker (torchdata's ``StatefulDataLoader``
         saves and restores one per worker)."""
         epoch, position = self.epoch, self._position
@@ -611,8 +612,9 @@ class ZarrCropDataset(IterableDataset):
                 self._board.reserve(_loader_key(info), f"w{info.id}", epoch, batch)
 
     def __len__(self) -> int:
-        """Batches per epoch that this rank yields (all its DataLoader workers together), as
-        ``len(DataLoader(...))`` is expected to be under ``DistributedSampler``."""
+        """Batches per epoch that this rank yields (all its DataLoader workers together), the
+        same on every rank, as under ``DistributedSampler``: the epoch padded with its first
+        batches, or with ``drop_last`` cut to a multiple of the world size."""
         share = current_share(self.rank, self.world_size, self._inherited_share)
         return share.length(self._epoch_batches(), self.drop_last)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import engine_threads, rss_bytes, smooth_field, write_zarr
+from support import chunks_touched, engine_threads, rss_bytes, smooth_field, write_zarr
 from torch.utils.data import DataLoader
 
 import lsio_torch
@@ -141,25 +141,15 @@ def test_stats_count_what_was_read_and_decoded(tmp_path):
     write_zarr(tmp_path / "a.zarr", values, chunks=(2, 10, 10))
     ds = lsio_torch.ZarrCropDataset(
         tmp_path / "a.zarr", (3, 12, 12), batch_size=4, samples_per_epoch=20, seed=3,
-        cache_bytes=0,
+        cache_bytes=0, return_origins=True,
     )  # fmt: skip
     assert ds.stats()["batches"] == 0
-    list(ds)
+    origins = [o.tolist() for _, o in ds]
     stats = ds.stats()
-    origins = [ds._sampler.origins(0, first, 4) for first in range(0, 20, 4)]
     assert stats["batches"] == 5
     # Counted here from the crops and the files on disk: each batch reads and decodes each
     # chunk its crops touch once (one chunk file, read whole).
-    touched_chunks = [
-        {
-            (t // 2, y // 10, x // 10)
-            for o in batch
-            for t in range(o[0], o[0] + 3)
-            for y in range(o[1], o[1] + 12)
-            for x in range(o[2], o[2] + 12)
-        }
-        for batch in origins
-    ]
+    touched_chunks = [chunks_touched(batch, (3, 12, 12), (2, 10, 10)) for batch in origins]
     chunk_file = tmp_path / "a.zarr" / "c" / "{}" / "{}" / "{}"
     assert stats["chunks_decoded"] == sum(len(c) for c in touched_chunks)
     assert stats["reads"] == sum(len(c) for c in touched_chunks)

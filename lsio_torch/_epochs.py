@@ -76,9 +76,9 @@ class Board:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.owner, self.error = state["path"], state["owner"], state["error"]
 
-    def _update(self, change: Any) -> Any:
-        """Runs ``change(state)`` on the board's state under its lock, writes the state back,
-        and returns what ``change`` returned.
+    def _update(self, change: Any, write: bool = True) -> Any:
+        """Runs ``change(state)`` on the board's state under its lock, writes the state back
+        (unless ``write`` is off: a read), and returns what ``change`` returned.
 
         Raises:
             OSError: the board could not be made, or is gone.
@@ -90,6 +90,8 @@ class Board:
             fcntl.flock(f, fcntl.LOCK_EX)
             state = json.load(f)
             out = change(state)
+            if not write:
+                return out
             f.seek(0)
             f.truncate()
             json.dump(state, f)
@@ -103,7 +105,7 @@ class Board:
             resume = state["resume"]
             return state["base"] + i, resume[1] if resume and resume[0] == i else None
 
-        return self._update(read)
+        return self._update(read, write=False)
 
     def current(self) -> int:
         """The epoch of the iteration that began last, or, where none began since the epoch
@@ -113,7 +115,7 @@ class Board:
             begun = len(state["iterations"])
             return state["base"] + (begun - 1 if begun > state["set_at"] else begun)
 
-        return self._update(read)
+        return self._update(read, write=False)
 
     def set_next(self, epoch: int, resume: int | None = None) -> None:
         """Makes the next iteration to begin yield ``epoch``, from ``resume`` (a rank's

@@ -33,13 +33,11 @@ from lsio_torch._sources import (
     joint_grid,
     per_key,
 )
-from lsio_torch._split import Share, current_share
+from lsio_torch._split import current_share
 
 log = logging.getLogger("lsio_torch")
 
 __all__ = ["TORCH_DTYPES", "ZarrCropDataset", "read_crops"]
-
-_fallback_logged = False
 
 #: What `ZarrCropDataset.stats` counts.
 _COUNTERS = (
@@ -90,12 +88,21 @@ _EMPTY_DISK_CACHE_STATS = dict.fromkeys(
 
 def _log_backend_once() -> None:
     """Says once per process when io_uring could not be used."""
-    global _fallback_logged
-    if not _fallback_logged:
-        _fallback_logged = True
-        reason = _lsio_torch.io_fallback_reason()
-        if reason is not None:
-            log.warning("lsio_torch: io_uring unavailable (%s); reading with pread threads", reason)
+    reason = _lsio_torch.io_fallback_reason()
+    if reason is not None:
+        _warn_once(
+            "backend", "lsio_torch: io_uring unavailable (%s); reading with pread threads", reason
+        )
+
+
+#: What this process has warned about, each once.
+_warned: set[Any] = set()
+
+
+def _warn_once(what: Any, message: str, *args: Any) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning(message, *args)
 
 
 def _default_threads() -> int:
@@ -553,8 +560,7 @@ class ZarrCropDataset(IterableDataset):
         """Chooses the epoch whose crops the next iteration yields (and forgets a position
         loaded by :meth:`load_state_dict`). Without it, each iteration is the epoch after
         the previous one: the first is epoch 0."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        _non_negative("epoch", epoch)
         self.epoch = self._next_local = epoch
         self._position = 0
         self._explicit, self._finished = True, False
@@ -598,10 +604,8 @@ class ZarrCropDataset(IterableDataset):
                     f"state is for {key}={state[key]!r}, this dataset has {getattr(self, key)!r}"
                 )
         epoch, batch = state["epoch"], state["batch"]
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
-            raise ValueError(f"state batch must be a non-negative int, got {batch!r}")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"state epoch must be a non-negative int, got {epoch!r}")
+        _non_negative("state batch", batch)
+        _non_negative("state epoch", epoch)
         self.epoch, self._position, self._next_local = epoch, batch, epoch
         self._explicit, self._finished = True, False
         info = torch.utils.data.get_worker_info()
@@ -721,7 +725,7 @@ class ZarrCropDataset(IterableDataset):
         self._iterators.add(iterator)
         return iterator
 
-    def _begin(self, share: Share) -> tuple[int, int]:
+    def _begin(self) -> tuple[int, int]:
         """Joins the board as an iteration begins: its epoch, and the rank position it
         resumes from."""
         info = torch.utils.data.get_worker_info()
@@ -755,7 +759,7 @@ class ZarrCropDataset(IterableDataset):
             pin = False
         _log_backend_once()
         threads = self.threads or _default_threads()
-        epoch, start = self._begin(share)
+        epoch, start = self._begin()
         self._position, self._finished = start, False
         total = None if self.samples_per_epoch is None else self._epoch_batches()
         n = self.samples_per_epoch
@@ -831,22 +835,13 @@ def _loader_key(info: Any) -> str:
     return f"seed {info.seed - info.id}"
 
 
-_warned: set[Any] = set()
-
-
-def _warn_once(what: Any, message: str, *args: Any) -> None:
-    if what not in _warned:
-        _warned.add(what)
-        log.warning(message, *args)
-
-
 #: The epochs begun in this process, by what decides a dataset's crops.
 _begun: dict[tuple[Any, ...], set[int]] = {}
 
 
 def _note_epoch(ds: ZarrCropDataset, epoch: int, explicit: bool) -> None:
-    """Warns (once per dataset) when an iteration repeats an epoch that another dataset of the same
-    arrays and sampling began in this process, with no epoch chosen: a training loop that
+    """Warns (once per dataset) when an iteration repeats an epoch that another dataset of
+    the same arrays and sampling began in this process, with no epoch chosen: a training loop that
     makes its dataset anew each epoch sees epoch 0 every time."""
     signature = (repr(ds._sources), ds.crop, ds.seed, ds.batch_size, ds.samples_per_epoch)
     seen = _begun.setdefault(signature, set())

@@ -19,6 +19,7 @@ use crate::pipeline::{
     PlanCache, Shared,
 };
 use crate::pool::build_pool;
+use crate::window::Window;
 use crate::zarr::ZarrArray;
 
 /// What a ceiling measured.
@@ -52,7 +53,7 @@ pub fn decode_bound(
     threads: usize,
     backend: Backend,
 ) -> Result<Measured> {
-    let shared = Shared::new(array, crop, backend, None)?;
+    let shared = Shared::new(array, Window::crop(&crop), backend, None)?;
     let mut reader = new_reader(backend)?;
     let mut cache = PlanCache::default();
     let (pool, exited) = build_pool("lsio-bound", threads)?;
@@ -121,7 +122,7 @@ pub fn read_ranges(
     backend: Backend,
     remote: Option<&Settings>,
 ) -> Result<Vec<Vec<Range>>> {
-    let shared = Shared::new(array, crop, backend, None)?;
+    let shared = Shared::new(array, Window::crop(&crop), backend, None)?;
     let mut reader = new_reader(backend)?;
     let mut cache = PlanCache::default();
     batches

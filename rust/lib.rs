@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod pool;
 pub mod sampler;
+pub mod window;
 pub mod zarr;
 
 #[cfg(feature = "python")]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::window::Window;
 use crate::zarr::Region;
 
 /// Where part of a chunk lands in the output.
@@ -12,7 +13,7 @@ pub struct Target {
     pub crop: usize,
     /// The part of the chunk, in chunk coordinates.
     pub in_chunk: Region,
-    /// Where that part starts, in crop coordinates.
+    /// Where that part starts in the crop's output (its window's boxes one after the other).
     pub in_crop: Vec<u64>,
 }
 
@@ -24,24 +25,27 @@ pub struct ChunkTask {
     pub targets: Vec<Target>,
 }
 
-/// Plans a batch: the leaf chunks touched by crops of `crop` shape at `origins`, in C order of
+/// Plans a batch: the leaf chunks touched by samples of `window` at `origins`, in C order of
 /// their coordinates (so chunks of one shard sit together).
 #[must_use]
-pub fn plan_batch(leaf_shape: &[u64], crop: &[u64], origins: &[Vec<u64>]) -> Vec<ChunkTask> {
+pub fn plan_batch(leaf_shape: &[u64], window: &Window, origins: &[Vec<u64>]) -> Vec<ChunkTask> {
     let mut tasks: BTreeMap<Vec<u64>, Vec<Target>> = BTreeMap::new();
     for (i, origin) in origins.iter().enumerate() {
-        let crop_region = Region::new(origin.clone(), crop.to_vec());
-        for chunk in crop_region.chunks_touched(leaf_shape) {
-            let chunk_start: Vec<u64> = chunk.iter().zip(leaf_shape).map(|(c, n)| c * n).collect();
-            let chunk_region = Region::new(chunk_start.clone(), leaf_shape.to_vec());
-            let Some(overlap) = crop_region.overlap(&chunk_region) else {
-                continue;
-            };
-            tasks.entry(chunk).or_default().push(Target {
-                crop: i,
-                in_crop: overlap.relative_to(origin).start,
-                in_chunk: overlap.relative_to(&chunk_start),
-            });
+        for b in window.boxes(origin) {
+            for chunk in b.in_array.chunks_touched(leaf_shape) {
+                let chunk_start: Vec<u64> =
+                    chunk.iter().zip(leaf_shape).map(|(c, n)| c * n).collect();
+                let chunk_region = Region::new(chunk_start.clone(), leaf_shape.to_vec());
+                let Some(overlap) = b.in_array.overlap(&chunk_region) else {
+                    continue;
+                };
+                let in_box = overlap.relative_to(&b.in_array.start).start;
+                tasks.entry(chunk).or_default().push(Target {
+                    crop: i,
+                    in_crop: in_box.iter().zip(&b.in_out).map(|(a, o)| a + o).collect(),
+                    in_chunk: overlap.relative_to(&chunk_start),
+                });
+            }
         }
     }
     tasks
@@ -56,7 +60,7 @@ mod tests {
 
     #[test]
     fn shared_chunks_are_planned_once() {
-        let tasks = plan_batch(&[4, 4], &[2, 3], &[vec![3, 3], vec![2, 2]]);
+        let tasks = plan_batch(&[4, 4], &Window::crop(&[2, 3]), &[vec![3, 3], vec![2, 2]]);
         let chunks: Vec<_> = tasks.iter().map(|t| t.chunk.clone()).collect();
         assert_eq!(chunks, vec![vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]]);
         // Chunk (0,0) gives crop 0 its corner element and crop 1 a 2x2 block.
@@ -82,7 +86,7 @@ mod tests {
         let leaf = [3u64, 5, 2];
         let crop = [4u64, 7, 3];
         let origins = vec![vec![0, 0, 0], vec![5, 9, 1], vec![2, 3, 4]];
-        let tasks = plan_batch(&leaf, &crop, &origins);
+        let tasks = plan_batch(&leaf, &Window::crop(&crop), &origins);
         let mut covered = vec![0u32; origins.len() * 4 * 7 * 3];
         for task in &tasks {
             for t in &task.targets {
@@ -106,5 +110,46 @@ mod tests {
             }
         }
         assert!(covered.iter().all(|&c| c == 1));
+    }
+
+    #[test]
+    fn a_window_of_steps_and_selections_covers_its_output_once() {
+        use crate::window::Run;
+        // Steps 0, 1, 5 past the origin along dimension 0; indices 4, 1 of dimension 1.
+        let window = Window::new(vec![
+            vec![
+                Run { offset: 0, len: 1 },
+                Run { offset: 1, len: 1 },
+                Run { offset: 5, len: 1 },
+            ],
+            vec![Run { offset: 4, len: 1 }, Run { offset: 1, len: 1 }],
+        ])
+        .unwrap();
+        let leaf = [2u64, 3];
+        let origins = vec![vec![0, 0], vec![3, 0]];
+        let tasks = plan_batch(&leaf, &window, &origins);
+        let steps = [0u64, 1, 5];
+        let levels = [4u64, 1];
+        let mut covered = vec![0u32; origins.len() * 6];
+        for task in &tasks {
+            for t in &task.targets {
+                for i in 0..t.in_chunk.shape[0] {
+                    for j in 0..t.in_chunk.shape[1] {
+                        let out = [t.in_crop[0] + i, t.in_crop[1] + j];
+                        let at = [
+                            task.chunk[0] * leaf[0] + t.in_chunk.start[0] + i,
+                            task.chunk[1] * leaf[1] + t.in_chunk.start[1] + j,
+                        ];
+                        assert_eq!(at[0], origins[t.crop][0] + steps[out[0] as usize]);
+                        assert_eq!(at[1], levels[out[1] as usize]);
+                        covered[t.crop * 6 + (out[0] * 2 + out[1]) as usize] += 1;
+                    }
+                }
+            }
+        }
+        assert!(covered.iter().all(|&c| c == 1), "{covered:?}");
+        // Only the chunks of the steps are planned: rows 0..2 and 5 (sample 0), 3..5 and 8.
+        let rows: std::collections::BTreeSet<u64> = tasks.iter().map(|t| t.chunk[0]).collect();
+        assert_eq!(rows, [0, 1, 2, 4].into_iter().collect());
     }
 }

@@ -24,6 +24,7 @@ use crate::io::choose_backend;
 use crate::io::remote::RemoteStore;
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
+use crate::window::{Run, Window};
 use crate::zarr::location::Location;
 use crate::zarr::ZarrArray;
 
@@ -348,8 +349,10 @@ impl Engine {
     /// ``threads`` that decode; 0 has the decode threads read their own chunks.
     #[new]
     /// ``cache`` keeps decoded chunks past the batch, this array's as number ``cache_id``;
-    /// ``disk_cache`` keeps a remote array's fetched chunk bytes on local disk.
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0, cache=None, cache_id=0, disk_cache=None))]
+    /// ``disk_cache`` keeps a remote array's fetched chunk bytes on local disk. ``window``, in
+    /// place of ``crop``: per dimension, the ``(offset, length)`` runs past the origin that
+    /// one sample reads, written out one after the other (steps, selected indices).
+    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0, cache=None, cache_id=0, disk_cache=None, window=None))]
     // The Python constructor's keyword arguments, one for one.
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -365,8 +368,22 @@ impl Engine {
         cache: Option<&ChunkCache>,
         cache_id: u32,
         disk_cache: Option<&DiskCache>,
+        window: Option<Vec<Vec<(u64, u64)>>>,
     ) -> PyResult<Self> {
         boundary("starting an engine", || {
+            let window = match window {
+                None => Window::crop(&crop),
+                Some(runs) => Window::new(
+                    runs.into_iter()
+                        .map(|dim| {
+                            dim.into_iter()
+                                .map(|(offset, len)| Run { offset, len })
+                                .collect()
+                        })
+                        .collect(),
+                )
+                .map_err(to_py)?,
+            };
             let choice = choose_backend().map_err(to_py)?;
             let cast = match dtype {
                 None if mean == 0.0 && std == 1.0 => None,
@@ -394,7 +411,7 @@ impl Engine {
             };
             let inner = Arc::clone(&array.inner);
             let engine = py
-                .detach(|| pipeline::Engine::start(inner, crop, config))
+                .detach(|| pipeline::Engine::start(inner, window, config))
                 .map_err(to_py)?;
             Ok(Self {
                 engine: Some(engine),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use lsio_torch::io::Backend;
 use lsio_torch::pipeline::{Engine, EngineConfig, OutBuffer};
 use lsio_torch::sampler::Sampler;
+use lsio_torch::window::Window;
 use lsio_torch::zarr::ZarrArray;
 use lsio_torch::Error;
 
@@ -51,7 +52,7 @@ fn read(
         cache: None,
         disk_cache: None,
     };
-    let engine = Engine::start(array, crop.to_vec(), config)?;
+    let engine = Engine::start(array, Window::crop(crop), config)?;
     let mut out = vec![0u8; origins.len() * engine.crop_bytes()];
     assert_eq!(out.len() % element, 0);
     // SAFETY: `out` outlives the engine's writes: we wait for the ticket before reading it,

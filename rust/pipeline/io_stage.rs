@@ -192,6 +192,7 @@ mod tests {
     use crossbeam_utils::sync::WaitGroup;
 
     use super::*;
+    use crate::window::Window;
     use crate::io::pread::PreadReader;
     use crate::io::Backend;
     use crate::pipeline::batch::run_batch;
@@ -206,7 +207,7 @@ mod tests {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sharded_end_int16.zarr");
         let array = Arc::new(ZarrArray::open(path).unwrap());
-        Arc::new(Shared::new(array, CROP.to_vec(), Backend::Pread, None).unwrap())
+        Arc::new(Shared::new(array, Window::crop(&CROP), Backend::Pread, None).unwrap())
     }
 
     /// Runs one batch at `origins` with `run` and returns its bytes, or its error.

@@ -43,6 +43,7 @@ use crate::io::{new_reader, Backend, Reader};
 use crate::plan::ChunkTask;
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
+use crate::window::Window;
 use crate::zarr::{limits, ZarrArray};
 
 /// Jobs that may wait for the I/O thread.
@@ -224,7 +225,10 @@ struct Job {
 /// What the engine shares between its threads.
 pub(crate) struct Shared {
     pub(crate) array: Arc<ZarrArray>,
-    crop: Vec<u64>,
+    /// What one sample reads.
+    pub(crate) window: Window,
+    /// The shape of one sample's output.
+    pub(crate) crop: Vec<u64>,
     /// Bytes of one crop in the output (of the output's element type).
     crop_bytes: usize,
     cast: Option<Cast>,
@@ -253,14 +257,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// # Errors
-    /// [`Error::InvalidArgument`] for a crop that does not fit the array.
+    /// [`Error::InvalidArgument`] for a window that does not fit the array.
     pub(crate) fn new(
         array: Arc<ZarrArray>,
-        crop: Vec<u64>,
+        window: Window,
         backend: Backend,
         cast: Option<Cast>,
     ) -> Result<Self> {
-        check_crop(&array.shape, &crop)?;
+        check_crop(&array.shape, &window.span())?;
+        let crop = window.out_shape();
         let element = array.dtype.size();
         let out_element = cast.map_or(element, |c| c.to().size());
         // The array's size was checked when it was opened; a crop is no larger, but a cast may
@@ -278,6 +283,7 @@ impl Shared {
             leaf_shape: array.leaf_shape_nonzero(),
             as_stored: array.leaf_codecs().is_stored_as_is(),
             array,
+            window,
             crop,
             crop_bytes,
             cast,
@@ -324,10 +330,10 @@ impl Engine {
     /// Starts the I/O thread and the decode pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a crop that does not fit the array; [`Error::Stopped`]
-    /// when threads or the ring cannot be created.
-    pub fn start(array: Arc<ZarrArray>, crop: Vec<u64>, config: EngineConfig) -> Result<Self> {
-        let mut shared = Shared::new(array, crop, config.backend, config.cast)?;
+    /// [`Error::InvalidArgument`] for a window that does not fit the array;
+    /// [`Error::Stopped`] when threads or the ring cannot be created.
+    pub fn start(array: Arc<ZarrArray>, window: Window, config: EngineConfig) -> Result<Self> {
+        let mut shared = Shared::new(array, window, config.backend, config.cast)?;
         shared.direct_io = config.direct_io;
         // A local chunk stored as its elements is a copy out of the page cache already: a
         // cache would add a copy and save no decode (measured on raw: 0.5x with a quarter of
@@ -421,17 +427,11 @@ impl Engine {
     pub fn submit(&self, origins: Vec<Vec<u64>>, out: OutBuffer) -> Result<Ticket> {
         let shape = &self.shared.array.shape;
         for (i, origin) in origins.iter().enumerate() {
-            let fits = origin.len() == shape.len()
-                && origin
-                    .iter()
-                    .zip(&self.shared.crop)
-                    .zip(shape)
-                    .all(|((&o, &c), &s)| c <= s && o <= s - c);
-            if !fits {
+            if !self.shared.window.fits(origin, shape) {
                 return Err(Error::OutOfBounds(format!(
-                    "{}: crop {i} at origin {origin:?} with shape {:?} leaves the array of shape {shape:?}",
+                    "{}: crop {i} at origin {origin:?} reaching {:?} leaves the array of shape {shape:?}",
                     self.shared.array.path.display(),
-                    self.shared.crop
+                    self.shared.window.span()
                 )));
             }
         }
@@ -612,7 +612,7 @@ mod tests {
             cache: None,
             disk_cache: None,
         };
-        Engine::start(array, vec![2, 4, 3], config).unwrap()
+        Engine::start(array, Window::crop(&[2, 4, 3]), config).unwrap()
     }
 
     fn submit(engine: &Engine, origins: Vec<Vec<u64>>, out: &mut [u8]) -> Result<Ticket> {

@@ -198,7 +198,7 @@ fn plan_reads_once(
     ahead: &[&[Vec<u64>]],
 ) -> Result<Planned> {
     let array = &shared.array;
-    let tasks = plan_batch(array.leaf_shape(), &shared.crop, origins);
+    let tasks = plan_batch(array.leaf_shape(), &shared.window, origins);
     let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
 
     // Chunks in the cache, or being decoded by an earlier batch, are not read.
@@ -535,13 +535,17 @@ fn shards_ahead(
     let (leaf, per_file) = (array.leaf_shape(), array.leaves_per_file());
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for origin in ahead.iter().flat_map(|batch| batch.iter()) {
-        // The shards the crop at `origin` overlaps, dimension by dimension.
+    let boxes = ahead
+        .iter()
+        .flat_map(|batch| batch.iter())
+        .flat_map(|origin| shared.window.boxes(origin));
+    for b in boxes {
+        // The shards the box overlaps, dimension by dimension.
         let ranges: Vec<(u64, u64)> = (0..leaf.len())
             .map(|d| {
-                let end = origin[d] + shared.crop[d].max(1) - 1;
+                let end = b.in_array.start[d] + b.in_array.shape[d].max(1) - 1;
                 (
-                    origin[d] / leaf[d] / per_file[d],
+                    b.in_array.start[d] / leaf[d] / per_file[d],
                     end / leaf[d] / per_file[d],
                 )
             })
@@ -776,6 +780,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::window::Window;
     use crate::io::pread::PreadReader;
     use crate::io::Backend;
     use crate::zarr::ZarrArray;
@@ -792,7 +797,7 @@ mod tests {
 
     fn shared(path: &Path, crop: &[u64]) -> Shared {
         let array = Arc::new(ZarrArray::open(path).unwrap());
-        Shared::new(array, crop.to_vec(), Backend::Pread, None).unwrap()
+        Shared::new(array, Window::crop(crop), Backend::Pread, None).unwrap()
     }
 
     fn plan(shared: &Shared, origins: &[Vec<u64>]) -> Planned {

@@ -249,17 +249,9 @@ class Source:
         chunks = math.prod(-(-s // c) * c for s, c in zip(a.shape, a.chunk_shape, strict=True))
         return chunks * np.dtype(a.dtype).itemsize
 
-    def own_crop(self, crop: Sequence[int]) -> tuple[int, ...]:
-        return tuple(c // f for c, f in zip(crop, self.scale, strict=True))
-
-    def own_origins(self, origins: list[list[int]]) -> list[list[int]]:
-        if all(f == 1 for f in self.scale):
-            return origins
-        return [[o // f for o, f in zip(origin, self.scale, strict=True)] for origin in origins]
-
     def engine(
         self,
-        crop: Sequence[int],
+        runs: Sequence[Sequence[tuple[int, int]]],
         threads: int,
         direct_io: bool = False,
         io_threads: int = 0,
@@ -267,10 +259,12 @@ class Source:
         cache_id: int = 0,
         disk_cache: _lsio_torch.DiskCache | None = None,
     ) -> _lsio_torch.Engine:
+        """An engine whose samples read ``runs``: per dimension, ``(offset, length)`` runs
+        past the sample's origin in this array, written out one after the other."""
         cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
         return _lsio_torch.Engine(
             self.array,
-            list(self.own_crop(crop)),
+            [sum(n for _, n in dim) for dim in runs],
             threads,
             cast,
             self.mean,
@@ -280,6 +274,7 @@ class Source:
             cache=cache,
             cache_id=cache_id,
             disk_cache=disk_cache,
+            window=[list(dim) for dim in runs],
         )
 
     def describe(self) -> str:
@@ -306,15 +301,3 @@ def joint_grid(sources: Sequence[Source]) -> tuple[tuple[int, ...], tuple[int, .
     grid = next(iter(grids.values()))
     step = tuple(math.lcm(*dims) for dims in zip(*(s.scale for s in sources), strict=True))
     return grid, step
-
-
-def check_crop_on_lattice(
-    crop: tuple[int, ...], step: tuple[int, ...], sources: Sequence[Source]
-) -> None:
-    for d, (c, k) in enumerate(zip(crop, step, strict=True)):
-        if c % k:
-            scaled = [s.label for s in sources if s.scale[d] > 1]
-            raise ValueError(
-                f"crop {crop}: dimension {d} ({c}) is not a multiple of {k}, "
-                f"the scale of {scaled} there"
-            )

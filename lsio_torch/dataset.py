@@ -22,15 +22,14 @@ from torch.utils.data import IterableDataset
 
 from lsio_torch import _lsio_torch
 from lsio_torch._epochs import MAIN, Board
+from lsio_torch._layout import build_layout
 from lsio_torch._sources import (
     TORCH_DTYPES,
     Source,
     as_int,
-    check_crop_on_lattice,
     crop_shape,
     integer_rows,
     is_url,
-    joint_grid,
     per_key,
 )
 from lsio_torch._split import current_share
@@ -260,7 +259,17 @@ class ZarrCropDataset(IterableDataset):
             a dict of tensors per batch.
         crop: the crop shape: one int per dimension, or a mapping by dimension name
             (``{"time": 4, "lat": 128, "lon": 128}``) where a dimension left out is taken whole.
+            By name, each array takes the dimensions it has: surface fields
+            ``(time, lat, lon)`` beside fields on levels ``(time, level, lat, lon)``; arrays
+            must agree on the length (times ``scale``) of the dimensions they share.
         variables: names of arrays in the group ``source``, cropped jointly.
+        steps: indices along a dimension relative to each sample's origin, read instead of a
+            crop there: ``{"time": [-1, 0, 4]}`` gives t-1 and t (inputs) and t+4 (a
+            forecast target), in that order along the output's ``time``. Only the chunks of
+            those steps are read; origins are drawn so that every step is inside the array.
+            One mapping for all arrays, or ``{array: {dimension: steps}}``.
+        select: fixed indices of a dimension, the same for every sample:
+            ``{"level": [3, 7, 12]}``; per array as for ``steps``.
         scale: for joint arrays on coarser grids, the integer factor per dimension by which
             each array's grid is coarser (``{"nwp": (1, 4, 4)}``): the window, in units of the
             finest grid, maps onto ``crop // scale`` elements at ``origin // scale``. Origins
@@ -277,8 +286,9 @@ class ZarrCropDataset(IterableDataset):
         origins: instead of uniform random origins: an ``[N, ndim]`` list (the epoch is these
             crops, in order) or a callable ``origins(epoch, index) -> origin`` (deterministic,
             so that workers, ranks and resumed runs agree).
-        valid: where crops may start along the leading dimensions: a boolean mask over them
-            (``valid=has_data`` for a ``[time]`` mask) or a list of start indices.
+        valid: where crops may start (or the steps' origin may be) along the leading
+            dimensions of ``ds.dims``: a boolean mask over them (``valid=has_data`` for a
+            ``[time]`` mask) or a list of start indices.
         dtype: the output type (``torch.float32``, ``float16``, ``bfloat16``, ``float64``),
             cast in the engine; one for all arrays or a mapping by name. ``None`` keeps each
             array's own type.
@@ -288,7 +298,9 @@ class ZarrCropDataset(IterableDataset):
         prefetch: batches being read while the consumer works on the current one; ``None``
             is 2, or 8 when an array is in an object store (where each batch waits a round
             trip, and more batches in flight keep more requests open).
-        return_origins: yield ``(batch, origins)``, ``origins`` an int64 ``[batch, ndim]``.
+        return_origins: yield ``(batch, origins)``, ``origins`` an int64
+            ``[batch, len(ds.dims)]``: per dimension of ``ds.dims`` the crop's start or the
+            steps' origin, 0 for a dimension selected or taken whole.
         threads: engine threads (each reads and decodes); ``None`` is one per core.
         io_threads: threads that only read, each keeping its own queue of reads in flight,
             handing the chunks to the ``threads`` that decode them: for arrays on disk rather
@@ -328,6 +340,13 @@ class ZarrCropDataset(IterableDataset):
         cache_dir_bytes: the bound on ``cache_dir``: past it, the files written longest ago
             are deleted. ``None``: half the free space of its file system when first used.
 
+    Attributes:
+        dims: the dataset's dimensions: the union of its arrays' dimension names (each array's
+            in its own order, a name new in a later array right after the one before it
+            there), or ``dim_0, dim_1, ...`` for arrays without names cropped by position.
+        shape: their lengths; crop: per dimension the output's extent (the crop, the number
+            of steps or indices selected, or the length of a dimension taken whole).
+
     Raises:
         FileNotFoundError: no array at ``source``.
         ValueError: a crop that does not fit, arrays that do not line up, unsupported codecs
@@ -340,6 +359,8 @@ class ZarrCropDataset(IterableDataset):
         crop: Sequence[int] | Mapping[str, int],
         *,
         variables: Sequence[str] | None = None,
+        steps: Mapping[str, Any] | None = None,
+        select: Mapping[str, Any] | None = None,
         scale: Mapping[str, Sequence[int]] | None = None,
         batch_size: int = 1,
         samples_per_epoch: int | None = None,
@@ -405,12 +426,9 @@ class ZarrCropDataset(IterableDataset):
                     storage_options,
                 )
             )
-        self.shape, self._step = joint_grid(self._sources)
-        reference = next((s for s in self._sources if all(f == 1 for f in s.scale)), None)
-        if isinstance(crop, Mapping) and reference is None:
-            raise ValueError("a crop by dimension name needs an array with scale 1")
-        self.crop = crop_shape(reference.array if reference else _Grid(self.shape), crop)
-        check_crop_on_lattice(self.crop, self._step, self._sources)
+        self._layout = build_layout(self._sources, crop, steps, select)
+        self.dims, self.shape = self._layout.dims, self._layout.shape
+        self.crop, self._step = self._layout.crop, self._layout.step
         self.variables = None if keys == [None] else keys
         self.dtype = self._sources[0].out_dtype if self.variables is None else None
 
@@ -427,7 +445,8 @@ class ZarrCropDataset(IterableDataset):
         self.io_threads = _thread_count("io_threads", io_threads, allow_zero=True)
         # The consumer's batch and the prefetched ones are in memory together.
         batch_bytes = self.batch_size * sum(
-            math.prod(s.own_crop(self.crop)) * s.out_dtype.itemsize for s in self._sources
+            math.prod(self._layout.arrays[s.key].out_shape) * s.out_dtype.itemsize
+            for s in self._sources
         )
         _check_batch_memory(
             batch_bytes, self.prefetch + 1, f"batch_size={batch_size}, prefetch={prefetch}"
@@ -478,7 +497,7 @@ class ZarrCropDataset(IterableDataset):
                 self.samples_per_epoch = n
             elif self.samples_per_epoch > n:
                 raise ValueError(f"samples_per_epoch={samples_per_epoch} but only {n} origins")
-        self._valid = None if valid is None else _valid_starts(valid, self.shape)
+        self._valid = None if valid is None else self._valid_window_starts(valid)
         self._sampler = self._make_sampler()
 
         self._position = 0  # where the live iteration would resume (`Share.batches`)
@@ -494,22 +513,46 @@ class ZarrCropDataset(IterableDataset):
         self._backend: str | None = None
 
     def _make_sampler(self) -> _lsio_torch.Sampler:
+        layout = self._layout
         return _lsio_torch.Sampler(
-            list(self.shape), list(self.crop), self.seed, list(self._step), self._valid
+            list(layout.shape), list(layout.extent), self.seed, list(layout.step), self._valid
         )
 
-    def _check_origins(self, origins: list[list[int]], what: str) -> None:
+    def _valid_window_starts(self, valid: Any) -> list[list[int]]:
+        """``valid`` (allowed origins of the leading dimensions) as the starts of their
+        windows; origins whose steps would reach before index 0 are left out."""
+        starts = [
+            row for row in self._layout.starts(_valid_starts(valid, self.shape)) if min(row) >= 0
+        ]
+        if not starts:
+            raise ValueError(
+                f"none of the valid origins leaves room for the steps before them "
+                f"(origins from {[-lo for lo in self._layout.low]} on)"
+            )
+        return starts
+
+    def _check_origins(self, origins: list[list[int]], what: str) -> list[list[int]]:
+        """Origins given by the user, checked, as the starts of their windows."""
+        layout = self._layout
         for origin in origins:
-            if len(origin) != len(self.shape) or any(
-                o < 0 or o + c > s for o, c, s in zip(origin, self.crop, self.shape, strict=True)
+            if len(origin) != len(self.shape):
+                raise IndexError(
+                    f"{what}: origin {origin} has {len(origin)} dimensions, the arrays "
+                    f"{list(self.dims)} have {len(self.shape)}"
+                )
+        starts = layout.starts(origins)
+        for origin, start in zip(origins, starts, strict=True):
+            if any(
+                w < 0 or w + e > s for w, e, s in zip(start, layout.extent, self.shape, strict=True)
             ):
                 raise IndexError(
                     f"{what}: crop {self.crop} at {origin} leaves the arrays' grid {self.shape}"
                 )
-            if any(o % k for o, k in zip(origin, self._step, strict=True)):
+            if any(w % k for w, k in zip(start, self._step, strict=True)):
                 raise ValueError(
                     f"{what}: origin {origin} is not a multiple of the arrays' scales {self._step}"
                 )
+        return starts
 
     def __getstate__(self) -> dict[str, Any]:
         # What receives this copy (spawned DataLoader workers) counts this process's
@@ -709,15 +752,15 @@ class ZarrCropDataset(IterableDataset):
         return self._disk_cache
 
     def _origins(self, epoch: int, first: int, count: int) -> list[list[int]]:
+        """The starts of the windows of samples ``first..first + count`` of ``epoch``."""
         if self._origin_list is not None:
-            return self._origin_list[first : first + count].tolist()
+            return self._layout.starts(self._origin_list[first : first + count].tolist())
         if self._origin_fn is not None:
             origins = [
                 [as_int(o, "origins") for o in self._origin_fn(epoch, i)]
                 for i in range(first, first + count)
             ]
-            self._check_origins(origins, f"origins({epoch}, {first}..)")
-            return origins
+            return self._check_origins(origins, f"origins({epoch}, {first}..)")
         return self._sampler.origins(epoch, first, count)
 
     def __iter__(self) -> Iterator[Any]:
@@ -766,9 +809,18 @@ class ZarrCropDataset(IterableDataset):
         length = None if total is None else share.length(total, self.drop_last)
         batches = share.batches(total, start, length)
         cache, disk = self._chunk_cache(), self._disk_chunk_cache()
+        layout = self._layout
         engines = _Engines(
             {
-                s.key: s.engine(self.crop, threads, self.direct_io, self.io_threads, cache, i, disk)
+                s.key: s.engine(
+                    layout.arrays[s.key].runs,
+                    threads,
+                    self.direct_io,
+                    self.io_threads,
+                    cache,
+                    i,
+                    disk,
+                )
                 for i, s in enumerate(self._sources)
             }
         )
@@ -783,13 +835,13 @@ class ZarrCropDataset(IterableDataset):
             g, position = batch
             first = g * self.batch_size
             count = self.batch_size if n is None else min(self.batch_size, n - first)
-            origins = self._origins(epoch, first, count)
+            starts = self._origins(epoch, first, count)
             for key, engine in engines.items():
-                source = sources[key]
-                shape = (count, *source.own_crop(self.crop))
-                out = _batch_tensor(engine, shape, source.out_dtype, pin)
-                engine.submit(out, source.own_origins(origins))
-            pending.append((position, torch.tensor(origins, dtype=torch.int64)))
+                own = layout.arrays[key]
+                out = _batch_tensor(engine, (count, *own.out_shape), sources[key].out_dtype, pin)
+                engine.submit(out, own.origins(starts))
+            origins = torch.tensor(layout.anchors(starts), dtype=torch.int64)
+            pending.append((position, origins.reshape(count, len(self.dims))))
 
         self._engines.add(engines)
         try:
@@ -843,7 +895,7 @@ def _note_epoch(ds: ZarrCropDataset, epoch: int, explicit: bool) -> None:
     """Warns (once per dataset) when an iteration repeats an epoch that another dataset of
     the same arrays and sampling began in this process, with no epoch chosen: a training loop that
     makes its dataset anew each epoch sees epoch 0 every time."""
-    signature = (repr(ds._sources), ds.crop, ds.seed, ds.batch_size, ds.samples_per_epoch)
+    signature = (repr(ds._sources), repr(ds._layout), ds.seed, ds.batch_size, ds.samples_per_epoch)
     seen = _begun.setdefault(signature, set())
     if epoch in seen and not explicit:
         _warn_once(
@@ -878,15 +930,6 @@ def _engine_stats(engines: Mapping[Any, _lsio_torch.Engine]) -> dict[str, float]
         waits.append(s["engine_wait_s"])
     out["engine_wait_s"] = min(waits, default=0)
     return out
-
-
-class _Grid:
-    """Stands in for an array when every array is on a coarser grid: just a shape."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-        self.path = "the joint grid"
-        self.dimension_names = None
 
 
 #: Batches in flight by default: from local files, and when an array is in an object store
@@ -944,7 +987,7 @@ def read_crops(
     out = torch.empty((starts.shape[0], *crop), dtype=source.out_dtype, pin_memory=pin_memory)
     if starts.shape[0] == 0:
         return out
-    engine = source.engine(crop, threads)
+    engine = source.engine([[(0, c)] for c in crop], threads)
     try:
         engine.submit(out, starts.tolist())
         return engine.next()

@@ -30,7 +30,10 @@ impl Window {
     #[must_use]
     pub fn crop(crop: &[u64]) -> Self {
         Self {
-            runs: crop.iter().map(|&len| vec![Run { offset: 0, len }]).collect(),
+            runs: crop
+                .iter()
+                .map(|&len| vec![Run { offset: 0, len }])
+                .collect(),
         }
     }
 
@@ -118,7 +121,10 @@ impl Window {
                 in_out,
             });
             // The next combination, last dimension fastest.
-            let Some(d) = (0..pick.len()).rev().find(|&d| pick[d] + 1 < placed[d].len()) else {
+            let Some(d) = (0..pick.len())
+                .rev()
+                .find(|&d| pick[d] + 1 < placed[d].len())
+            else {
                 return out;
             };
             pick[d] += 1;

@@ -380,11 +380,11 @@ mod tests {
     use crossbeam_utils::sync::WaitGroup;
 
     use super::*;
-    use crate::window::Window;
     use crate::io::pread::PreadReader;
     use crate::io::Backend;
     use crate::pipeline::files::PlanCache;
     use crate::pipeline::planned::plan_reads;
+    use crate::window::Window;
     use crate::zarr::ZarrArray;
 
     /// The fixture's (6, 10, 9) int16 array in shards of inner chunks (2, 4, 3); rows 4..6

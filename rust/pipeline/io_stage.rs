@@ -192,13 +192,13 @@ mod tests {
     use crossbeam_utils::sync::WaitGroup;
 
     use super::*;
-    use crate::window::Window;
     use crate::io::pread::PreadReader;
     use crate::io::Backend;
     use crate::pipeline::batch::run_batch;
     use crate::pipeline::files::PlanCache;
     use crate::pipeline::planned::plan_reads;
     use crate::pipeline::OutBuffer;
+    use crate::window::Window;
     use crate::zarr::ZarrArray;
 
     const CROP: [u64; 3] = [3, 5, 4];

@@ -780,9 +780,9 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::window::Window;
     use crate::io::pread::PreadReader;
     use crate::io::Backend;
+    use crate::window::Window;
     use crate::zarr::ZarrArray;
 
     /// The fixtures' inner chunk grid: (6, 10, 9) in chunks of (2, 4, 3), shards of (4, 8, 6).

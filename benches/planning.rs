@@ -4,6 +4,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use lsio_torch::plan::plan_batch;
 use lsio_torch::sampler::Sampler;
+use lsio_torch::window::Window;
 use lsio_torch::zarr::region::CopyLayout;
 use lsio_torch::zarr::shard_index::ShardIndex;
 
@@ -12,15 +13,16 @@ fn region_math(c: &mut Criterion) {
     let shape = [256u64, 1024, 1024];
     let crop = [4u64, 256, 256];
     let leaf = [1u64, 256, 256];
+    let window = Window::crop(&crop);
     let sampler = Sampler::new(&shape, &crop, 0).unwrap();
     let origins: Vec<Vec<u64>> = (0..16).map(|i| sampler.origin(0, i)).collect();
     c.bench_function(
         "plan_batch: 16 crops (4,256,256) over (1,256,256) chunks",
         |b| {
-            b.iter(|| std::hint::black_box(plan_batch(&leaf, &crop, &origins).len()));
+            b.iter(|| std::hint::black_box(plan_batch(&leaf, &window, &origins).len()));
         },
     );
-    let tasks = plan_batch(&leaf, &crop, &origins);
+    let tasks = plan_batch(&leaf, &window, &origins);
     c.bench_function("copy runs of one batch", |b| {
         b.iter(|| {
             let mut runs = 0usize;

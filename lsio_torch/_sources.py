@@ -249,33 +249,10 @@ class Source:
         chunks = math.prod(-(-s // c) * c for s, c in zip(a.shape, a.chunk_shape, strict=True))
         return chunks * np.dtype(a.dtype).itemsize
 
-    def engine(
-        self,
-        runs: Sequence[Sequence[tuple[int, int]]],
-        threads: int,
-        direct_io: bool = False,
-        io_threads: int = 0,
-        cache: _lsio_torch.ChunkCache | None = None,
-        cache_id: int = 0,
-        disk_cache: _lsio_torch.DiskCache | None = None,
-    ) -> _lsio_torch.Engine:
-        """An engine whose samples read ``runs``: per dimension, ``(offset, length)`` runs
-        past the sample's origin in this array, written out one after the other."""
-        cast = None if self.dtype is None else CAST_DTYPES[self.dtype]
-        return _lsio_torch.Engine(
-            self.array,
-            [sum(n for _, n in dim) for dim in runs],
-            threads,
-            cast,
-            self.mean,
-            self.std,
-            direct_io=direct_io,
-            io_threads=io_threads,
-            cache=cache,
-            cache_id=cache_id,
-            disk_cache=disk_cache,
-            window=[list(dim) for dim in runs],
-        )
+    @property
+    def cast(self) -> str | None:
+        """The engine's name of the output type, or ``None`` for the array's own."""
+        return None if self.dtype is None else CAST_DTYPES[self.dtype]
 
     def describe(self) -> str:
         a = self.array
@@ -301,3 +278,25 @@ def joint_grid(sources: Sequence[Source]) -> tuple[tuple[int, ...], tuple[int, .
     grid = next(iter(grids.values()))
     step = tuple(math.lcm(*dims) for dims in zip(*(s.scale for s in sources), strict=True))
     return grid, step
+
+
+def start_engine(
+    parts: Sequence[tuple[Source, Sequence[Sequence[tuple[int, int]]]]],
+    threads: int,
+    direct_io: bool = False,
+    io_threads: int = 0,
+    cache: _lsio_torch.ChunkCache | None = None,
+    disk_cache: _lsio_torch.DiskCache | None = None,
+) -> _lsio_torch.Engine:
+    """One engine for every array of a dataset: ``parts`` pairs each array with the runs its
+    samples read (per dimension, ``(offset, length)`` past the sample's origin in the array,
+    written out one after the other). Its ``threads`` serve all of them; part ``i``'s chunks
+    are number ``i`` in ``cache``."""
+    return _lsio_torch.Engine(
+        [(s.array, [list(dim) for dim in runs], s.cast, s.mean, s.std) for s, runs in parts],
+        threads,
+        direct_io=direct_io,
+        io_threads=io_threads,
+        cache=cache,
+        disk_cache=disk_cache,
+    )

@@ -31,6 +31,7 @@ from lsio_torch._sources import (
     integer_rows,
     is_url,
     per_key,
+    start_engine,
 )
 from lsio_torch._split import current_share
 
@@ -190,14 +191,14 @@ def _non_negative(name: str, value: int) -> int:
 
 
 def _batch_tensor(
-    engine: _lsio_torch.Engine, shape: tuple[int, ...], dtype: torch.dtype, pin: bool
+    engine: _lsio_torch.Engine, part: int, shape: tuple[int, ...], dtype: torch.dtype, pin: bool
 ) -> torch.Tensor:
     """A batch's output: pinned by torch, or else the engine's own memory, which it reuses
     for later batches once this tensor is freed (a fresh ``torch.empty`` per batch fragments
     the heap epoch by epoch, or faults in zeroed pages every batch)."""
     if pin:
         return torch.empty(shape, dtype=dtype, pin_memory=True)
-    return torch.from_dlpack(engine.batch_memory(list(shape)))
+    return torch.from_dlpack(engine.batch_memory(part, list(shape)))
 
 
 def _dtype(value: Any) -> torch.dtype | None:
@@ -509,7 +510,7 @@ class ZarrCropDataset(IterableDataset):
         self._inherited_share: tuple[int, int] | None = None
         self._stats = dict.fromkeys(_COUNTERS, 0)
         self._iterators: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._engines: weakref.WeakSet[_Engines] = weakref.WeakSet()
+        self._engines: weakref.WeakSet[_lsio_torch.Engine] = weakref.WeakSet()
         self._backend: str | None = None
 
     def _make_sampler(self) -> _lsio_torch.Sampler:
@@ -695,8 +696,8 @@ class ZarrCropDataset(IterableDataset):
         decoded, seconds the consumer waited for a batch, seconds the engine waited for the
         consumer; and the I/O backend. DataLoader workers count in their own processes."""
         out: dict[str, Any] = dict(self._stats)
-        for engines in list(self._engines):
-            for name, value in _engine_stats(engines).items():
+        for engine in list(self._engines):
+            for name, value in _engine_stats(engine).items():
                 out[name] += value
         out["backend"] = self._backend or _lsio_torch.io_backend()
         if self.cache_bytes:
@@ -810,22 +811,17 @@ class ZarrCropDataset(IterableDataset):
         batches = share.batches(total, start, length)
         cache, disk = self._chunk_cache(), self._disk_chunk_cache()
         layout = self._layout
-        engines = _Engines(
-            {
-                s.key: s.engine(
-                    layout.arrays[s.key].runs,
-                    threads,
-                    self.direct_io,
-                    self.io_threads,
-                    cache,
-                    i,
-                    disk,
-                )
-                for i, s in enumerate(self._sources)
-            }
+        keys = [s.key for s in self._sources]
+        engine = start_engine(
+            [(s, layout.arrays[s.key].runs) for s in self._sources],
+            threads,
+            self.direct_io,
+            self.io_threads,
+            cache,
+            disk,
         )
-        self._backend = next(iter(engines.values())).backend
-        sources = {s.key: s for s in self._sources}
+        self._backend = engine.backend
+        dtypes = [s.out_dtype for s in self._sources]
         pending: deque[tuple[int, torch.Tensor]] = deque()
 
         def submit_next() -> None:
@@ -836,19 +832,21 @@ class ZarrCropDataset(IterableDataset):
             first = g * self.batch_size
             count = self.batch_size if n is None else min(self.batch_size, n - first)
             starts = self._origins(epoch, first, count)
-            for key, engine in engines.items():
-                own = layout.arrays[key]
-                out = _batch_tensor(engine, (count, *own.out_shape), sources[key].out_dtype, pin)
-                engine.submit(out, own.origins(starts))
+            parts = [layout.arrays[key] for key in keys]
+            outs = [
+                _batch_tensor(engine, i, (count, *own.out_shape), dtypes[i], pin)
+                for i, own in enumerate(parts)
+            ]
+            engine.submit(outs, [own.origins(starts) for own in parts])
             origins = torch.tensor(layout.anchors(starts), dtype=torch.int64)
             pending.append((position, origins.reshape(count, len(self.dims))))
 
-        self._engines.add(engines)
+        self._engines.add(engine)
         try:
             for _ in range(self.prefetch):
                 submit_next()
             while pending:
-                outs = {key: engine.next() for key, engine in engines.items()}
+                outs = dict(zip(keys, engine.next(), strict=True))
                 position, origins = pending.popleft()
                 submit_next()
                 self._position = position
@@ -857,12 +855,11 @@ class ZarrCropDataset(IterableDataset):
                 yield (batch, origins) if self.return_origins else batch
             self._finished = True
         finally:
-            self._engines.discard(engines)
-            for name, value in _engine_stats(engines).items():
+            self._engines.discard(engine)
+            for name, value in _engine_stats(engine).items():
                 if name != "batches":
                     self._stats[name] += value
-            for engine in engines.values():
-                engine.close()
+            engine.close()
 
 
 #: Every dataset of this process, for the fork hook below.
@@ -908,27 +905,15 @@ def _note_epoch(ds: ZarrCropDataset, epoch: int, explicit: bool) -> None:
     seen.add(epoch)
 
 
-class _Engines(dict):
-    """One iteration's engines by array key (a dict that a WeakSet can hold)."""
-
-    __hash__ = object.__hash__  # by identity: each iteration's own
-    __eq__ = object.__eq__
-
-
-def _engine_stats(engines: Mapping[Any, _lsio_torch.Engine]) -> dict[str, float]:
-    """The counters of one iteration's engines; batches count once, and the engines waited
-    only while all of them did."""
+def _engine_stats(engine: _lsio_torch.Engine) -> dict[str, float]:
+    """The counters of one iteration's engine (all its arrays); nothing once it is closed."""
     out = dict.fromkeys(_COUNTERS, 0)
-    waits = []
-    for engine in engines.values():
-        try:
-            s = engine.stats()
-        except _lsio_torch.LsioError:  # closed
-            continue
-        for key in _COUNTERS[1:-1]:  # all but batches and engine_wait_s
-            out[key] += s[key]
-        waits.append(s["engine_wait_s"])
-    out["engine_wait_s"] = min(waits, default=0)
+    try:
+        s = engine.stats()
+    except _lsio_torch.LsioError:  # closed
+        return out
+    for key in _COUNTERS[1:]:  # all but batches, which the dataset counts
+        out[key] = s[key]
     return out
 
 
@@ -987,9 +972,9 @@ def read_crops(
     out = torch.empty((starts.shape[0], *crop), dtype=source.out_dtype, pin_memory=pin_memory)
     if starts.shape[0] == 0:
         return out
-    engine = source.engine([[(0, c)] for c in crop], threads)
+    engine = start_engine([(source, [[(0, c)] for c in crop])], threads)
     try:
-        engine.submit(out, starts.tolist())
-        return engine.next()
+        engine.submit([out], [starts.tolist()])
+        return engine.next()[0]
     finally:
         engine.close()

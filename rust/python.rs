@@ -300,14 +300,15 @@ impl DiskCache {
     }
 }
 
-/// A running engine for one array and crop shape: its threads start when it is created.
-#[pyclass(module = "lsio_torch._lsio_torch")]
+/// A running engine for the arrays of a dataset: its threads start when it is created.
+#[pyclass(module = "lsio_torch._lsio_torch", weakref)]
 struct Engine {
     /// Closed before `pending` is dropped, so no thread still writes into a tensor whose
     /// reference is released.
     engine: Option<pipeline::Engine>,
-    /// Submitted batches in order: their tickets and the tensors being written.
-    pending: VecDeque<(Ticket, Py<PyAny>)>,
+    /// Submitted batches in order: their tickets and the tensors being written (one per
+    /// array).
+    pending: VecDeque<(Ticket, Vec<Py<PyAny>>)>,
     /// Time spent in :meth:`next` waiting for a batch.
     consumer_wait: Duration,
     /// Memory for batches that are not pinned, reused as their tensors are freed.
@@ -340,78 +341,88 @@ fn tensor_memory(tensor: &Bound<'_, PyAny>, dtype: &str, nbytes: usize) -> PyRes
     Ok(unsafe { OutBuffer::new(ptr as *mut u8, nbytes) })
 }
 
+/// One array of an engine as Python gives it: the array, the ``(offset, length)`` runs its
+/// samples read per dimension, and its output type and normalisation.
+type PartSpec<'a> = (
+    PyRef<'a, Array>,
+    Vec<Vec<(u64, u64)>>,
+    Option<String>,
+    f64,
+    f64,
+);
+
+/// The engine's part for one array: its window, and the cast to its output type.
+fn part(spec: PartSpec<'_>) -> PyResult<pipeline::Part> {
+    let (array, runs, dtype, mean, std) = spec;
+    let window = Window::new(
+        runs.into_iter()
+            .map(|dim| {
+                dim.into_iter()
+                    .map(|(offset, len)| Run { offset, len })
+                    .collect()
+            })
+            .collect(),
+    )
+    .map_err(to_py)?;
+    let cast = match dtype {
+        None if mean == 0.0 && std == 1.0 => None,
+        None => {
+            return Err(PyValueError::new_err(
+                "mean and std need a floating dtype to write the normalised values in",
+            ))
+        }
+        Some(name) => {
+            let to = OutType::from_name(&name).map_err(to_py)?;
+            let cast = Cast::new(array.inner.dtype, to, mean, std).map_err(|e| {
+                PyValueError::new_err(format!("{}: {e}", array.inner.path.display()))
+            })?;
+            Some(cast)
+        }
+    };
+    Ok(pipeline::Part {
+        array: Arc::clone(&array.inner),
+        window,
+        cast,
+    })
+}
+
 #[pymethods]
 impl Engine {
-    /// ``dtype`` (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``) casts the
-    /// output, computing ``(x - mean) / std`` on the way; ``None`` keeps the array's type.
+    /// One engine for ``parts``, a list of ``(array, window, dtype, mean, std)``: ``window``
+    /// per dimension the ``(offset, length)`` runs past the origin that one sample reads,
+    /// written out one after the other (a crop is one run per dimension; steps and selected
+    /// indices several); ``dtype`` (``"float16"``, ``"bfloat16"``, ``"float32"``,
+    /// ``"float64"``) casts the output, computing ``(x - mean) / std`` on the way, ``None``
+    /// keeps the array's type. ``threads`` engine threads serve every part.
     /// ``direct_io`` reads chunks with ``O_DIRECT`` where the file system allows it.
     /// ``io_threads`` > 0 starts that many threads that only read, handing the chunks to the
-    /// ``threads`` that decode; 0 has the decode threads read their own chunks.
+    /// ``threads`` that decode; 0 has the decode threads read their own chunks. ``cache``
+    /// keeps decoded chunks past the batch (each part's as its number); ``disk_cache`` keeps
+    /// remote arrays' fetched chunk bytes on local disk.
     #[new]
-    /// ``cache`` keeps decoded chunks past the batch, this array's as number ``cache_id``;
-    /// ``disk_cache`` keeps a remote array's fetched chunk bytes on local disk. ``window``, in
-    /// place of ``crop``: per dimension, the ``(offset, length)`` runs past the origin that
-    /// one sample reads, written out one after the other (steps, selected indices).
-    #[pyo3(signature = (array, crop, threads, dtype=None, mean=0.0, std=1.0, direct_io=false, io_threads=0, cache=None, cache_id=0, disk_cache=None, window=None))]
-    // The Python constructor's keyword arguments, one for one.
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (parts, threads, direct_io=false, io_threads=0, cache=None, disk_cache=None))]
     fn new(
         py: Python<'_>,
-        array: &Array,
-        crop: Vec<u64>,
+        parts: Vec<PartSpec<'_>>,
         threads: usize,
-        dtype: Option<&str>,
-        mean: f64,
-        std: f64,
         direct_io: bool,
         io_threads: usize,
         cache: Option<&ChunkCache>,
-        cache_id: u32,
         disk_cache: Option<&DiskCache>,
-        window: Option<Vec<Vec<(u64, u64)>>>,
     ) -> PyResult<Self> {
         boundary("starting an engine", || {
-            let window = match window {
-                None => Window::crop(&crop),
-                Some(runs) => Window::new(
-                    runs.into_iter()
-                        .map(|dim| {
-                            dim.into_iter()
-                                .map(|(offset, len)| Run { offset, len })
-                                .collect()
-                        })
-                        .collect(),
-                )
-                .map_err(to_py)?,
-            };
             let choice = choose_backend().map_err(to_py)?;
-            let cast = match dtype {
-                None if mean == 0.0 && std == 1.0 => None,
-                None => {
-                    return Err(PyValueError::new_err(
-                        "mean and std need a floating dtype to write the normalised values in",
-                    ))
-                }
-                Some(name) => {
-                    let to = OutType::from_name(name).map_err(to_py)?;
-                    let cast = Cast::new(array.inner.dtype, to, mean, std).map_err(|e| {
-                        PyValueError::new_err(format!("{}: {e}", array.inner.path.display()))
-                    })?;
-                    Some(cast)
-                }
-            };
+            let parts = parts.into_iter().map(part).collect::<PyResult<Vec<_>>>()?;
             let config = EngineConfig {
                 threads,
                 io_threads,
                 backend: choice.backend,
-                cast,
                 direct_io,
-                cache: cache.map(|c| (Arc::clone(&c.inner), cache_id)),
+                cache: cache.map(|c| Arc::clone(&c.inner)),
                 disk_cache: disk_cache.map(|d| Arc::clone(&d.inner)),
             };
-            let inner = Arc::clone(&array.inner);
             let engine = py
-                .detach(|| pipeline::Engine::start(inner, window, config))
+                .detach(|| pipeline::Engine::start(parts, config))
                 .map_err(to_py)?;
             Ok(Self {
                 engine: Some(engine),
@@ -422,10 +433,14 @@ impl Engine {
         })
     }
 
-    /// The output's element type name (``"float32"``...): the cast's or the array's.
+    /// The output's element type name of each part (``"float32"``...): its cast's or its
+    /// array's.
     #[getter]
-    fn dtype(&self) -> PyResult<&'static str> {
-        Ok(self.running()?.out_dtype())
+    fn dtypes(&self) -> PyResult<Vec<&'static str>> {
+        let engine = self.running()?;
+        Ok((0..engine.arrays().count())
+            .filter_map(|p| engine.out_dtype(p))
+            .collect())
     }
 
     /// ``{"batches", "bytes_read", "chunks_decoded", "reads", "files_opened", "files_direct",
@@ -458,35 +473,48 @@ impl Engine {
         self.pending.len()
     }
 
-    /// Queues a batch: crops at ``origins`` (a list of int sequences) written into ``out``,
-    /// a contiguous CPU tensor ``[len(origins), *crop]`` of the array's dtype.
-    fn submit(&mut self, out: Bound<'_, PyAny>, origins: Vec<Vec<i64>>) -> PyResult<()> {
+    /// Queues a batch: for each part, crops at ``origins[part]`` (a list of int sequences)
+    /// written into ``outs[part]``, a contiguous CPU tensor ``[len(origins), *crop]`` of the
+    /// part's output type.
+    fn submit(&mut self, outs: Vec<Bound<'_, PyAny>>, origins: Vec<Vec<Vec<i64>>>) -> PyResult<()> {
         boundary("submitting a batch", || {
             let engine = self.running()?;
-            let origins = origins
-                .into_iter()
-                .map(|o| {
-                    o.iter()
-                        .map(|&v| u64::try_from(v))
-                        .collect::<Result<Vec<u64>, _>>()
-                        .map_err(|_| {
-                            PyIndexError::new_err(format!("crop origin {o:?} is negative"))
-                        })
-                })
-                .collect::<PyResult<Vec<_>>>()?;
-            let nbytes = origins.len() * engine.crop_bytes();
-            let buffer = tensor_memory(&out, engine.out_dtype(), nbytes)?;
-            let ticket = engine.submit(origins, buffer).map_err(to_py)?;
-            self.pending.push_back((ticket, out.unbind()));
+            if outs.len() != origins.len() {
+                return Err(PyValueError::new_err(format!(
+                    "{} outputs for {} lists of origins",
+                    outs.len(),
+                    origins.len()
+                )));
+            }
+            let mut batch = Vec::with_capacity(outs.len());
+            for (p, (out, origins)) in outs.iter().zip(origins).enumerate() {
+                let origins = origins
+                    .into_iter()
+                    .map(|o| {
+                        o.iter()
+                            .map(|&v| u64::try_from(v))
+                            .collect::<Result<Vec<u64>, _>>()
+                            .map_err(|_| {
+                                PyIndexError::new_err(format!("crop origin {o:?} is negative"))
+                            })
+                    })
+                    .collect::<PyResult<Vec<_>>>()?;
+                let nbytes = origins.len() * engine.crop_bytes(p);
+                let dtype = engine.out_dtype(p).unwrap_or("uint8");
+                batch.push((origins, tensor_memory(out, dtype, nbytes)?));
+            }
+            let ticket = engine.submit(batch).map_err(to_py)?;
+            let outs = outs.into_iter().map(Bound::unbind).collect();
+            self.pending.push_back((ticket, outs));
             Ok(())
         })
     }
 
-    /// Waits (without the GIL) for the oldest batch and returns its tensor. A signal
-    /// (Ctrl-C) raises its exception while waiting; the batch stays pending.
-    fn next(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    /// Waits (without the GIL) for the oldest batch and returns its tensors, one per part. A
+    /// signal (Ctrl-C) raises its exception while waiting; the batch stays pending.
+    fn next(&mut self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         boundary("waiting for a batch", || {
-            let Some((ticket, _)) = self.pending.front() else {
+            let Some((ticket, _)) = self.pending.front_mut() else {
                 return Err(PyValueError::new_err("no batch was submitted"));
             };
             let started = Instant::now();
@@ -500,18 +528,27 @@ impl Engine {
                 }
             };
             self.consumer_wait += started.elapsed();
-            let (_, tensor) = self.pending.pop_front().expect("checked above");
+            let (_, tensors) = self.pending.pop_front().expect("checked above");
             result.map_err(to_py)?;
-            Ok(tensor)
+            Ok(tensors)
         })
     }
 
-    /// Memory for a batch of ``shape`` of the output's type, as a DLPack capsule for
+    /// Memory for a batch of ``shape`` of part ``part``'s output type, as a DLPack capsule for
     /// ``torch.from_dlpack``: a mapping that goes back to the engine, to be reused by a
     /// later batch, when the tensor made of it is freed.
-    fn batch_memory<'py>(&self, py: Python<'py>, shape: Vec<usize>) -> PyResult<Bound<'py, PyAny>> {
+    fn batch_memory<'py>(
+        &self,
+        py: Python<'py>,
+        part: usize,
+        shape: Vec<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         boundary("making memory for a batch", || {
-            let dtype = dlpack::data_type(self.running()?.out_dtype()).map_err(to_py)?;
+            let name = self
+                .running()?
+                .out_dtype(part)
+                .ok_or_else(|| PyValueError::new_err(format!("the engine has no part {part}")))?;
+            let dtype = dlpack::data_type(name).map_err(to_py)?;
             let len = shape.iter().product::<usize>() * usize::from(dtype.bits / 8);
             let memory = self.memory.take(len).map_err(|e| {
                 LsioError::new_err(format!("memory for a batch of {len} bytes: {e}"))

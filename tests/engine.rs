@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lsio_torch::io::Backend;
-use lsio_torch::pipeline::{Engine, EngineConfig, OutBuffer};
+use lsio_torch::pipeline::{Engine, EngineConfig, OutBuffer, Part};
 use lsio_torch::sampler::Sampler;
-use lsio_torch::window::Window;
 use lsio_torch::zarr::ZarrArray;
 use lsio_torch::Error;
 
@@ -47,18 +46,17 @@ fn read(
         threads: 2,
         io_threads,
         backend,
-        cast: None,
         direct_io: false,
         cache: None,
         disk_cache: None,
     };
-    let engine = Engine::start(array, Window::crop(crop), config)?;
-    let mut out = vec![0u8; origins.len() * engine.crop_bytes()];
+    let engine = Engine::start(vec![Part::crop(array, crop)], config)?;
+    let mut out = vec![0u8; origins.len() * engine.crop_bytes(0)];
     assert_eq!(out.len() % element, 0);
     // SAFETY: `out` outlives the engine's writes: we wait for the ticket before reading it,
     // and the engine is dropped (joining its threads) before `out` on every path.
     let buffer = unsafe { OutBuffer::new(out.as_mut_ptr(), out.len()) };
-    let ticket = engine.submit(origins.to_vec(), buffer)?;
+    let mut ticket = engine.submit(vec![(origins.to_vec(), buffer)])?;
     ticket.wait()?;
     drop(engine);
     Ok(out)

@@ -609,9 +609,15 @@ fn fetch_indexes(
     }
     let later = shards_ahead(shared, cache, file_ids, ahead);
     wanted.extend(later.into_iter().map(|(coords, key)| (coords, None, key)));
-    let (store, requests) = (net.store.as_ref(), net.requests.as_ref());
-    let part_bytes = net.remote.settings.part_bytes;
-    let suffix = net.remote.serves_suffix_ranges();
+    let (Some(remote), Some((settings, store))) = (shared.array.location.remote(), shared.remote())
+    else {
+        return Err(Error::Stopped(
+            "internal error: shard indexes fetched for a local array".into(),
+        ));
+    };
+    let (store, requests) = (store.as_ref(), net.requests.as_ref());
+    let part_bytes = settings.part_bytes;
+    let suffix = remote.serves_suffix_ranges();
     let at_start = matches!(sharding.index_location, IndexLocation::Start);
     let fetches = wanted.iter().map(|(_, _, key)| async move {
         let range = if at_start {

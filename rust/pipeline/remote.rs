@@ -100,7 +100,13 @@ pub(super) fn run_remote(
     job: Job,
     pool: &Arc<rayon::ThreadPool>,
 ) {
-    let settings = &net.remote.settings;
+    let Some((settings, store)) = shared.remote() else {
+        let _ = job.done.send(Err(Error::Stopped(
+            "internal error: a local array run as a remote one".into(),
+        )));
+        shared.counters.batch_finished();
+        return;
+    };
     // The planner sorted the reads by source: where each source's reads end.
     let end_of = |source| {
         planned
@@ -133,7 +139,7 @@ pub(super) fn run_remote(
         .chain(check_groups.into_iter().map(|g| (g, true)));
     for (group, to_check) in groups {
         // Only a read to check may fetch again, from the pool's thread.
-        let link = to_check.then(|| net.link());
+        let link = to_check.then(|| net.link(store));
         batch.spawn_part(pool, move |batch| {
             let reads = &batch.planned.reads[group];
             match &link {
@@ -165,7 +171,7 @@ pub(super) fn run_remote(
             (span.end - span.start) as usize
         };
         let bytes_permit = net.bytes_permit(held);
-        let (store, requests) = (Arc::clone(&net.store), Arc::clone(&net.requests));
+        let (store, requests) = (Arc::clone(store), Arc::clone(&net.requests));
         let (batch, pool) = (Arc::clone(&batch), Arc::clone(pool));
         net.spawn(async move {
             let permit = bytes_permit.await;

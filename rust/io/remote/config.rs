@@ -83,6 +83,13 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
+    /// Whether one client serves both stores: the same bucket, container or host, with the
+    /// same options.
+    #[must_use]
+    pub fn same_client(&self, other: &Self) -> bool {
+        self.scheme == other.scheme && self.base == other.base && self.options == other.options
+    }
+
     /// The store at `url`, with `options`: the store's keys as the `object_store` crate names
     /// them, and the keys of [`Settings`].
     ///

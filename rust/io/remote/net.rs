@@ -1,5 +1,5 @@
-//! An engine's connection to an object store: a runtime of its own, the store's client, and
-//! the bounds on what is in flight.
+//! An engine's connection to object stores: a runtime of its own and the bounds on what is in
+//! flight, shared by every array the engine reads (the stores' clients are the arrays').
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,47 +18,56 @@ const BYTE_UNIT: usize = 1 << 10;
 /// How long stopping waits for the runtime's threads to exit.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
-/// An engine's runtime and client, started with the engine and stopped with it.
+/// An engine's runtime and bounds, started with the engine and stopped with it.
 pub struct Net {
     runtime: Option<tokio::runtime::Runtime>,
-    pub store: Arc<dyn ObjectStore>,
-    pub remote: Arc<RemoteStore>,
     /// Requests open at once ([`Settings::max_requests`]).
     pub requests: Arc<Semaphore>,
     /// Bytes fetched and not yet decoded, in [`BYTE_UNIT`]s
     /// ([`Settings::max_bytes_in_flight`]).
     bytes: Arc<Semaphore>,
     byte_units: usize,
+    part_bytes: u64,
 }
 
 impl Net {
-    /// Starts the runtime's threads and builds the store's client.
+    /// Starts the runtime's threads, with the bounds of `settings` for every request of the
+    /// engine, whatever array and store it is for.
     ///
     /// # Errors
-    /// [`Error::Stopped`] when the runtime cannot start, [`Error::InvalidArgument`] when the
-    /// store refuses its configuration.
-    pub fn start(remote: &Arc<RemoteStore>) -> Result<Self> {
+    /// [`Error::Stopped`] when the runtime cannot start.
+    pub fn start(settings: &Settings) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(NET_THREADS)
             .thread_name("lsio-net")
             .enable_all()
             .build()
             .map_err(|e| Error::Stopped(format!("starting the network runtime: {e}")))?;
-        let store = remote.build()?;
-        let Settings {
-            max_requests,
-            max_bytes_in_flight,
-            ..
-        } = remote.settings;
-        let byte_units = max_bytes_in_flight.div_ceil(BYTE_UNIT).max(1);
+        let byte_units = settings.max_bytes_in_flight.div_ceil(BYTE_UNIT).max(1);
         Ok(Self {
             runtime: Some(runtime),
-            store,
-            remote: Arc::clone(remote),
-            requests: Arc::new(Semaphore::new(max_requests)),
+            requests: Arc::new(Semaphore::new(settings.max_requests)),
             bytes: Arc::new(Semaphore::new(byte_units)),
             byte_units,
+            part_bytes: settings.part_bytes,
         })
+    }
+
+    /// The client of a store, for an array of the engine: one already made for a store of the
+    /// same location and options among `made`, else a new one (added to `made`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the store refuses its configuration.
+    pub fn client(
+        remote: &Arc<RemoteStore>,
+        made: &mut Vec<(Arc<RemoteStore>, Arc<dyn ObjectStore>)>,
+    ) -> Result<Arc<dyn ObjectStore>> {
+        if let Some((_, store)) = made.iter().find(|(r, _)| r.same_client(remote)) {
+            return Ok(Arc::clone(store));
+        }
+        let store = remote.build()?;
+        made.push((Arc::clone(remote), Arc::clone(&store)));
+        Ok(store)
     }
 
     /// Runs `future` to completion on the runtime, from a thread that is not one of its own.
@@ -80,14 +89,14 @@ impl Net {
             .unwrap_or_else(|| unreachable!("the runtime lives until the Net is dropped"))
     }
 
-    /// What another thread needs to fetch from the store while the engine runs.
+    /// What another thread needs to fetch from `store` while the engine runs.
     #[must_use]
-    pub fn link(&self) -> Link {
+    pub fn link(&self, store: &Arc<dyn ObjectStore>) -> Link {
         Link {
             runtime: self.runtime().handle().clone(),
-            store: Arc::clone(&self.store),
+            store: Arc::clone(store),
             requests: Arc::clone(&self.requests),
-            part_bytes: self.remote.settings.part_bytes,
+            part_bytes: self.part_bytes,
         }
     }
 
@@ -152,7 +161,7 @@ mod tests {
             ("max_requests".to_string(), "3".to_string()),
         ];
         let remote = RemoteStore::parse("http://127.0.0.1:9/a.zarr", &options).unwrap();
-        Net::start(&Arc::new(remote)).unwrap()
+        Net::start(&remote.settings).unwrap()
     }
 
     #[test]

@@ -79,6 +79,9 @@ class ObjectServer:
         #: The most requests held in the latency wait at once: whether they overlapped.
         self.most_waiting = 0
         self._waiting = 0
+        #: The most requests open at once, from arrival until answered (or dropped).
+        self.most_open = 0
+        self._open_now = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._faults: list[_Fault] = []
@@ -171,7 +174,13 @@ class ObjectServer:
     def _arrive(self) -> None:
         with self._changed:
             self.arrived += 1
+            self._open_now += 1
+            self.most_open = max(self.most_open, self._open_now)
             self._changed.notify_all()
+
+    def _leave(self) -> None:
+        with self._changed:
+            self._open_now -= 1
 
     def _wait_latency(self, seconds: float) -> bool:
         """Sleeps the latency (overlapping other requests'); True when the server stopped."""
@@ -308,10 +317,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(body=False)
 
     def _answer(self, body: bool) -> None:
+        self.server.owner._arrive()
+        try:
+            self._answer_arrived(body)
+        finally:
+            self.server.owner._leave()
+
+    def _answer_arrived(self, body: bool) -> None:
         owner = self.server.owner
         ranges = self.headers.get("Range")
         entry = (self.command, self.path, ranges)
-        owner._arrive()
         fault = owner._take_fault(self.command, self.path)
         if owner._stalls(self.path):
             owner._unstalled.wait()

@@ -318,7 +318,7 @@ class ZarrCropDataset(IterableDataset):
             of the environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``); and the engine's
             ``max_bytes_in_flight``, ``merge_gap``, ``part_bytes``, ``max_retries``,
             ``retry_timeout``, ``timeout``. Local arrays ignore them.
-        max_requests: requests open at once per array, for object stores.
+        max_requests: requests open at once for object stores, all the arrays together.
         cache_bytes: decoded chunks kept in memory across batches and epochs, up to this
             many bytes (``0``: none): a chunk found there is neither read nor decoded again.
             One cache per dataset and process, shared by its arrays; each DataLoader worker

@@ -246,3 +246,44 @@ def test_datasets_that_do_not_line_up_are_refused_naming_array_and_dimension(wb2
         ValueError, match=r"do not line up along 'latitude'.*geopotential: 16.*u: 15"
     ):
         lsio_torch.ZarrCropDataset(both, {"time": 1})
+
+
+@pytest.mark.parametrize("max_requests", [4, None])
+def test_one_request_budget_for_all_variables_over_http(tmp_path, object_server, max_requests):
+    """16 variables, no cache, over a server 20 ms away: an epoch completes, and the server
+    never sees more requests open at once than the dataset's one budget (``max_requests``,
+    whatever the number of arrays)."""
+    import zarr
+
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w", zarr_format=3)
+    names = [f"v{i}" for i in range(16)]
+    values = {}
+    for i, name in enumerate(names):
+        values[name] = np.random.default_rng(i).integers(-999, 999, (8, 32, 32), dtype="i2")
+        group.create_array(name, shape=(8, 32, 32), chunks=(1, 16, 16), dtype="i2")[...] = values[
+            name
+        ]
+    server = object_server(tmp_path, latency_ms=20)
+    ds = lsio_torch.ZarrCropDataset(
+        f"{server.url}/g.zarr",
+        (2, 16, 16),
+        variables=names,
+        batch_size=8,
+        samples_per_epoch=32,
+        cache_bytes=0,
+        max_requests=max_requests,
+        return_origins=True,
+    )
+    before = server.requests
+    crops = 0
+    for batch, origins in ds:
+        for name in names:
+            for i, (t, y, x) in enumerate(origins.tolist()):
+                want = values[name][t : t + 2, y : y + 16, x : x + 16]
+                assert np.array_equal(batch[name][i].numpy(), want)
+                crops += 1
+    assert crops == 16 * 32
+    budget = max_requests or 128
+    print(f"requests {server.requests - before}, most open at once {server.most_open}")
+    assert server.requests - before > budget  # the budget was what bounded them
+    assert server.most_open <= budget

@@ -145,3 +145,80 @@ def test_shards_replaced_while_training_read_old_or_new_never_a_mix(tmp_path):
         # Under the low limit the replaced shards are opened again within the epoch.
         if limit:
             assert int(run.stdout) > 0, run.stdout
+
+
+# One dataset of 24 arrays beside zarr-python: the process's threads, rings and files read
+# at every step, while the loop opens a file and reads the group itself.
+ONE_ENGINE_BESIDE_ZARR = """
+import json, os, resource, sys
+import numpy as np, zarr
+from lsio_torch import ZarrCropDataset
+
+limit, group, names = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+ds = ZarrCropDataset(group, (4, 32, 32), variables=names, batch_size=4, samples_per_epoch=32,
+                     threads=2, return_origins=True)
+most = {"lsio-decode": 0, "lsio-plan": 0, "lsio-net": 0, "rings": 0, "files": 0, "fds": 0}
+steps = 0
+for batch, origins in ds:
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    names_now = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/comm") as f:
+            names_now.append(f.read().strip())
+    seen = {
+        "lsio-decode": sum(n.startswith("lsio-decode") for n in names_now),
+        "lsio-plan": names_now.count("lsio-plan"),
+        "lsio-net": sum(n.startswith("lsio-net") for n in names_now),
+        "rings": sum("io_uring" in target for target in fds.values()),
+        "files": sum(target.startswith(group) for target in fds.values()),
+        "fds": len(fds),
+    }
+    most = {k: max(most[k], seen[k]) for k in most}
+    # The training loop's own work: a file, and the same group read by zarr-python.
+    with open(os.path.join(group, "zarr.json")) as f:
+        json.load(f)
+    name = names[steps % len(names)]
+    t, y, x = origins[0].tolist()
+    want = zarr.open_group(group, mode="r")[name][t : t + 4, y : y + 32, x : x + 32]
+    assert np.array_equal(batch[name][0].numpy(), want), (name, steps)
+    steps += 1
+print(json.dumps({"steps": steps, **most}))
+"""
+
+
+def test_24_arrays_are_one_engine_within_the_descriptor_budget_beside_zarr_python(tmp_path):
+    """Done-when of issue 23: 24 sharded arrays read with ``threads=2`` run 2 engine threads
+    and one planner, at most 2 rings, and hold at most the budget (a quarter of 64) of the
+    group's files at any step, while the loop opens a file and reads the group with
+    zarr-python at every step under ``ulimit -n 64``."""
+    import json
+
+    group = tmp_path / "group.zarr"
+    names = write_group(
+        group,
+        24,
+        (32, 64, 64),
+        chunks=(4, 16, 16),
+        shards=(8, 32, 32),
+        compressors=[ZstdCodec(level=1)],
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", ONE_ENGINE_BESIDE_ZARR, "64", str(group), ",".join(names)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    most = json.loads(run.stdout.splitlines()[-1])
+    print(most)
+    assert most["steps"] == 8
+    assert most["lsio-decode"] <= 2 and most["lsio-plan"] <= 1 and most["lsio-net"] == 0
+    assert most["rings"] <= 2
+    assert 0 < most["files"] <= 64 // 4

@@ -2,12 +2,13 @@
 //! within one budget of file descriptors.
 //!
 //! The budget is a quarter of the soft `RLIMIT_NOFILE` (the rest is Python's, torch's, the
-//! rings' and the user's), at most 4,096. Past it the file used longest ago that no batch is
-//! reading is closed. Out of descriptors all the same (other code of the process holds them),
-//! every kept file no batch is reading is closed and the open tried again. A batch in flight
-//! closes its files when it ends: a batch that cannot open its files lets go of those it has
-//! and is planned again, and fails only when no descriptor came free for
-//! [`WAIT_FOR_DESCRIPTORS`].
+//! rings' and the user's), at most 4,096, and it counts every file open: those kept between
+//! batches and those batches in flight are reading. At the budget the file used longest ago
+//! that no batch is reading is closed; where every one is being read, the open waits (it
+//! fails as out of descriptors, and the batch lets go of the files it has and is planned
+//! again once batches have ended). Out of descriptors all the same (other code of the
+//! process holds them), every kept file no batch is reading is closed and the open tried
+//! again. A batch fails only when no descriptor came free for [`WAIT_FOR_DESCRIPTORS`].
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -151,6 +152,7 @@ pub fn open(path: &Path, direct_io: bool) -> std::io::Result<(Option<Arc<OpenFil
             return Ok((Some(Arc::clone(file)), false));
         }
     }
+    make_room()?;
     let Some(file) = with_descriptors(|| OpenFile::open(path, direct_io))? else {
         return Ok((None, true));
     };
@@ -158,9 +160,28 @@ pub fn open(path: &Path, direct_io: bool) -> std::io::Result<(Option<Arc<OpenFil
     let mut kept = kept();
     let budget = budget();
     while kept.files.len() >= budget && close_oldest_idle(&mut kept) {}
+    if kept.files.len() >= budget {
+        // Another thread took the room meanwhile.
+        return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    }
     let now = kept.clock;
     kept.files.insert(key, (Arc::clone(&file), now));
     Ok((Some(file), true))
+}
+
+/// Closes idle kept files until one more fits in the budget.
+///
+/// # Errors
+/// `EMFILE` when every file open is being read by a batch: the budget is spent until one
+/// ends.
+fn make_room() -> std::io::Result<()> {
+    let mut kept = kept();
+    let budget = budget();
+    while kept.files.len() >= budget && close_oldest_idle(&mut kept) {}
+    if kept.files.len() >= budget {
+        return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    }
+    Ok(())
 }
 
 /// Stops keeping the file at `path` open (batches reading it keep it until they end): the
@@ -211,8 +232,9 @@ pub fn with_descriptors<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io
 #[must_use]
 pub fn explain(e: &std::io::Error) -> String {
     format!(
-        "{e}; the process may open {} files (RLIMIT_NOFILE) and lsio_torch keeps at most {} \
-         of them open between batches, but batches in flight held the rest for {} s",
+        "{e}; the process may open {} files (RLIMIT_NOFILE) and lsio_torch holds at most {} \
+         of them open at once (kept between batches or read by batches in flight), which \
+         batches in flight held for {} s",
         descriptor_limit(),
         budget(),
         WAIT_FOR_DESCRIPTORS.as_secs()

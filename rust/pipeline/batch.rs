@@ -408,6 +408,7 @@ mod tests {
         // SAFETY: each test waits for the batch's ticket before it reads or drops `out`.
         let out = unsafe { OutBuffer::new(out.as_mut_ptr(), out.len()) };
         let job = Job {
+            part: 0,
             origins: origins.to_vec(),
             out,
             done,

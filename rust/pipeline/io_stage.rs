@@ -223,6 +223,7 @@ mod tests {
         // SAFETY: the batch's ticket is waited for before `out` is read or dropped.
         let buffer = unsafe { OutBuffer::new(out.as_mut_ptr(), out.len()) };
         let job = Job {
+            part: 0,
             origins: origins.to_vec(),
             out: buffer,
             done,

@@ -39,7 +39,7 @@ use crate::cache::{ChunkCache, DiskCache, Key};
 use crate::cast::Cast;
 use crate::error::{Error, Result};
 use crate::io::remote::Net;
-use crate::io::{new_reader, Backend, Reader};
+use crate::io::{new_reader, open_files, Backend, Reader};
 use crate::plan::ChunkTask;
 use crate::pool::build_pool;
 use crate::sampler::check_crop;
@@ -249,7 +249,10 @@ impl Counters {
     }
 }
 
+/// One array's part of a batch (or a piece of it: see [`pieces_within_budget`]).
 struct Job {
+    /// Which of the engine's arrays.
+    part: usize,
     origins: Vec<Vec<u64>>,
     out: OutBuffer,
     done: Sender<Result<()>>,
@@ -427,7 +430,8 @@ impl Engine {
             }
             shared_parts.push(Arc::new(shared));
         }
-        let reader = new_reader(config.backend)?;
+        // The planner reads shard indexes with preads: rings are the engine threads' alone.
+        let reader = new_reader(Backend::Pread)?;
         let (decode, decode_exited) = build_pool("lsio-decode", config.threads)?;
         let decode = Arc::new(decode);
         let stage = match config.io_threads {
@@ -524,16 +528,31 @@ impl Engine {
         };
         let mut done = Vec::with_capacity(batch.len());
         let mut parts = Vec::with_capacity(batch.len());
-        for (origins, out) in batch {
-            let (sender, receiver) = crossbeam_channel::bounded(1);
-            done.push(receiver);
-            self.counters.batch_started();
-            parts.push(Job {
-                origins,
-                out,
-                done: sender,
-                _in_use: in_use.clone(),
-            });
+        let files_at_once = (open_files::budget() / 2).max(1);
+        for (part, (shared, (origins, out))) in self.parts.iter().zip(batch).enumerate() {
+            let pieces = if shared.array.location.remote().is_none() {
+                pieces_within_budget(shared, &origins, files_at_once)
+            } else {
+                vec![0..origins.len()]
+            };
+            for piece in pieces {
+                let (sender, receiver) = crossbeam_channel::bounded(1);
+                done.push(receiver);
+                self.counters.batch_started();
+                let at = piece.start * shared.crop_bytes;
+                let len = piece.len() * shared.crop_bytes;
+                // SAFETY: `at..at + len` lies inside `out` (the pieces split its crops, and
+                // `check_batch` checked it holds them all), which the caller promised valid
+                // until the ticket resolves; the pieces are disjoint.
+                let out = unsafe { OutBuffer::new(out.ptr.add(at), len) };
+                parts.push(Job {
+                    part,
+                    origins: origins[piece].to_vec(),
+                    out,
+                    done: sender,
+                    _in_use: in_use.clone(),
+                });
+            }
         }
         let count = parts.len();
         jobs.send(parts).map_err(|_| {
@@ -567,6 +586,36 @@ impl Engine {
         crate::io::open_files::close_idle();
         release_freed_memory();
     }
+}
+
+/// Splits a local array's part of a batch into runs of crops that each open at most
+/// `files_at_once` chunk or shard files: a batch holds the files it reads until it ends, and
+/// the process's descriptor budget counts them (a single crop is never split).
+fn pieces_within_budget(
+    shared: &Shared,
+    origins: &[Vec<u64>],
+    files_at_once: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let array = &shared.array;
+    let mut pieces = Vec::new();
+    let (mut start, mut files) = (0, std::collections::HashSet::new());
+    for (i, origin) in origins.iter().enumerate() {
+        let mine: std::collections::HashSet<Vec<u64>> = shared
+            .window
+            .boxes(origin)
+            .iter()
+            .flat_map(|b| b.in_array.chunks_touched(array.leaf_shape()))
+            .map(|chunk| array.locate(&chunk).file)
+            .collect();
+        if i > start && files.union(&mine).count() > files_at_once {
+            pieces.push(start..i);
+            start = i;
+            files.clear();
+        }
+        files.extend(mine);
+    }
+    pieces.push(start..origins.len());
+    pieces
 }
 
 /// Checks one part of a batch before it is queued: every crop inside its array, and a buffer
@@ -639,9 +688,15 @@ fn plan_loop(
         if stages.net.is_some() {
             queued.extend(jobs.try_iter());
         }
-        for (a, job) in batch.into_iter().enumerate() {
+        for job in batch {
+            let a = job.part;
             let (shared, cache) = (&parts[a], &mut caches[a]);
-            let ahead: Vec<&[Vec<u64>]> = queued.iter().map(|b| b[a].origins.as_slice()).collect();
+            let ahead: Vec<&[Vec<u64>]> = queued
+                .iter()
+                .flatten()
+                .filter(|j| j.part == a)
+                .map(|j| j.origins.as_slice())
+                .collect();
             plan_part(shared, reader.as_mut(), stages, cache, job, &ahead);
         }
     }

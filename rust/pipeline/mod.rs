@@ -533,7 +533,7 @@ impl Engine {
             let pieces = if shared.array.location.remote().is_none() {
                 pieces_within_budget(shared, &origins, files_at_once)
             } else {
-                vec![0..origins.len()]
+                std::iter::once(0..origins.len()).collect()
             };
             for piece in pieces {
                 let (sender, receiver) = crossbeam_channel::bounded(1);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::decode::{copy_targets, decode_read, fill_targets};
 use super::groups::{read_groups, Requests};
 use super::planned::{Planned, PlannedRead, Source};
-use super::{guarded, Job, OutBuffer, Shared};
+use super::shared::{guarded, Job, OutBuffer, Shared};
 use crate::cache::Resolved;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf, Reader, ScatterOp};

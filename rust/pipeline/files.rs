@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::Shared;
+use super::shared::Shared;
+use crate::cache::disk::object_key;
 use crate::error::{Error, Result};
 use crate::io::open_files::{self, Identity};
 use crate::zarr::shard_index::ShardIndex;
@@ -156,6 +157,15 @@ impl PlanCache {
             .filter(|(identity, _)| *identity == file.identity)
             .map(|(_, index)| Arc::clone(index))
     }
+}
+
+/// The disk cache's key for a remote object of a batch: `None` where its version is not known
+/// before it is fetched (a chunk that is an object of its own, or a store that gives no ETags).
+pub(super) fn disk_key(shared: &Shared, file: &OpenFile) -> Option<String> {
+    let store = shared.array.location.remote()?;
+    let object = file.object.as_ref()?;
+    let (size, etag) = (object.size?, object.etag.as_deref()?);
+    Some(object_key(&store.object_url(&object.key), size, etag))
 }
 
 #[cfg(test)]

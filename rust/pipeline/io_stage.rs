@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::batch::{decode_group, read_group, BatchRun};
 use super::groups::read_groups;
 use super::planned::Planned;
-use super::{guarded, Job, Shared};
+use super::shared::{guarded, Job, Shared};
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf};
 

@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::decode::{needed_span, target_layout};
-use super::files::{OpenFile, PlanCache};
-use super::remote::{disk_key, unless_stopped};
-use super::Shared;
+use super::files::{disk_key, OpenFile, PlanCache};
+use super::shared::{unless_stopped, Shared};
+use super::targets::{needed_span, target_layout};
 use crate::cache::disk::{Entry, Held, Inode};
 use crate::cache::{Claims, DiskCache, Lookup, Promise};
 use crate::error::{Error, Result};

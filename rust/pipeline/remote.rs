@@ -6,43 +6,22 @@
 //! planner ─requests─▶ runtime: GET (≤ max_requests open, ≤ max_bytes_in_flight held) ─▶ pool: decode
 //! ```
 
-use std::future::Future;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::batch::{read_and_decode, with_local_io, BatchRun};
 use super::decode::{decode_read, fill_read};
+use super::files::disk_key;
 use super::files::OpenFile;
 use super::groups::read_groups;
 use super::planned::{read_source, Planned, PlannedRead, ReadSource};
-use super::{guarded, Job, Shared};
+use super::shared::{guarded, unless_stopped, Job, Shared};
 use crate::cache::disk::object_key;
 use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Fetched, Link, Net, Settings, Wanted};
 use crate::io::ReadOp;
-
-/// Runs `future` unless the engine is closed first.
-///
-/// # Errors
-/// [`Error::Stopped`] when the engine was closed before `future` finished.
-pub(super) async fn unless_stopped<F: Future>(shared: &Shared, future: F) -> Result<F::Output> {
-    let stopped = async {
-        loop {
-            // Created before the flag is read: a close between the two still wakes it.
-            let notified = shared.stopping.notified();
-            if shared.cancel.load(Ordering::SeqCst) {
-                return;
-            }
-            notified.await;
-        }
-    };
-    tokio::select! {
-        out = future => Ok(out),
-        () = stopped => Err(Error::Stopped("the engine was closed".into())),
-    }
-}
 
 /// Splits a batch's reads (sorted by file and offset) into requests: reads of one object
 /// whose gap is at most `merge_gap` bytes share a request, up to `max_len` bytes; a whole
@@ -203,15 +182,6 @@ pub(super) fn run_remote(
             });
         });
     }
-}
-
-/// The disk cache's key for a remote object of a batch: `None` where its version is not known
-/// before it is fetched (a chunk that is an object of its own, or a store that gives no ETags).
-pub(super) fn disk_key(shared: &Shared, file: &OpenFile) -> Option<String> {
-    let store = shared.array.location.remote()?;
-    let object = file.object.as_ref()?;
-    let (size, etag) = (object.size?, object.etag.as_deref()?);
-    Some(object_key(&store.object_url(&object.key), size, etag))
 }
 
 /// Reads a group of chunks from the disk cache's `.data` files that this process has not

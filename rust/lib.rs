@@ -6,7 +6,7 @@
 //! knows about Python.
 
 pub mod batch_memory;
-pub mod bounds;
+pub mod bench;
 pub mod cache;
 pub mod cast;
 pub mod dlpack;

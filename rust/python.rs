@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::batch_memory::BatchMemory;
-use crate::bounds;
+use crate::bench::bounds;
 use crate::cache;
 use crate::cast::{Cast, OutType};
 use crate::dlpack;

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lsio_torch._object_server import ObjectServer
+from lsio_torch.bench.server import ObjectServer
 
 #: moto accepts any credentials; these are the ones its docs use.
 ACCESS_KEY = "testing"

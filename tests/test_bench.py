@@ -177,7 +177,7 @@ def test_memory_through_the_object_server_reports_the_disk_cache_folder(sharded)
 def test_the_bench_s_object_server_ends_with_the_bench():
     # A bench killed mid-run (its pipe to the server closed) leaves no server behind.
     code = (
-        "import os; from pathlib import Path; from lsio_torch._remote_bench import ServedFolder;"
+        "import os; from pathlib import Path; from lsio_torch.bench.remote import ServedFolder;"
         "s = ServedFolder(Path('.'), 0, None); print(s.process.pid, flush=True); os._exit(1)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -217,7 +217,7 @@ def test_the_object_store_bench_measures_xbatcher_and_the_get_bound(sharded):
 
 
 def test_xbatcher_s_patches_are_the_crops_the_bench_names(sharded):
-    from lsio_torch._remote_bench import ServedFolder, XbatcherCrops
+    from lsio_torch.bench.remote import ServedFolder, XbatcherCrops
 
     path = Path(sharded)
     expected = zarr.open_array(path, mode="r")

@@ -28,7 +28,7 @@ from zarr.codecs import ZstdCodec
 
 import lsio_torch
 from lsio_torch import _lsio_torch
-from lsio_torch._cache_bench import predicted_hit_rate
+from lsio_torch.bench.cache import predicted_hit_rate
 
 CROP = (4, 20, 15)
 #: A decoded inner chunk of INNER, per byte of element.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from object_stores import S3
 
-from lsio_torch._object_server import ObjectServer
+from lsio_torch.bench.server import ObjectServer
 
 SMALL = bytes(range(256)) * 4  # 1000 bytes would not show an off-by-one in a pattern
 BIG = os.urandom(2 * 1024 * 1024)

@@ -42,7 +42,7 @@ class ServedFolder:
     """The object server over ``root`` in a child process; ``url`` while it runs."""
 
     def __init__(self, root: Path, latency_ms: float, bandwidth: float | None) -> None:
-        command = [sys.executable, "-m", "lsio_torch._object_server", str(root)]
+        command = [sys.executable, "-m", "lsio_torch.bench.server", str(root)]
         command += ["--latency-ms", str(latency_ms)]
         if bandwidth:
             command += ["--bandwidth", str(bandwidth)]

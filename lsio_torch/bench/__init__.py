@@ -23,7 +23,7 @@ Systems:
              bound, the cost of copying the bytes out of the page cache, printed with
              "read + decode", the two bounds one after the other on the same threads (what
              any reader that copies the bytes before decoding them spends on these cores)
-With ``--store http`` the data is served over HTTP instead (see ``_remote_bench``), to
+With ``--store http`` the data is served over HTTP instead (see ``lsio_torch.bench.remote``), to
 lsio_torch, zarr-python and zarrs on obstore, tensorstore's http kvstore, and the GET bound.
 Peers that are not installed are reported missing. Every system's every batch is touched
 the same way: each of its bytes read once (``view(uint8).max()``), on one torch thread, so
@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
-from lsio_torch._cache_bench import parse_sizes
 from lsio_torch._stopwatch import Stopwatch
+from lsio_torch.bench.cache import parse_sizes
 from lsio_torch.dataset import (
     LOCAL_PREFETCH,
     REMOTE_PREFETCH,
@@ -392,7 +392,7 @@ def measure(args, name: str) -> list[Result]:
 
 def measure_remote(args, name, path, array, crop, batches, result) -> list[Result]:
     """Every system on the same crops of ``path`` served over HTTP at ``args.latency_ms``."""
-    from lsio_torch import _remote_bench as rb
+    from lsio_torch.bench import remote as rb
 
     threads, chosen = args.threads, args.systems.split(",")
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -565,7 +565,7 @@ def memory(args, name: str) -> dict:
     prefetch = REMOTE_PREFETCH if args.store == "http" else LOCAL_PREFETCH
     server, source, in_flight_mb = None, path, 0.0
     if args.store == "http":
-        from lsio_torch._remote_bench import ServedFolder
+        from lsio_torch.bench.remote import ServedFolder
 
         bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
         server = ServedFolder(path.parent, args.latency_ms[0], bandwidth)
@@ -719,7 +719,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", nargs="+", default=list(STANDARD), help="names or paths")
+    parser.add_argument(
+        "--data", nargs="+", default=list(STANDARD),
+        help="names or paths; wb2: the dataset bench (see lsio_torch.bench.wb2); same-bytes: "
+        "1 array against 16 holding the same bytes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", default="0,1", help="--data wb2: the time steps of a sample (0,1 0,4 0,12)"
+    )
     parser.add_argument("--crop", type=lambda s: [int(v) for v in s.split(",")])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--n", type=int, default=2000, help="crops per system")
@@ -792,8 +799,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(args) -> None:
+    if "wb2" in args.data or "same-bytes" in args.data:
+        _datasets(args)
+        return
     if args.cache:
-        from lsio_torch import _cache_bench
+        from lsio_torch.bench import cache as _cache_bench
 
         args.cache_bytes = args.cache_bytes or "0,25%,100%"
         reports = []
@@ -849,5 +859,33 @@ def _main(args) -> None:
         print(table(name, [Result(**r) for r in results], args.cold) + "\n")
 
 
-if __name__ == "__main__":
-    main()
+def _datasets(args) -> None:
+    """``--data wb2`` (the dataset bench) and ``--data same-bytes`` (1 array against 16)."""
+    from lsio_torch.bench import wb2
+
+    if args.systems == _parser().get_default("systems"):
+        args.systems = "lsio,insitubatch,zarr,xbatcher,decode,copy,get"
+    reports = []
+    for name in args.data:
+        if name == "wb2":
+            reports.append(wb2.measure(args, CACHE))
+        elif name == "same-bytes":
+            reports.append(wb2.measure_same_bytes(args, CACHE))
+        else:
+            raise SystemExit(f"--data {name}: with wb2 or same-bytes, only those")
+    if args.json:
+        print(json.dumps({"machine": machine(), "data": reports}, indent=2))
+        return
+    print(f"\nlsio_torch dataset bench on {machine()}; {args.threads} threads\n")
+    for report in reports:
+        if "results" in report:
+            print(wb2.table(report) + "\n")
+            continue
+        rates = report["per_epoch"]
+        one, many = rates["1 array"], rates["16 arrays"]
+        print(
+            f"same bytes, {report['samples']} samples in batches of {report['batch']}, no "
+            f"cache: 1 array {' '.join(f'{r:.1f}' for r in one)} samples/s by epoch, "
+            f"16 arrays {' '.join(f'{r:.1f}' for r in many)}; 16 / 1: "
+            f"{' '.join(f'{b / a:.2f}' for a, b in zip(one, many, strict=True))}\n"
+        )

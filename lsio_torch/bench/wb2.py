@@ -1,0 +1,467 @@
+"""The dataset bench, ``python -m lsio_torch.bench --data wb2 --steps 0,1``: a group shaped as
+WeatherBench2 publishes ERA5 (written by xarray: Zarr v2, 1.5°, one time step a chunk, blosc
+lz4; surface fields ``(time, latitude, longitude)`` beside fields on 13 pressure levels
+``(time, level, latitude, longitude)``), whole fields at ``t + s`` for each step ``s``, every
+variable, read by each system epoch after epoch at its defaults; samples/s per epoch.
+
+Systems:
+  lsio         ZarrCropDataset(variables=every field, steps={"time": steps}), default cache
+  insitubatch  insitubatch's InSituDataset, each step a shifted view (``g.shift(s)``), on
+               obstore; it needs Python >= 3.12: run in a venv of its own that the bench makes
+               (with a Python >= 3.12 it finds, pyenv's included), reported missing otherwise
+  zarr         zarr-python 3, sample by sample, in a DataLoader with a worker per core
+  xbatcher     reported missing unless installed (its batches are crops, not steps: not run)
+  decode       the decode bound: the chunks of each batch (each once), decoded on all threads
+  copy         the copy bound: the bytes of every batch copied from memory on all threads
+  get          (``--store http``) the GET bound: the chunks of each batch fetched by obstore at
+               the best of ``--concurrency``, nothing decoded
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lsio_torch import _lsio_torch
+from lsio_torch._stopwatch import Stopwatch
+from lsio_torch.dataset import ZarrCropDataset
+
+SURFACE = (
+    "2m_temperature",
+    "10m_u_component_of_wind",
+    "10m_v_component_of_wind",
+    "mean_sea_level_pressure",
+)
+LEVELS = ("geopotential", "temperature")
+#: 1.5° ERA5 as WeatherBench2 publishes it: 13 pressure levels, 121 x 240.
+GRID = {"level": 13, "latitude": 121, "longitude": 240}
+
+
+@dataclass
+class Epochs:
+    """A system's samples/s, epoch by epoch (or why it has none)."""
+
+    system: str
+    per_epoch: list[float]
+    note: str = ""
+
+
+def write(path: Path, times: int) -> None:
+    """The group, written by xarray: smooth fields with noise (as reanalyses compress)."""
+    import numcodecs
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    lat, lon = GRID["latitude"], GRID["longitude"]
+    yy, xx = np.meshgrid(np.linspace(0, np.pi, lat), np.linspace(0, 2 * np.pi, lon), indexing="ij")
+
+    def field(shape: tuple[int, ...], k: int) -> np.ndarray:
+        t = np.arange(shape[0]).reshape(-1, *([1] * (len(shape) - 1)))
+        base = np.sin(yy * (k + 1) + t * 0.1) * np.cos(xx * (k + 2))
+        noise = rng.normal(scale=0.05, size=shape)
+        return (base + noise).astype("float32")
+
+    data = {}
+    for k, name in enumerate(SURFACE):
+        data[name] = (("time", "latitude", "longitude"), field((times, lat, lon), k))
+    for k, name in enumerate(LEVELS):
+        levels = field((times, GRID["level"], lat, lon), k + len(SURFACE))
+        data[name] = (("time", "level", "latitude", "longitude"), levels)
+    ds = xr.Dataset(data, coords={"time": np.arange(times), "level": np.arange(GRID["level"])})
+    blosc = numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE)
+    encoding = {n: {"chunks": (1, lat, lon), "compressors": blosc} for n in SURFACE}
+    shape = (1, GRID["level"], lat, lon)
+    encoding.update({n: {"chunks": shape, "compressors": blosc} for n in LEVELS})
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    ds.to_zarr(partial, zarr_format=2, encoding=encoding, consolidated=True, mode="w")
+    partial.rename(path)
+
+
+def dataset(cache: Path, small: bool) -> tuple[Path, int]:
+    times = 64 if small else 256
+    path = cache / f"wb2-{times}.zarr"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"writing {path} with xarray", file=sys.stderr)
+        write(path, times)
+    return path, times
+
+
+def anchors(times: int, steps: list[int], n: int, seed: int) -> list[int]:
+    """``n`` uniform anchors leaving room for every step."""
+    low, high = -min(steps), times - 1 - max(steps)
+    return np.random.default_rng(seed).integers(low, high + 1, size=n).tolist()
+
+
+def sample_bytes(steps: list[int]) -> int:
+    cells = GRID["latitude"] * GRID["longitude"]
+    return 4 * len(steps) * cells * (len(SURFACE) + GRID["level"] * len(LEVELS))
+
+
+def touch(batch) -> None:
+    for value in batch.values():
+        value.view(torch.uint8).max()
+
+
+def run_lsio(source: str, steps: list[int], n: int, batch: int, epochs: int, threads: int):
+    ds = ZarrCropDataset(
+        source,
+        {},
+        variables=list(SURFACE + LEVELS),
+        steps={"time": steps},
+        batch_size=batch,
+        samples_per_epoch=n,
+        threads=threads,
+    )
+    rates = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        watch = Stopwatch()
+        for b in torch.utils.data.DataLoader(ds, batch_size=None):
+            touch(b)
+        rates.append(n / watch.stop())
+    return rates
+
+
+class _ZarrSamples(torch.utils.data.Dataset):
+    """One sample: every variable at ``t + s`` for each step, read by zarr-python."""
+
+    def __init__(self, source: str, anchors: list[int], steps: list[int]) -> None:
+        self.source, self.anchors, self.steps = source, anchors, steps
+        self.group = None
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        import zarr
+
+        if self.group is None:
+            store = self.source
+            if store.startswith("http"):
+                import obstore.store
+
+                obs = obstore.store.HTTPStore.from_url(store, client_options={"allow_http": True})
+                store = zarr.storage.ObjectStore(obs, read_only=True)
+            self.group = zarr.open_group(store, mode="r")
+        times = [self.anchors[i] + s for s in self.steps]
+        return {
+            name: torch.from_numpy(self.group[name].get_orthogonal_selection((times,)))
+            for name in SURFACE + LEVELS
+        }
+
+
+def run_zarr(source: str, anchors_of, steps, n, batch, epochs, threads):
+    rates = []
+    for epoch in range(epochs):
+        samples = _ZarrSamples(source, anchors_of(epoch), steps)
+        loader = torch.utils.data.DataLoader(
+            samples, batch_size=batch, num_workers=threads, persistent_workers=False
+        )
+        watch = Stopwatch()
+        for b in loader:
+            touch(b)
+        rates.append(n / watch.stop())
+    return rates
+
+
+#: What the insitubatch venv runs: its samples/s per epoch, as JSON.
+INSITUBATCH = r"""
+import json, sys, time
+from insitubatch import InSituDataset, obstore_store, open_geometries, split_by_chunk
+
+url, names, steps, n, batch, epochs = sys.argv[1], sys.argv[2].split(","), [
+    int(s) for s in sys.argv[3].split(",")], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+options = {"client_options": {"allow_http": True}} if url.startswith("http") else {}
+store = obstore_store(url, **options)
+geoms = open_geometries(store, variables=names)
+views = {f"{name}@{s}": g.shift(s) for name, g in geoms.items() for s in steps}
+times = next(iter(geoms.values())).n_samples
+low, high = -min(steps), times - max(steps)
+manifest = split_by_chunk(geoms[names[0]], fractions=(1.0, 0.0, 0.0), sample_range=(low, high))
+ds = InSituDataset(store, manifest, geometries=views, batch_size=batch)
+rates = []
+for epoch in range(epochs):
+    ds.set_epoch(epoch)
+    seen, start = 0, time.perf_counter()
+    for b in ds.train:
+        for value in b.arrays.values():
+            value.view("uint8").max()
+        seen += len(b)
+        if seen >= n:
+            break
+    rates.append(seen / (time.perf_counter() - start))
+print(json.dumps(rates))
+"""
+
+
+def _python_312() -> str | None:
+    """A Python >= 3.12 on this machine (pyenv's included), or None."""
+    candidates = [shutil.which(f"python3.{m}") for m in (13, 12)]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if pyenv.is_dir():
+        for version in sorted(pyenv.iterdir(), reverse=True):
+            candidates.append(str(version / "bin" / "python"))
+    for python in candidates:
+        if not python or not Path(python).exists():
+            continue
+        probe = subprocess.run(
+            [python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+            capture_output=True,
+            text=True,
+        )
+        if probe.stdout.strip() == "True":
+            return python
+    return None
+
+
+def insitubatch_python(cache: Path) -> tuple[str | None, str]:
+    """The venv's Python with insitubatch installed (made once), or None and why not."""
+    venv = cache / "venv-insitubatch"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return str(python), ""
+    base = _python_312()
+    if base is None:
+        return None, "missing: no Python >= 3.12 on this machine"
+    made = subprocess.run([base, "-m", "venv", str(venv)], capture_output=True, text=True)
+    if made.returncode == 0:
+        made = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "insitubatch", "xarray"],
+            capture_output=True,
+            text=True,
+        )
+    if made.returncode != 0:
+        shutil.rmtree(venv, ignore_errors=True)
+        return None, f"missing: installing insitubatch failed: {made.stderr.strip()[-300:]}"
+    return str(python), ""
+
+
+def run_insitubatch(python: str, source: str, steps, n, batch, epochs) -> list[float]:
+    url = source if source.startswith("http") else Path(source).absolute().as_uri()
+    args = [url, ",".join(SURFACE + LEVELS), ",".join(map(str, steps))]
+    args += [str(n), str(batch), str(epochs)]
+    run = subprocess.run([python, "-c", INSITUBATCH, *args], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr.strip()[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def batches_of(anchors: list[int], batch: int) -> list[list[int]]:
+    return [anchors[i : i + batch] for i in range(0, len(anchors), batch)]
+
+
+def decode_bound(path: Path, anchors: list[int], steps, batch, threads) -> float:
+    """Seconds to decode each batch's chunks once (every variable), on all threads."""
+    seconds = 0.0
+    for name in SURFACE + LEVELS:
+        array = _lsio_torch.Array.in_group(str(path), name, None)
+        rest = [0] * (len(array.shape) - 1)
+        crop = [1, *array.shape[1:]]
+        batches = [
+            sorted({(t + s, *rest) for t in group for s in steps})
+            for group in batches_of(anchors, batch)
+        ]
+        batches = [[list(o) for o in b] for b in batches]
+        seconds += _lsio_torch.decode_bound(array, crop, batches, threads)["seconds"]
+    return seconds
+
+
+def copy_bound(n: int, steps, threads: int) -> float:
+    """Seconds to copy ``n`` samples' bytes from memory into batches, on all threads."""
+    total = n * sample_bytes(steps)
+    block = 64 << 20
+    src = torch.ones(block // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dst.copy_(src)
+        watch = Stopwatch()
+        for _ in range(math.ceil(total / block)):
+            dst.copy_(src)
+        return watch.stop() * total / (math.ceil(total / block) * block)
+    finally:
+        torch.set_num_threads(before)
+
+
+def get_bound(url: str, path: Path, anchors, steps, batch, concurrency: list[int]) -> tuple:
+    """Seconds to fetch each batch's chunks with obstore, at the best concurrency."""
+    from lsio_torch.bench.remote import run_get_bound
+
+    ranges = []
+    for group in batches_of(anchors, batch):
+        chunks = []
+        for name in SURFACE + LEVELS:
+            rest = ".0" * (3 if name in LEVELS else 2)
+            for t in sorted({t + s for t in group for s in steps}):
+                file = path / name / f"{t}{rest}"
+                chunks.append((str(file), 0, file.stat().st_size))
+        ranges.append(chunks)
+    best = None
+    for c in concurrency:
+        seconds = run_get_bound(url, path.parent, ranges, c)
+        if best is None or seconds < best[0]:
+            best = (seconds, c)
+    return best
+
+
+def measure(args, cache: Path) -> dict:
+    steps = [int(s) for s in args.steps.split(",")]
+    path, times = dataset(cache, args.small)
+    n, batch, epochs, threads = args.n, args.batch, args.epochs or 2, args.threads
+    systems = args.systems.split(",")
+    results: list[Epochs] = []
+    served = None
+    source = str(path)
+    if args.store == "http":
+        from lsio_torch.bench.remote import ServedFolder
+
+        served = ServedFolder(path.parent, args.latency_ms[0], args.bandwidth or None)
+        source = f"{served.url}/{path.name}"
+    try:
+        if "lsio" in systems:
+            results.append(Epochs("lsio_torch", run_lsio(source, steps, n, batch, epochs, threads)))
+        if "insitubatch" in systems:
+            python, why = insitubatch_python(cache)
+            if python is None:
+                results.append(Epochs("insitubatch", [], why))
+            else:
+                try:
+                    rates = run_insitubatch(python, source, steps, n, batch, epochs)
+                    results.append(Epochs("insitubatch", rates, "at its defaults"))
+                except RuntimeError as e:
+                    results.append(Epochs("insitubatch", [], f"failed: {e}"))
+        if "zarr" in systems:
+
+            def anchors_of(epoch: int) -> list[int]:
+                return anchors(times, steps, n, epoch)
+
+            rates = run_zarr(source, anchors_of, steps, n, batch, epochs, threads)
+            results.append(Epochs("zarr-python", rates, f"DataLoader, {threads} workers"))
+        if "xbatcher" in systems:
+            results.append(Epochs("xbatcher", [], "not run: its batches are crops, not steps"))
+        first = anchors(times, steps, n, 0)
+        if "decode" in systems:
+            seconds = decode_bound(path, first, steps, batch, threads)
+            results.append(Epochs("decode bound", [n / seconds], "each batch's chunks once"))
+        if "copy" in systems:
+            results.append(Epochs("copy bound", [n / copy_bound(n, steps, threads)]))
+        if served is not None and "get" in systems:
+            concurrency = [int(c) for c in args.concurrency.split(",")]
+            seconds, c = get_bound(served.url, path, first, steps, batch, concurrency)
+            results.append(Epochs("GET bound", [n / seconds], f"obstore, {c} at once"))
+    finally:
+        if served is not None:
+            served.close()
+    where = f"http, {args.latency_ms[0]:g} ms" if served else "local"
+    return {
+        "data": f"wb2 ({times} steps, {len(SURFACE)} surface + {len(LEVELS)} level fields)",
+        "steps": steps,
+        "store": where,
+        "samples": n,
+        "batch": batch,
+        "sample_mb": sample_bytes(steps) / 1e6,
+        "results": [r.__dict__ for r in results],
+    }
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"{report['data']}, steps {report['steps']}, {report['store']}: {report['samples']} "
+        f"samples of {report['sample_mb']:.1f} MB a epoch, batches of {report['batch']}",
+        f"{'system':<14}{'epoch 1':>10}{'later':>10}{'lsio / it, 1':>14}{'later':>8}  note",
+    ]
+    lsio = next((r for r in report["results"] if r["system"] == "lsio_torch"), None)
+    for r in report["results"]:
+        rates = r["per_epoch"]
+        first = rates[0] if rates else None
+        later = float(np.mean(rates[1:])) if len(rates) > 1 else None
+
+        def cell(v):
+            return f"{v:10.1f}" if v is not None else f"{'-':>10}"
+
+        ratio1 = ratio2 = "-"
+        if lsio and lsio["per_epoch"] and first:
+            ratio1 = f"{lsio['per_epoch'][0] / first:.2f}"
+            if later and len(lsio["per_epoch"]) > 1:
+                ratio2 = f"{np.mean(lsio['per_epoch'][1:]) / later:.2f}"
+        lines.append(
+            f"{r['system']:<14}{cell(first)}{cell(later)}{ratio1:>14}{ratio2:>8}  {r['note']}"
+        )
+    return "\n".join(lines)
+
+
+def write_same_bytes(path: Path, times: int, arrays: int = 16) -> None:
+    """``arrays`` fields ``(time, lat, lon)`` beside one array ``(time, field, lat, lon)`` of
+    the same fields: the same bytes in the same chunks (one field of one time step each)."""
+    import zarr
+
+    lat, lon = GRID["latitude"], GRID["longitude"]
+    rng = np.random.default_rng(1)
+    values = (rng.normal(size=(times, arrays, lat, lon)) * 100).round().astype("float32")
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(partial, mode="w", zarr_format=3)
+    codec = [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    whole = group.create_array(
+        "all",
+        shape=values.shape,
+        chunks=(1, 1, lat, lon),
+        dtype="float32",
+        compressors=codec,
+        dimension_names=("time", "field", "latitude", "longitude"),
+    )
+    whole[...] = values
+    for i in range(arrays):
+        one = group.create_array(
+            f"f{i}",
+            shape=(times, lat, lon),
+            chunks=(1, lat, lon),
+            dtype="float32",
+            compressors=codec,
+            dimension_names=("time", "latitude", "longitude"),
+        )
+        one[...] = values[:, i]
+    partial.rename(path)
+
+
+def measure_same_bytes(args, cache: Path) -> dict:
+    """1 array against 16 holding the same bytes: lsio_torch's samples/s with no cache, epoch
+    by epoch, each sample one time step of every field."""
+    times = 64 if args.small else 256
+    path = cache / f"same-bytes-{times}.zarr"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        write_same_bytes(path, times)
+    n, batch, epochs = args.n, args.batch, args.epochs or 2
+    out = {}
+    for label, variables in [("1 array", ["all"]), ("16 arrays", [f"f{i}" for i in range(16)])]:
+        ds = ZarrCropDataset(
+            path,
+            {"time": 1},
+            variables=variables,
+            batch_size=batch,
+            samples_per_epoch=n,
+            threads=args.threads,
+            cache_bytes=0,
+        )
+        rates = []
+        for epoch in range(epochs):
+            ds.set_epoch(epoch)
+            watch = Stopwatch()
+            for b in ds:
+                touch(b)
+            rates.append(n / watch.stop())
+        out[label] = rates
+    return {"path": str(path), "samples": n, "batch": batch, "per_epoch": out}

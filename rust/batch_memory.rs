@@ -12,13 +12,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::io::ReadBuf;
 
-/// Idle mappings kept for the next batches; more are unmapped when freed.
+/// Idle mappings kept for the next batches, per array of the engine; more are unmapped when
+/// freed.
 const KEPT: usize = 4;
 
 /// The mappings of one engine's batches.
 #[derive(Default)]
 pub struct BatchMemory {
     idle: Mutex<Idle>,
+    /// Idle mappings kept at most: [`KEPT`] per array (each batch takes one per array).
+    kept: usize,
 }
 
 #[derive(Default)]
@@ -29,19 +32,31 @@ struct Idle {
 }
 
 impl BatchMemory {
+    /// The memory of an engine of one array.
     #[must_use]
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::for_arrays(1)
     }
 
-    /// Memory for one batch of `len` bytes: a kept mapping where one is long enough.
+    /// The memory of an engine of `arrays` arrays, whose batches take one mapping each.
+    #[must_use]
+    pub fn for_arrays(arrays: usize) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::default(),
+            kept: KEPT * arrays.max(1),
+        })
+    }
+
+    /// Memory for one batch of `len` bytes: the smallest kept mapping long enough, if any.
     ///
     /// # Errors
     /// The `mmap` error when the memory cannot be had.
     pub fn take(self: &Arc<Self>, len: usize) -> std::io::Result<BatchBuf> {
         let kept = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let fits = idle.bufs.iter().position(|b| b.len() >= len);
+            let fits = (0..idle.bufs.len())
+                .filter(|&i| idle.bufs[i].len() >= len)
+                .min_by_key(|&i| idle.bufs[i].len());
             fits.map(|i| idle.bufs.swap_remove(i))
         };
         let mut buf = kept.unwrap_or_default();
@@ -72,7 +87,7 @@ impl BatchMemory {
 
     fn give_back(&self, buf: ReadBuf) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if !idle.closed && idle.bufs.len() < KEPT {
+        if !idle.closed && idle.bufs.len() < self.kept {
             idle.bufs.push(buf);
         }
     }
@@ -134,6 +149,22 @@ mod tests {
         memory.close();
         assert_eq!(memory.idle(), 0);
         drop(again);
+        // An engine of 3 arrays keeps 3 times as many, and lends the smallest that fits.
+        let three = BatchMemory::for_arrays(3);
+        let many: Vec<BatchBuf> = (0..3 * KEPT + 1).map(|_| three.take(10).unwrap()).collect();
+        drop(many);
+        assert_eq!(three.idle(), 3 * KEPT);
+        let taken = three.take(10).unwrap();
+        let big = three.take(64 << 20).unwrap();
+        drop(big);
+        assert_eq!(
+            three.idle(),
+            3 * KEPT,
+            "the big mapping is kept beside the small ones"
+        );
+        let small = three.take(10).unwrap();
+        assert!(small.buf.as_ref().is_some_and(|b| b.len() < 64 << 20));
+        drop((taken, small));
         assert_eq!(
             memory.idle(),
             0,

@@ -421,6 +421,7 @@ impl Engine {
                 cache: cache.map(|c| Arc::clone(&c.inner)),
                 disk_cache: disk_cache.map(|d| Arc::clone(&d.inner)),
             };
+            let arrays = parts.len();
             let engine = py
                 .detach(|| pipeline::Engine::start(parts, config))
                 .map_err(to_py)?;
@@ -428,7 +429,7 @@ impl Engine {
                 engine: Some(engine),
                 pending: VecDeque::new(),
                 consumer_wait: Duration::ZERO,
-                memory: BatchMemory::new(),
+                memory: BatchMemory::for_arrays(arrays),
             })
         })
     }

@@ -228,3 +228,24 @@ def test_xbatcher_s_patches_are_the_crops_the_bench_names(sharded):
         for i, origin in enumerate(origins):
             region = tuple(slice(o, o + c) for o, c in zip(origin, CROP, strict=True))
             np.testing.assert_array_equal(crops[i].numpy(), expected[region])
+
+
+def test_the_dataset_bench_measures_epochs_and_bounds(tmp_path, monkeypatch):
+    """``--data wb2`` on its small group (xarray-written, surface and level fields) and
+    ``same-bytes``: lsio_torch and zarr-python measured epoch by epoch on the same steps, the
+    bounds once, a peer not asked for not run; 1 array against 16 measured side by side."""
+    monkeypatch.setenv("LSIO_BENCH_CACHE", str(tmp_path))
+    report = bench(
+        "--data", "wb2", "same-bytes", "--small", "--steps", "0,4", "--n", "8", "--batch", "4",
+        "--threads", "2", "--epochs", "2", "--systems", "lsio,zarr,xbatcher,decode,copy",
+    )  # fmt: skip
+    wb2, same = report["data"]
+    assert wb2["steps"] == [0, 4] and wb2["samples"] == 8
+    rows = {row["system"]: row for row in wb2["results"]}
+    assert set(rows) == {"lsio_torch", "zarr-python", "xbatcher", "decode bound", "copy bound"}
+    for system in ("lsio_torch", "zarr-python"):
+        assert len(rows[system]["per_epoch"]) == 2 and min(rows[system]["per_epoch"]) > 0
+    assert rows["xbatcher"]["per_epoch"] == [] and rows["xbatcher"]["note"]
+    assert rows["decode bound"]["per_epoch"][0] > 0 and rows["copy bound"]["per_epoch"][0] > 0
+    assert set(same["per_epoch"]) == {"1 array", "16 arrays"}
+    assert all(len(rates) == 2 and min(rates) > 0 for rates in same["per_epoch"].values())

@@ -88,7 +88,7 @@ def write(path: Path, times: int) -> None:
 
 
 def dataset(cache: Path, small: bool) -> tuple[Path, int]:
-    times = 64 if small else 256
+    times = 16 if small else 256
     path = cache / f"wb2-{times}.zarr"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -277,20 +277,28 @@ def decode_bound(path: Path, anchors: list[int], steps, batch, threads) -> float
     return seconds
 
 
-def copy_bound(n: int, steps, threads: int) -> float:
-    """Seconds to copy ``n`` samples' bytes from memory into batches, on all threads."""
-    total = n * sample_bytes(steps)
-    block = 64 << 20
-    src = torch.ones(block // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
+def copy_bound(n: int, steps, batch: int, threads: int) -> float:
+    """Seconds to copy ``n`` samples' bytes into batches on all threads, from a source as large
+    as the chunks a cache holds (not one block that stays in the CPU's cache), each batch into
+    one of a few buffers taken in turn, as batches in flight are."""
+    cells = GRID["latitude"] * GRID["longitude"]
+    fields = len(SURFACE) + GRID["level"] * len(LEVELS)
+    source = torch.ones(min(256, 64 if n < 256 else 256) * fields * cells, dtype=torch.float32)
+    per_batch = batch * sample_bytes(steps) // 4
+    if per_batch > source.numel():
+        source = source.repeat(math.ceil(per_batch / source.numel()))
+    buffers = [torch.empty(per_batch, dtype=torch.float32) for _ in range(3)]
+    for out in buffers:  # faulted in once, as reused batch memory is
+        out.fill_(0)
+    rng = np.random.default_rng(0)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        dst.copy_(src)
         watch = Stopwatch()
-        for _ in range(math.ceil(total / block)):
-            dst.copy_(src)
-        return watch.stop() * total / (math.ceil(total / block) * block)
+        for i in range(math.ceil(n / batch)):
+            at = int(rng.integers(0, source.numel() - per_batch + 1))
+            buffers[i % 3].copy_(source[at : at + per_batch])
+        return watch.stop()
     finally:
         torch.set_num_threads(before)
 
@@ -327,7 +335,8 @@ def measure(args, cache: Path) -> dict:
     if args.store == "http":
         from lsio_torch.bench.remote import ServedFolder
 
-        served = ServedFolder(path.parent, args.latency_ms[0], args.bandwidth or None)
+        bandwidth = args.bandwidth * 1e6 if args.bandwidth else None  # MB/s a connection
+        served = ServedFolder(path.parent, args.latency_ms[0], bandwidth)
         source = f"{served.url}/{path.name}"
     try:
         if "lsio" in systems:
@@ -356,7 +365,7 @@ def measure(args, cache: Path) -> dict:
             seconds = decode_bound(path, first, steps, batch, threads)
             results.append(Epochs("decode bound", [n / seconds], "each batch's chunks once"))
         if "copy" in systems:
-            results.append(Epochs("copy bound", [n / copy_bound(n, steps, threads)]))
+            results.append(Epochs("copy bound", [n / copy_bound(n, steps, batch, threads)]))
         if served is not None and "get" in systems:
             concurrency = [int(c) for c in args.concurrency.split(",")]
             seconds, c = get_bound(served.url, path, first, steps, batch, concurrency)
@@ -379,7 +388,8 @@ def measure(args, cache: Path) -> dict:
 def table(report: dict) -> str:
     lines = [
         f"{report['data']}, steps {report['steps']}, {report['store']}: {report['samples']} "
-        f"samples of {report['sample_mb']:.1f} MB a epoch, batches of {report['batch']}",
+        f"samples an epoch ({report['sample_mb']:.1f} MB each), batches of {report['batch']}; "
+        f"samples/s",
         f"{'system':<14}{'epoch 1':>10}{'later':>10}{'lsio / it, 1':>14}{'later':>8}  note",
     ]
     lsio = next((r for r in report["results"] if r["system"] == "lsio_torch"), None)
@@ -439,7 +449,7 @@ def write_same_bytes(path: Path, times: int, arrays: int = 16) -> None:
 def measure_same_bytes(args, cache: Path) -> dict:
     """1 array against 16 holding the same bytes: lsio_torch's samples/s with no cache, epoch
     by epoch, each sample one time step of every field."""
-    times = 64 if args.small else 256
+    times = 16 if args.small else 256
     path = cache / f"same-bytes-{times}.zarr"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)

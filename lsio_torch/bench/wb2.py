@@ -455,9 +455,9 @@ def measure_same_bytes(args, cache: Path) -> dict:
         cache.mkdir(parents=True, exist_ok=True)
         write_same_bytes(path, times)
     n, batch, epochs = args.n, args.batch, args.epochs or 2
-    out = {}
-    for label, variables in [("1 array", ["all"]), ("16 arrays", [f"f{i}" for i in range(16)])]:
-        ds = ZarrCropDataset(
+    arrays = {"1 array": ["all"], "16 arrays": [f"f{i}" for i in range(16)]}
+    datasets = {
+        label: ZarrCropDataset(
             path,
             {"time": 1},
             variables=variables,
@@ -466,12 +466,15 @@ def measure_same_bytes(args, cache: Path) -> dict:
             threads=args.threads,
             cache_bytes=0,
         )
-        rates = []
-        for epoch in range(epochs):
+        for label, variables in arrays.items()
+    }
+    out: dict[str, list[float]] = {label: [] for label in arrays}
+    # Epochs taken in turn, so that the machine's drift falls on both alike.
+    for epoch in range(epochs):
+        for label, ds in datasets.items():
             ds.set_epoch(epoch)
             watch = Stopwatch()
             for b in ds:
                 touch(b)
-            rates.append(n / watch.stop())
-        out[label] = rates
+            out[label].append(n / watch.stop())
     return {"path": str(path), "samples": n, "batch": batch, "per_epoch": out}

@@ -4,6 +4,7 @@ with what the engine does."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -245,7 +246,11 @@ def test_the_dataset_bench_measures_epochs_and_bounds(tmp_path, monkeypatch):
     assert set(rows) == {"lsio_torch", "zarr-python", "xbatcher", "decode bound", "copy bound"}
     for system in ("lsio_torch", "zarr-python"):
         assert len(rows[system]["per_epoch"]) == 2 and min(rows[system]["per_epoch"]) > 0
-    assert rows["xbatcher"]["per_epoch"] == [] and rows["xbatcher"]["note"]
+    xbatcher = rows["xbatcher"]
+    if importlib.util.find_spec("xbatcher") is None:
+        assert xbatcher["per_epoch"] == [] and xbatcher["note"].startswith("missing")
+    else:
+        assert len(xbatcher["per_epoch"]) == 2 and min(xbatcher["per_epoch"]) > 0
     assert rows["decode bound"]["per_epoch"][0] > 0 and rows["copy bound"]["per_epoch"][0] > 0
     assert set(same["per_epoch"]) == {"1 array", "16 arrays"}
     assert all(len(rates) == 2 and min(rates) > 0 for rates in same["per_epoch"].values())

@@ -66,6 +66,15 @@ class DiskCache:
     @property
     def max_bytes(self) -> int: ...
 
+class BatchPool:
+    """Memory for a dataset's batches that are not pinned, kept from one iteration to the
+    next."""
+
+    def __init__(self, arrays: int) -> None: ...
+    @property
+    def idle(self) -> int: ...
+    def close(self) -> None: ...
+
 class Engine:
     """A running engine for the arrays of a dataset: its threads start when it is created."""
 
@@ -77,6 +86,7 @@ class Engine:
         io_threads: int = 0,
         cache: ChunkCache | None = None,
         disk_cache: DiskCache | None = None,
+        memory: BatchPool | None = None,
     ) -> None: ...
     @property
     def backend(self) -> str: ...

@@ -287,6 +287,7 @@ def start_engine(
     io_threads: int = 0,
     cache: _lsio_torch.ChunkCache | None = None,
     disk_cache: _lsio_torch.DiskCache | None = None,
+    memory: _lsio_torch.BatchPool | None = None,
 ) -> _lsio_torch.Engine:
     """One engine for every array of a dataset: ``parts`` pairs each array with the runs its
     samples read (per dimension, ``(offset, length)`` past the sample's origin in the array,
@@ -299,4 +300,5 @@ def start_engine(
         io_threads=io_threads,
         cache=cache,
         disk_cache=disk_cache,
+        memory=memory,
     )

@@ -474,6 +474,8 @@ class ZarrCropDataset(IterableDataset):
         )
         self._disk_cache: _lsio_torch.DiskCache | None = None
         self._disk_cache_pid: int | None = None
+        self._pool: _lsio_torch.BatchPool | None = None  # this process's batch memory
+        self._pool_pid: int | None = None
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.seed = seed
@@ -563,6 +565,7 @@ class ZarrCropDataset(IterableDataset):
         del state["_sampler"], state["_iterators"], state["_engines"]
         state["_cache"] = state["_cache_pid"] = None  # each process its own
         state["_disk_cache"] = state["_disk_cache_pid"] = None
+        state["_pool"] = state["_pool_pid"] = None
         # A process that unpickles (a DataLoader worker under spawn) has no process group:
         # it takes the rank this process has.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -711,12 +714,23 @@ class ZarrCropDataset(IterableDataset):
 
     def close(self) -> None:
         """Stops every iteration of this dataset still running in this process, and frees
-        its chunk cache."""
+        its chunk cache and the batch memory it keeps between iterations."""
         for iterator in list(self._iterators):
             iterator.close()
         if self._cache is not None and self._cache_pid == os.getpid():
             self._cache.clear()
         self._cache = self._cache_pid = None
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.close()
+        self._pool = self._pool_pid = None
+
+    def _batch_pool(self) -> _lsio_torch.BatchPool:
+        """This process's memory for batches that are not pinned, kept across iterations (a
+        forked worker makes its own)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = _lsio_torch.BatchPool(len(self._sources))
+            self._pool_pid = os.getpid()
+        return self._pool
 
     def _chunk_cache(self) -> _lsio_torch.ChunkCache | None:
         """This process's chunk cache (a forked worker makes its own)."""
@@ -819,6 +833,7 @@ class ZarrCropDataset(IterableDataset):
             self.io_threads,
             cache,
             disk,
+            self._batch_pool(),
         )
         self._backend = engine.backend
         dtypes = [s.out_dtype for s in self._sources]

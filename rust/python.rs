@@ -200,6 +200,36 @@ impl Sampler {
     }
 }
 
+/// Memory for a dataset's batches that are not pinned, kept from one iteration to the next
+/// (one per dataset and process): a later epoch's batches reuse the pages of an earlier
+/// one's instead of faulting in new ones. :meth:`close` unmaps what it keeps.
+#[pyclass(module = "lsio_torch._lsio_torch", frozen)]
+struct BatchPool {
+    inner: Arc<BatchMemory>,
+}
+
+#[pymethods]
+impl BatchPool {
+    /// For the batches of a dataset of ``arrays`` arrays (a batch takes one mapping each).
+    #[new]
+    fn new(arrays: usize) -> Self {
+        Self {
+            inner: BatchMemory::for_arrays(arrays),
+        }
+    }
+
+    /// Mappings kept for reuse.
+    #[getter]
+    fn idle(&self) -> usize {
+        self.inner.idle()
+    }
+
+    /// Unmaps the kept mappings, and every mapping given back from now on.
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
 /// Decoded chunks kept across batches and epochs, under a byte budget: one per dataset and
 /// process, handed to each of its engines with the array's number in the dataset.
 #[pyclass(module = "lsio_torch._lsio_torch", frozen)]
@@ -313,6 +343,8 @@ struct Engine {
     consumer_wait: Duration,
     /// Memory for batches that are not pinned, reused as their tensors are freed.
     memory: Arc<BatchMemory>,
+    /// Whether `memory` is the engine's own, unmapped when it closes (else a `BatchPool`'s).
+    owns_memory: bool,
 }
 
 /// How often a wait for a batch looks for a signal (Ctrl-C).
@@ -398,9 +430,12 @@ impl Engine {
     /// ``io_threads`` > 0 starts that many threads that only read, handing the chunks to the
     /// ``threads`` that decode; 0 has the decode threads read their own chunks. ``cache``
     /// keeps decoded chunks past the batch (each part's as its number); ``disk_cache`` keeps
-    /// remote arrays' fetched chunk bytes on local disk.
+    /// remote arrays' fetched chunk bytes on local disk; ``memory`` lends the batches that are
+    /// not pinned, kept past the engine (without it, the engine's own, unmapped when it closes).
     #[new]
-    #[pyo3(signature = (parts, threads, direct_io=false, io_threads=0, cache=None, disk_cache=None))]
+    #[pyo3(signature = (parts, threads, direct_io=false, io_threads=0, cache=None, disk_cache=None, memory=None))]
+    // The Python constructor's keyword arguments, one for one.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         parts: Vec<PartSpec<'_>>,
@@ -409,6 +444,7 @@ impl Engine {
         io_threads: usize,
         cache: Option<&ChunkCache>,
         disk_cache: Option<&DiskCache>,
+        memory: Option<&BatchPool>,
     ) -> PyResult<Self> {
         boundary("starting an engine", || {
             let choice = choose_backend().map_err(to_py)?;
@@ -429,7 +465,11 @@ impl Engine {
                 engine: Some(engine),
                 pending: VecDeque::new(),
                 consumer_wait: Duration::ZERO,
-                memory: BatchMemory::for_arrays(arrays),
+                memory: memory.map_or_else(
+                    || BatchMemory::for_arrays(arrays),
+                    |pool| Arc::clone(&pool.inner),
+                ),
+                owns_memory: memory.is_none(),
             })
         })
     }
@@ -579,7 +619,9 @@ impl Engine {
             py.detach(|| engine.close());
         }
         self.pending.clear();
-        self.memory.close();
+        if self.owns_memory {
+            self.memory.close();
+        }
     }
 }
 
@@ -735,6 +777,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sampler>()?;
     m.add_class::<Engine>()?;
     m.add_class::<ChunkCache>()?;
+    m.add_class::<BatchPool>()?;
     m.add_class::<DiskCache>()?;
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;

@@ -198,6 +198,28 @@ def test_batches_are_engine_memory_reused_once_freed(tmp_path, dtype):
     assert torch.equal(kept[0], kept[1]), "a batch outlives its iteration"
 
 
+def test_batch_memory_is_kept_from_one_epoch_to_the_next_and_freed_by_close(tmp_path):
+    """A later epoch's batches reuse the memory of an earlier one's (one mapping per array of
+    a batch, for a dataset of several arrays), instead of faulting in new pages; ``close``
+    lets it go."""
+    values = smooth_field((12, 20, 16), "int16", 4)
+    for name in ("a", "b"):
+        write_zarr(tmp_path / f"{name}.zarr", values, chunks=(2, 8, 8))
+    arrays = {name: tmp_path / f"{name}.zarr" for name in ("a", "b")}
+    ds = lsio_torch.ZarrCropDataset(
+        arrays, (3, 8, 5), batch_size=4, samples_per_epoch=16, pin_memory=False
+    )
+    seen = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        seen.append({t.data_ptr() for batch in ds for t in batch.values()})
+    assert seen[1] <= seen[0], "epoch 1's batches are in epoch 0's memory"
+    assert ds._pool.idle > 0
+    pool = ds._pool
+    ds.close()
+    assert pool.idle == 0
+
+
 def test_repr_shows_arrays_shapes_dtypes_chunking_and_crop(arrays):
     written = arrays[("shard-index-start", "int16")]
     ds = lsio_torch.ZarrCropDataset(

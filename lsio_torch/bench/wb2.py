@@ -382,6 +382,9 @@ def measure(args, cache: Path) -> dict:
     results: list[Epochs] = []
     served = None
     source = str(path)
+    from lsio_torch.bench import warm
+
+    warm(path)  # every system reads from the page cache, not whichever comes first
     if args.store == "http":
         from lsio_torch.bench.remote import ServedFolder
 

@@ -136,6 +136,17 @@ def run_lsio(source: str, steps: list[int], n: int, batch: int, epochs: int, thr
     return rates
 
 
+def _zarr_store(source: str):
+    """What zarr-python and xarray open for ``source``: its path, or obstore's HTTPStore."""
+    if not source.startswith("http"):
+        return source
+    import obstore.store
+    import zarr
+
+    obs = obstore.store.HTTPStore.from_url(source, client_options={"allow_http": True})
+    return zarr.storage.ObjectStore(obs, read_only=True)
+
+
 class _ZarrSamples(torch.utils.data.Dataset):
     """One sample: every variable at ``t + s`` for each step, read by zarr-python."""
 
@@ -150,32 +161,12 @@ class _ZarrSamples(torch.utils.data.Dataset):
         import zarr
 
         if self.group is None:
-            store = self.source
-            if store.startswith("http"):
-                import obstore.store
-
-                obs = obstore.store.HTTPStore.from_url(store, client_options={"allow_http": True})
-                store = zarr.storage.ObjectStore(obs, read_only=True)
-            self.group = zarr.open_group(store, mode="r")
+            self.group = zarr.open_group(_zarr_store(self.source), mode="r")
         times = [self.anchors[i] + s for s in self.steps]
         return {
             name: torch.from_numpy(self.group[name].get_orthogonal_selection((times,)))
             for name in SURFACE + LEVELS
         }
-
-
-def run_zarr(source: str, anchors_of, steps, n, batch, epochs, threads):
-    rates = []
-    for epoch in range(epochs):
-        samples = _ZarrSamples(source, anchors_of(epoch), steps)
-        loader = torch.utils.data.DataLoader(
-            samples, batch_size=batch, num_workers=threads, persistent_workers=False
-        )
-        watch = Stopwatch()
-        for b in loader:
-            touch(b)
-        rates.append(n / watch.stop())
-    return rates
 
 
 class _XbatcherSamples(torch.utils.data.Dataset):
@@ -194,14 +185,7 @@ class _XbatcherSamples(torch.utils.data.Dataset):
             import xarray as xr
             import xbatcher
 
-            store = self.source
-            if store.startswith("http"):
-                import obstore.store
-                import zarr
-
-                obs = obstore.store.HTTPStore.from_url(store, client_options={"allow_http": True})
-                store = zarr.storage.ObjectStore(obs, read_only=True)
-            data = xr.open_zarr(store, chunks={})[list(SURFACE + LEVELS)]
+            data = xr.open_zarr(_zarr_store(self.source), chunks={})[list(SURFACE + LEVELS)]
             span = max(self.steps) - min(self.steps) + 1
             # Every dimension an input dimension: whole fields, in their own order (left out,
             # xbatcher stacks them into one "sample" dimension).
@@ -213,11 +197,14 @@ class _XbatcherSamples(torch.utils.data.Dataset):
         return {name: torch.from_numpy(picked[name].values) for name in SURFACE + LEVELS}
 
 
-def run_xbatcher(source: str, anchors_of, steps, n, batch, epochs, threads):
+def run_loader(samples, source: str, anchors_of, steps, n, batch, epochs, threads):
+    """Samples/s of each epoch of a map-style ``samples`` class in a DataLoader with
+    ``threads`` workers."""
     rates = []
     for epoch in range(epochs):
-        samples = _XbatcherSamples(source, anchors_of(epoch), steps)
-        loader = torch.utils.data.DataLoader(samples, batch_size=batch, num_workers=threads)
+        loader = torch.utils.data.DataLoader(
+            samples(source, anchors_of(epoch), steps), batch_size=batch, num_workers=threads
+        )
         watch = Stopwatch()
         for b in loader:
             touch(b)
@@ -409,13 +396,15 @@ def measure(args, cache: Path) -> dict:
             return anchors(times, steps, n, epoch)
 
         if "zarr" in systems:
-            rates = run_zarr(source, anchors_of, steps, n, batch, epochs, threads)
+            rates = run_loader(_ZarrSamples, source, anchors_of, steps, n, batch, epochs, threads)
             results.append(Epochs("zarr-python", rates, f"DataLoader, {threads} workers"))
         if "xbatcher" in systems:
             if importlib.util.find_spec("xbatcher") is None:
                 results.append(Epochs("xbatcher", [], "missing: pip install xbatcher"))
             else:
-                rates = run_xbatcher(source, anchors_of, steps, n, batch, epochs, threads)
+                rates = run_loader(
+                    _XbatcherSamples, source, anchors_of, steps, n, batch, epochs, threads
+                )
                 note = f"windows of {max(steps) - min(steps) + 1} steps, {threads} workers"
                 results.append(Epochs("xbatcher", rates, note))
         first = anchors(times, steps, n, 0)

@@ -347,6 +347,10 @@ fn pieces_within_budget(
     files_at_once: usize,
 ) -> Vec<std::ops::Range<usize>> {
     let array = &shared.array;
+    // Most batches need far fewer files than the budget: counted only when they might not.
+    if origins.len().saturating_mul(files_per_crop_at_most(shared)) <= files_at_once {
+        return std::iter::once(0..origins.len()).collect();
+    }
     let mut pieces = Vec::new();
     let (mut start, mut files) = (0, std::collections::HashSet::new());
     for (i, origin) in origins.iter().enumerate() {
@@ -366,6 +370,33 @@ fn pieces_within_budget(
     }
     pieces.push(start..origins.len());
     pieces
+}
+
+/// The most chunk or shard files one crop can touch, wherever it lies: per box of its window,
+/// the files a run of its length can straddle along each dimension, multiplied.
+fn files_per_crop_at_most(shared: &Shared) -> usize {
+    let array = &shared.array;
+    let per_file: Vec<u64> = array
+        .leaf_shape()
+        .iter()
+        .zip(array.leaves_per_file())
+        .map(|(leaf, n)| leaf * n)
+        .collect();
+    let origin = vec![0; per_file.len()];
+    shared
+        .window
+        .boxes(&origin)
+        .iter()
+        .map(|b| {
+            b.in_array
+                .shape
+                .iter()
+                .zip(&per_file)
+                .map(|(&len, &f)| usize::try_from(len.saturating_sub(1).div_ceil(f.max(1)) + 1))
+                .try_fold(1usize, |acc, n| acc.checked_mul(n.ok()?))
+                .unwrap_or(usize::MAX)
+        })
+        .fold(0usize, usize::saturating_add)
 }
 
 /// Checks one part of a batch before it is queued: every crop inside its array, and a buffer
@@ -645,5 +676,28 @@ mod tests {
         {
             assert_eq!(b[n * 2..n * 2 + 2], at(i, j, 7 + k));
         }
+    }
+
+    #[test]
+    fn a_crop_touches_at_most_the_files_its_runs_can_straddle() {
+        // Shards of (4, 8, 6) elements; the array is (6, 10, 9).
+        let shared = |window: Window| Shared::new(fixture(), window, Backend::Pread, None).unwrap();
+        // 2 rows straddle at most 2 shards, 4 columns 2, 3 of the last dimension 2: 8 files.
+        let crop = shared(Window::crop(&[2, 4, 3]));
+        assert_eq!(files_per_crop_at_most(&crop), 8);
+        let origins: Vec<Vec<u64>> = vec![vec![3, 4, 2]];
+        assert_eq!(pieces_within_budget(&crop, &origins, 8), vec![0..1]);
+        // Two runs of one row each along the first dimension: 2 boxes of 1 × 2 × 2 files.
+        let rows = Window::new(vec![
+            vec![Run { offset: 0, len: 1 }, Run { offset: 3, len: 1 }],
+            vec![Run { offset: 0, len: 4 }],
+            vec![Run { offset: 0, len: 3 }],
+        ])
+        .unwrap();
+        assert_eq!(files_per_crop_at_most(&shared(rows)), 8);
+        // Past the bound, the crops are counted: three crops in distinct shards, 2 at once.
+        let spread: Vec<Vec<u64>> = vec![vec![0, 0, 0], vec![4, 5, 6], vec![0, 8, 0]];
+        let tiny = shared(Window::crop(&[1, 1, 1]));
+        assert_eq!(pieces_within_budget(&tiny, &spread, 2), vec![0..2, 2..3]);
     }
 }

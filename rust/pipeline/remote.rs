@@ -22,6 +22,7 @@ use crate::cache::DiskCache;
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Fetched, Link, Net, Settings, Wanted};
 use crate::io::ReadOp;
+use crate::zarr::limits::max_encoded_bytes;
 
 /// Splits a batch's reads (sorted by file and offset) into requests: reads of one object
 /// whose gap is at most `merge_gap` bytes share a request, up to `max_len` bytes; a whole
@@ -133,7 +134,9 @@ pub(super) fn run_remote(
         let (first, last) = (&reads[0], &reads[reads.len() - 1]);
         let span = first.offset..last.offset + last.len as u64;
         let wanted = if first.whole {
-            Wanted::Whole
+            Wanted::Whole {
+                at_most: max_encoded_bytes(shared.leaf_bytes),
+            }
         } else {
             Wanted::Range(span.clone())
         };

@@ -14,6 +14,14 @@ use crate::error::{Error, Result};
 /// when the array is opened.
 pub const MAX_CHUNK_BYTES: u64 = 1 << 31;
 
+/// The most bytes an encoded chunk of `decoded` bytes is fetched with: no codec lsio_torch
+/// reads grows a chunk past twice its size plus 1 MiB of headers, so a server that answers
+/// with more is refused, not buffered.
+#[must_use]
+pub fn max_encoded_bytes(decoded: usize) -> u64 {
+    (decoded as u64).saturating_mul(2).saturating_add(1 << 20)
+}
+
 /// The product of `extents`, or `None` when it does not fit in 64 bits.
 #[must_use]
 pub fn checked_product(extents: &[u64]) -> Option<u64> {

@@ -72,7 +72,10 @@ impl Location {
                     let one = Semaphore::new(1);
                     let part = store.settings.part_bytes;
                     let key = store.key(key);
-                    remote::get(client.as_ref(), &key, Wanted::Whole, part, &one, None)
+                    let whole = Wanted::Whole {
+                        at_most: remote::MAX_METADATA_BYTES,
+                    };
+                    remote::get(client.as_ref(), &key, whole, part, &one, None)
                         .await
                         .map_err(|e| Error::io(&path, "reading metadata", e))
                 })??;

@@ -4,14 +4,22 @@
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt};
 use tokio::sync::Semaphore;
 
-/// Which bytes of an object a request wants.
+/// The most bytes a metadata object (`zarr.json`, `.zarray`, `.zmetadata`...) may hold: a
+/// response declaring more is refused before its body is read.
+pub const MAX_METADATA_BYTES: u64 = 64 << 20;
+
+/// Which bytes of an object a request wants. A response never holds more than a request
+/// asked for: a whole object at most `at_most` bytes, a range its length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wanted {
-    Whole,
+    Whole {
+        at_most: u64,
+    },
     Range(Range<u64>),
     /// The last `n` bytes.
     Suffix(u64),
@@ -94,7 +102,7 @@ async fn get_one(
     if_match: Option<&str>,
 ) -> std::io::Result<Option<Fetched>> {
     let range = match &wanted {
-        Wanted::Whole => None,
+        Wanted::Whole { .. } => None,
         Wanted::Range(r) if r.is_empty() => {
             // An empty range is refused by stores; the object's existence still matters.
             let meta = match store.head(key).await {
@@ -122,9 +130,14 @@ async fn get_one(
         Err(e) => return Err(to_io(e)),
     };
     let (size, etag) = (result.meta.size, result.meta.e_tag.clone());
-    let bytes = result.bytes().await.map_err(to_io)?;
+    let at_most = match &wanted {
+        Wanted::Whole { at_most } => *at_most,
+        Wanted::Range(r) => r.end - r.start,
+        Wanted::Suffix(n) => *n,
+    };
+    let bytes = capped_body(result, at_most).await?;
     let expected = match &wanted {
-        Wanted::Whole => size,
+        Wanted::Whole { .. } => size,
         Wanted::Range(r) => r.end - r.start,
         Wanted::Suffix(n) => (*n).min(size),
     };
@@ -138,6 +151,36 @@ async fn get_one(
         ));
     }
     Ok(Some(Fetched { bytes, size, etag }))
+}
+
+/// The body of `result`, read as a stream into memory of the size it declares, refused
+/// before reading when it declares more than `at_most` bytes, and cut off (an error) as soon
+/// as more than that arrive: a server that lies about a length costs at most `at_most` bytes.
+async fn capped_body(result: GetResult, at_most: u64) -> std::io::Result<Bytes> {
+    let declared = result.range.end.saturating_sub(result.range.start);
+    let too_long = |what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the server {what}, more than the {at_most} asked for; nothing was kept"),
+        )
+    };
+    if declared > at_most {
+        return Err(too_long(format!("declared a body of {declared} bytes")));
+    }
+    // `declared <= at_most`, which is a leaf's or a range's size: it fits in memory.
+    let mut body = BytesMut::with_capacity(declared as usize);
+    let mut stream = result.into_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(to_io)?;
+        if (body.len() + piece.len()) as u64 > at_most {
+            return Err(too_long(format!(
+                "sent {} bytes and more",
+                body.len() + piece.len()
+            )));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(body.freeze())
 }
 
 /// The object's size, from a HEAD request; `None` when it does not exist.

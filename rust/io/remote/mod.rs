@@ -11,5 +11,5 @@ mod fetch;
 mod net;
 
 pub use config::{is_url, RemoteStore, Settings};
-pub use fetch::{get, size, to_io, Fetched, Wanted};
+pub use fetch::{get, size, to_io, Fetched, Wanted, MAX_METADATA_BYTES};
 pub use net::{on_this_thread, Link, Net};

@@ -42,7 +42,7 @@ class Seen:
 
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
 
 
 class Hostile:
@@ -96,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server_owner
         path = self.path.split("?", 1)[0]
         with owner._lock:
-            owner.seen.append(Seen(self.command, self.path, dict(self.headers.items())))
+            owner.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
         lie = next((lie for lie in owner.lies if lie.match in path), None)
         if lie is not None:
             self._lie(lie, body)

@@ -80,10 +80,34 @@ _EMPTY_DISK_CACHE_STATS = dict.fromkeys(
         "disk_cache_evictions",
         "disk_cache_corrupt",
         "disk_cache_write_errors",
+        "disk_cache_foreign",
         "disk_cache_bytes",
     ),
     0,
 )
+
+
+_FOREIGN_WARNED: set[str] = set()
+
+
+def _warn_foreign_once(folder: str, foreign: int) -> None:
+    """Says once per process and folder that files in ``cache_dir`` were not trusted."""
+    if foreign and folder not in _FOREIGN_WARNED:
+        _FOREIGN_WARNED.add(folder)
+        log.warning(
+            "cache_dir %s: %d cache file(s) owned by another user, writable by others or "
+            "symlinked were ignored (neither read nor written); their chunks came from the "
+            "store",
+            folder,
+            foreign,
+        )
+
+
+def _existing(path: str) -> str:
+    """``path``, or the nearest folder above it that exists."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def _log_backend_once() -> None:
@@ -754,14 +778,15 @@ class ZarrCropDataset(IterableDataset):
 
     def _disk_chunk_cache(self) -> _lsio_torch.DiskCache | None:
         """This process's handle on ``cache_dir`` (the folder is shared; the handle's counters
-        are this process's own)."""
-        if self.cache_dir is None:
+        are this process's own); None where no array is in an object store (the folder is
+        not even opened)."""
+        if self.cache_dir is None or not any(is_url(s.path) for s in self._sources):
             return None
         if self._disk_cache is None or self._disk_cache_pid != os.getpid():
-            os.makedirs(self.cache_dir, exist_ok=True)
             bound = self.cache_dir_bytes
             if bound is None:
-                bound = shutil.disk_usage(self.cache_dir).free // 2
+                bound = shutil.disk_usage(_existing(self.cache_dir)).free // 2
+            # The engine makes the folder (0700, marked as its own) or checks it may take it.
             self._disk_cache = _lsio_torch.DiskCache(self.cache_dir, bound)
             self._disk_cache_pid = os.getpid()
         return self._disk_cache
@@ -875,6 +900,8 @@ class ZarrCropDataset(IterableDataset):
                 if name != "batches":
                     self._stats[name] += value
             engine.close()
+            if disk is not None:
+                _warn_foreign_once(self.cache_dir, disk.stats()["disk_cache_foreign"])
 
 
 #: Every dataset of this process, for the fork hook below.

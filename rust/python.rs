@@ -304,7 +304,7 @@ impl DiskCache {
 
     /// ``{"disk_cache_hits", "disk_cache_misses", "disk_cache_bytes_read",
     /// "disk_cache_bytes_written", "disk_cache_evictions", "disk_cache_corrupt",
-    /// "disk_cache_write_errors", "disk_cache_bytes"}``.
+    /// "disk_cache_write_errors", "disk_cache_foreign", "disk_cache_bytes"}``.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let out = PyDict::new(py);
@@ -315,6 +315,7 @@ impl DiskCache {
         out.set_item("disk_cache_evictions", s.evictions)?;
         out.set_item("disk_cache_corrupt", s.corrupt)?;
         out.set_item("disk_cache_write_errors", s.write_errors)?;
+        out.set_item("disk_cache_foreign", s.foreign)?;
         out.set_item("disk_cache_bytes", s.bytes)?;
         Ok(out)
     }

@@ -309,6 +309,7 @@ def test_the_disk_cache_counts_what_it_holds(tmp_path):
         "disk_cache_evictions": 0,
         "disk_cache_corrupt": 0,
         "disk_cache_write_errors": 0,
+        "disk_cache_foreign": 0,
         "disk_cache_bytes": 0,
     }
 

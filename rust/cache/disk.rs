@@ -24,11 +24,20 @@
 //! once checked, it is read as a local chunk is (only the bytes the crops need). A chunk that
 //! fails its check is fetched again and written over. The folder is bounded: past
 //! `max_bytes`, the pairs written to longest ago are deleted first.
+//!
+//! The folder is this user's alone, and lsio_torch's alone: it is made `0700` with a marker
+//! file ([`MARKER`]) in it, an existing one is taken only when it holds the marker or is empty,
+//! and one owned by another user or writable by others is refused, as ssh refuses such a
+//! `~/.ssh`. Only files of the cache's own naming in its own subfolders are ever listed or
+//! deleted. Files are opened with `O_NOFOLLOW` (a symlink planted at a cache file's path is
+//! not written through) and made `0600`; a file owned by another user or writable by others
+//! is ignored and counted ([`DiskStats::foreign`]), never read or written.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::fs::{DirBuilder, Metadata, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -54,9 +63,13 @@ const ENTRIES: usize = 1 << 16;
 /// Versions of objects this process fetched whole (chunks that are objects of their own)
 /// that it remembers; past this many, it forgets them all and fetches such chunks again.
 const VERSIONS: usize = 1 << 18;
-/// A file of an older format of this cache, or a temporary one, this old is deleted when the
-/// folder is scanned.
-const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The file that marks a folder as an lsio_torch cache: files are deleted only in a folder
+/// that holds it.
+pub const MARKER: &str = "lsio_torch-cache";
+/// What the marker says to whoever finds the folder.
+const MARKER_TEXT: &[u8] =
+    b"lsio_torch disk cache (cache_dir=): chunks fetched from object stores. lsio_torch deletes \
+      the files here to stay within its bound.\n";
 
 use crate::io::open_files::inode_of;
 pub use crate::io::open_files::Inode;
@@ -78,6 +91,9 @@ pub struct DiskStats {
     pub corrupt: u64,
     /// Chunks that could not be written (a full or read-only disk): used, not kept.
     pub write_errors: u64,
+    /// Cache files found owned by another user or writable by others: ignored (neither read
+    /// nor written), their chunks fetched from the store.
+    pub foreign: u64,
     /// Bytes the folder held at the last scan (on disk: holes are free), plus what this
     /// process wrote since.
     pub bytes: u64,
@@ -92,6 +108,8 @@ struct Counters {
     evictions: AtomicU64,
     corrupt: AtomicU64,
     write_errors: AtomicU64,
+    /// Shared with every [`Entry`]: they find the foreign files.
+    foreign: Arc<AtomicU64>,
 }
 
 /// The folder's size as this process knows it.
@@ -200,6 +218,7 @@ pub struct Entry {
     log: PathBuf,
     key_crc: u32,
     state: Mutex<EntryState>,
+    foreign: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -277,7 +296,11 @@ impl Entry {
     /// Reads the records appended to the log since the last read (all of them, from a new
     /// log). A log that cannot be read holds nothing.
     fn read_log(&self, state: &mut EntryState) {
-        let Ok(mut file) = File::open(&self.log) else {
+        let opened = open_private(&self.log, OpenOptions::new().read(true));
+        let Ok(Some(mut file)) = opened else {
+            if matches!(opened, Ok(None)) {
+                self.foreign.fetch_add(1, Ordering::Relaxed);
+            }
             state.log = None;
             state.records.clear();
             state.log_read = 0;
@@ -313,14 +336,19 @@ impl Entry {
     /// while it wrote (the bytes went to a deleted file: no record names them).
     fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<Option<(u64, Inode)>> {
         if let Some(folder) = self.data.parent() {
-            std::fs::create_dir_all(folder)?;
+            private_folder(folder)?;
         }
-        let data = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.data)?;
+        let foreign = || {
+            self.foreign.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        };
+        let opened = open_private(
+            &self.data,
+            OpenOptions::new().read(true).write(true).create(true),
+        )?;
+        let Some(data) = opened else {
+            return foreign();
+        };
         let before = data.metadata()?.blocks();
         data.write_all_at(bytes, offset)?;
         let meta = data.metadata()?;
@@ -328,7 +356,10 @@ impl Entry {
             return Ok(None);
         }
         let record = encode_record(offset, bytes.len(), crc32c::crc32c(bytes), self.key_crc);
-        let mut log = File::options().append(true).create(true).open(&self.log)?;
+        let Some(mut log) = open_private(&self.log, OpenOptions::new().append(true).create(true))?
+        else {
+            return foreign();
+        };
         let log_before = log.metadata()?.blocks();
         log.write_all(&record)?;
         let log_grown = log.metadata()?.blocks().saturating_sub(log_before);
@@ -345,7 +376,7 @@ impl DiskCache {
     /// # Errors
     /// The `io::Error` of a folder that cannot be made or listed.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        claim_folder(dir)?;
         let cache = Self {
             dir: dir.to_path_buf(),
             max_bytes,
@@ -392,6 +423,7 @@ impl DiskCache {
             log: stem.with_extension(LOG),
             key_crc,
             state: Mutex::new(EntryState::default()),
+            foreign: Arc::clone(&self.counters.foreign),
         });
         entries.insert(key.to_owned(), Arc::clone(&entry));
         entry
@@ -498,6 +530,7 @@ impl DiskCache {
             evictions: c.evictions.load(Ordering::Relaxed),
             corrupt: c.corrupt.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
+            foreign: c.foreign.load(Ordering::Relaxed),
             bytes: self.usage().bytes,
         }
     }
@@ -572,13 +605,18 @@ struct Listed {
     bytes: u64,
 }
 
-/// Every object under `dir`. Files of no object (an older format of this cache, a temporary
-/// file) left over an hour are deleted on the way.
+/// Every object under `dir`: files of the cache's own naming (`<22 hex digits>.data|.log`),
+/// of this user and private, in its own subfolders (two hex digits). Nothing else is listed,
+/// so nothing else is ever deleted.
 fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
     let mut out: HashMap<PathBuf, Listed> = HashMap::new();
     for sub in std::fs::read_dir(dir)? {
         let Ok(sub) = sub else { continue };
-        if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+        // `file_type` does not follow symlinks: a symlinked subfolder is not the cache's.
+        let is_ours = sub.file_type().is_ok_and(|t| t.is_dir())
+            && hex_name(&sub.file_name(), 2)
+            && sub.metadata().is_ok_and(|m| private(&m));
+        if !is_ours {
             continue;
         }
         let Ok(files) = std::fs::read_dir(sub.path()) else {
@@ -586,16 +624,17 @@ fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
         };
         for file in files.flatten() {
             let path = file.path();
-            // A file deleted since it was listed is skipped.
-            let Ok(meta) = file.metadata() else { continue };
-            let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            let ours = matches!(path.extension().and_then(|e| e.to_str()), Some(DATA | LOG));
-            if !ours {
-                if written.elapsed().is_ok_and(|age| age > ABANDONED_AFTER) {
-                    let _ = std::fs::remove_file(&path);
-                }
+            let named = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == DATA || e == LOG)
+                && path.file_stem().is_some_and(|stem| hex_name(stem, 22));
+            if !named || !file.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
+            // A file deleted since it was listed is skipped; so is one not this user's.
+            let Ok(meta) = file.metadata() else { continue };
+            if !private(&meta) {
+                continue;
+            }
+            let written = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             let listed = out.entry(path.with_extension("")).or_insert(Listed {
                 stem: path.with_extension(""),
                 written,
@@ -606,6 +645,138 @@ fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
         }
     }
     Ok(out.into_values().collect())
+}
+
+/// Whether `name` is `digits` lowercase hex digits.
+fn hex_name(name: &std::ffi::OsStr, digits: usize) -> bool {
+    name.to_str().is_some_and(|n| {
+        n.len() == digits && n.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// This process's effective user id.
+fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether a file or folder is this user's and no one else may write it.
+fn private(meta: &Metadata) -> bool {
+    meta.uid() == euid() && meta.mode() & 0o022 == 0
+}
+
+/// Opens a cache file with `options`, never through a symlink, made `0600` where created:
+/// `None` for a symlink or a file of another user or writable by others (not to be trusted).
+fn open_private(path: &Path, options: &mut OpenOptions) -> std::io::Result<Option<File>> {
+    let opened = options
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    Ok((meta.is_file() && private(&meta)).then_some(file))
+}
+
+/// Makes a subfolder of the cache (`0700`), or checks an existing one is a folder of this
+/// user's that no one else may write.
+fn private_folder(folder: &Path) -> std::io::Result<()> {
+    match DirBuilder::new().mode(0o700).create(folder) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(folder)?;
+    if meta.is_dir() && private(&meta) {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{}: not a private folder of this user", folder.display()),
+        ))
+    }
+}
+
+/// Makes `dir` the cache's folder, or checks an existing one may be: a folder of this user's
+/// that no one else may write, holding the [`MARKER`] (this cache's own) or nothing (then
+/// marked). A folder of ours made by an older version with the umask's mode is made `0700`.
+///
+/// # Errors
+/// `PermissionDenied` for a folder of another user or writable by others; `InvalidInput`
+/// for one that holds files and no marker (lsio_torch deletes files in its folder: it takes
+/// no folder that holds a user's own).
+fn claim_folder(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let refuse = |kind, why: String| Err(std::io::Error::new(kind, why));
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return refuse(std::io::ErrorKind::InvalidInput, "not a folder".into());
+    }
+    if meta.uid() != euid() {
+        return refuse(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "owned by uid {}, not by this user (uid {}): a cache folder must be the \
+                 user's own",
+                meta.uid(),
+                euid()
+            ),
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "writable by other users (mode {:o}): a cache folder must be private \
+                 (chmod 700)",
+                meta.mode() & 0o777
+            ),
+        );
+    }
+    let marker = dir.join(MARKER);
+    match std::fs::symlink_metadata(&marker) {
+        Ok(m) if m.is_file() && private(&m) => {}
+        Ok(_) => {
+            return refuse(
+                std::io::ErrorKind::PermissionDenied,
+                format!("its {MARKER} is not a private file of this user"),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::read_dir(dir)?.next().is_some() {
+                return refuse(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "not empty and not an lsio_torch cache folder (no {MARKER} file in \
+                         it): lsio_torch deletes the files of its cache folder, so it takes \
+                         a new or empty one"
+                    ),
+                );
+            }
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&marker)?;
+            file.write_all(MARKER_TEXT)?;
+        }
+        Err(e) => return Err(e),
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -797,25 +968,77 @@ mod tests {
     }
 
     #[test]
-    fn files_of_no_object_are_deleted_once_old() {
-        let dir = folder("abandoned");
+    fn files_not_of_the_caches_naming_are_never_deleted() {
+        let dir = folder("others");
+        let cache = DiskCache::open(&dir, 1).unwrap();
+        let entry = cache.entry(&object_key("http://h/x", 10, "e"));
+        cache.put(&entry, 0, b"abcd");
+        let sub = entry.data_path().parent().unwrap().to_path_buf();
+        let (kept, notes) = (sub.join("a.chunk"), dir.join("notes"));
+        std::fs::write(&kept, b"not the cache's").unwrap();
+        std::fs::create_dir_all(&notes).unwrap();
+        std::fs::write(notes.join("old.txt"), b"a user's").unwrap();
+        let two_hours_ago = SystemTime::now() - std::time::Duration::from_secs(7200);
+        for file in [&kept, &notes.join("old.txt")] {
+            File::options()
+                .write(true)
+                .open(file)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        // The bound of 1 byte evicts every object of the cache, and nothing else.
+        cache.scan_and_trim().unwrap();
+        assert!(!entry.data_path().exists());
+        assert!(kept.exists() && notes.join("old.txt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_folder_is_taken_only_new_empty_or_marked_and_private() {
+        let dir = folder("claim");
+        DiskCache::open(&dir, 1 << 20).unwrap();
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700);
+        let marker = std::fs::metadata(dir.join(MARKER)).unwrap();
+        assert_eq!(marker.mode() & 0o777, 0o600);
+        // Marked: taken again.
+        DiskCache::open(&dir, 1 << 20).unwrap();
+        // Writable by others: refused.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = DiskCache::open(&dir, 1 << 20).err().unwrap();
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        DiskCache::open(&dir, 1 << 20).unwrap();
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700, "an older folder of ours is made private");
+        // Holding a user's files and no marker: refused, and the files are left as they were.
+        let notes = folder("claim-notes");
+        std::fs::create_dir_all(notes.join("notes")).unwrap();
+        std::fs::write(notes.join("notes/app.log"), b"a user's").unwrap();
+        let err = DiskCache::open(&notes, 1 << 20).err().unwrap();
+        assert!(err.to_string().contains("not an lsio_torch cache folder"), "{err}");
+        assert!(notes.join("notes/app.log").exists() && !notes.join(MARKER).exists());
+        for d in [dir, notes] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_symlink_at_a_cache_files_path_is_not_written_through() {
+        let dir = folder("symlink");
         let cache = DiskCache::open(&dir, 1 << 20).unwrap();
         let entry = cache.entry(&object_key("http://h/x", 10, "e"));
-        let sub = entry.data_path().parent().unwrap().to_path_buf();
-        std::fs::create_dir_all(&sub).unwrap();
-        let (old, young) = (sub.join("a.chunk"), sub.join("b.tmp.1.1"));
-        std::fs::write(&old, b"an older format's chunk").unwrap();
-        std::fs::write(&young, b"being written").unwrap();
-        let two_hours_ago = SystemTime::now() - std::time::Duration::from_secs(7200);
-        File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(two_hours_ago)
-            .unwrap();
-        cache.scan_and_trim().unwrap();
-        assert!(!old.exists() && young.exists());
+        let victim = folder("symlink-victim");
+        std::fs::write(&victim, b"the victim's").unwrap();
+        private_folder(entry.data_path().parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, entry.data_path()).unwrap();
+        cache.put(&entry, 0, b"abcd");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"the victim's");
+        assert_eq!(cache.stats().foreign, 1);
+        assert_eq!(cache.stats().bytes_written, 0);
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&victim).unwrap();
     }
 
     #[test]

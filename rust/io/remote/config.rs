@@ -110,7 +110,8 @@ impl RemoteStore {
         let mut store_options = Vec::new();
         for (key, value) in options {
             let key = key.to_ascii_lowercase();
-            let bad = |what: &str| invalid(format!("storage option {key}={value:?}: {what}"));
+            // The key, never the value: a misspelled key may hold a secret.
+            let bad = |what: &str| invalid(format!("storage option {key}: {what}"));
             match key.as_str() {
                 "max_requests" => {
                     settings.max_requests =

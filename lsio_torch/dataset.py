@@ -498,6 +498,7 @@ class ZarrCropDataset(IterableDataset):
         )
         self._disk_cache: _lsio_torch.DiskCache | None = None
         self._disk_cache_pid: int | None = None
+        self._disk_chunk_cache()  # a folder it may not take is refused here, not at iteration
         self._pool: _lsio_torch.BatchPool | None = None  # this process's batch memory
         self._pool_pid: int | None = None
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:

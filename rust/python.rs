@@ -295,8 +295,15 @@ impl DiskCache {
     #[pyo3(signature = (path, max_bytes))]
     fn new(py: Python<'_>, path: std::path::PathBuf, max_bytes: u64) -> PyResult<Self> {
         let opened = py.detach(|| cache::DiskCache::open(&path, max_bytes));
-        let inner =
-            opened.map_err(|e| to_py(Error::io(&path, "opening the disk cache folder", e)))?;
+        let inner = opened.map_err(|e| {
+            to_py(match e.kind() {
+                // A folder it may not take: the argument is wrong, not the disk.
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied => {
+                    Error::InvalidArgument(format!("cache_dir {}: {e}", path.display()))
+                }
+                _ => Error::io(&path, "opening the disk cache folder", e),
+            })
+        })?;
         Ok(Self {
             inner: Arc::new(inner),
         })

@@ -9,6 +9,7 @@ process, so a regression fails one test, not the run."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -106,3 +107,107 @@ def test_honest_objects_still_read_through_the_caps(tmp_path):
             np.testing.assert_array_equal(
                 out[0].numpy(), zarr.open_array(tmp_path / name, mode="r")[2:6, 3:8]
             )
+
+
+# 3 to 6. cache_dir: the user's own folder, lsio_torch's own files, private.
+
+
+def cached_epoch(url: str, folder: Path, values: np.ndarray) -> dict:
+    """One epoch of crops through the disk cache in ``folder`` (no memory cache), each checked
+    against zarr-python's values; the dataset's stats."""
+    ds = lsio_torch.ZarrCropDataset(
+        url, (4, 5), batch_size=2, samples_per_epoch=6, seed=1, return_origins=True,
+        cache_bytes=0, cache_dir=folder,
+    )  # fmt: skip
+    for batch, origins in ds:
+        for crop, (y, x) in zip(batch, origins.tolist(), strict=True):
+            np.testing.assert_array_equal(crop.numpy(), values[y : y + 4, x : x + 5])
+    stats = ds.stats()
+    ds.close()
+    return stats
+
+
+def aged(path: Path, seconds: float = 7200) -> None:
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def users_folder(root: Path) -> tuple[Path, list[Path]]:
+    folder = root / "work"
+    (folder / "notes").mkdir(parents=True)
+    files = [folder / "notes" / "old.txt", folder / "notes" / "app.log", folder / "README"]
+    for f in files:
+        f.write_text("the user's own")
+        aged(f)
+    return folder, files
+
+
+def test_a_cache_dir_holding_a_users_files_is_refused_and_left_as_it_was(tmp_path):
+    values = small_array(tmp_path / "data" / "a.zarr", sharded=True)
+    folder, files = users_folder(tmp_path)
+    # A local array does not even open the folder.
+    local = lsio_torch.ZarrCropDataset(
+        tmp_path / "data" / "a.zarr", (4, 5), samples_per_epoch=4, cache_dir=folder
+    )
+    assert sum(len(b) for b in local) > 0
+    with Hostile(tmp_path / "data") as server:
+        with pytest.raises(ValueError, match="not an lsio_torch cache folder") as refused:
+            cached_epoch(f"{server.url}/a.zarr", folder, values)
+    assert str(folder) in str(refused.value)
+    assert all(f.read_text() == "the user's own" for f in files)
+    assert sorted(p.name for p in folder.rglob("*")) == ["README", "app.log", "notes", "old.txt"]
+
+
+def test_a_cache_folder_and_its_files_are_private_whatever_the_umask(tmp_path):
+    values = small_array(tmp_path / "data" / "a.zarr", sharded=True)
+    before = os.umask(0o022)
+    try:
+        with Hostile(tmp_path / "data") as server:
+            stats = cached_epoch(f"{server.url}/a.zarr", tmp_path / "c", values)
+    finally:
+        os.umask(before)
+    assert stats["disk_cache_misses"] > 0
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777
+             for p in [tmp_path / "c", *(tmp_path / "c").rglob("*")]}  # fmt: skip
+    assert modes["c"] == 0o700, modes
+    assert all(m == (0o700 if (tmp_path / p).is_dir() else 0o600) for p, m in modes.items()), modes
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_cache_files_of_another_user_are_neither_read_nor_written(tmp_path, caplog):
+    values = small_array(tmp_path / "data" / "a.zarr", sharded=True)
+    folder = tmp_path / "c"
+    with Hostile(tmp_path / "data") as server:
+        url = f"{server.url}/a.zarr"
+        first = cached_epoch(url, folder, values)
+        assert first["disk_cache_misses"] > 0
+        planted = [p for p in folder.rglob("*") if p.suffix in (".data", ".log")]
+        # Valid records at the computed names, as another user (nobody) could have planted
+        # them: forged bytes with a right CRC-32C are as easy to make.
+        for p in planted:
+            os.chown(p, 65534, 65534)
+        contents = {p: p.read_bytes() for p in planted}
+        with caplog.at_level("WARNING", logger="lsio_torch"):
+            second = cached_epoch(url, folder, values)
+    assert second["disk_cache_hits"] == 0, second
+    assert second["disk_cache_foreign"] > 0, second
+    assert {p: p.read_bytes() for p in planted} == contents
+    assert "owned by another user" in caplog.text
+
+
+def test_a_symlink_planted_at_a_cache_files_path_is_not_written_through(tmp_path):
+    values = small_array(tmp_path / "data" / "a.zarr", sharded=True)
+    folder = tmp_path / "c"
+    with Hostile(tmp_path / "data") as server:
+        url = f"{server.url}/a.zarr"
+        cached_epoch(url, folder, values)
+        victims = {}
+        for p in [p for p in folder.rglob("*") if p.suffix in (".data", ".log")]:
+            victim = tmp_path / f"victim{p.suffix}"
+            victim.write_text("the victim's")
+            p.unlink()
+            p.symlink_to(victim)
+            victims[p] = victim
+        stats = cached_epoch(url, folder, values)
+    assert stats["disk_cache_foreign"] > 0 and stats["disk_cache_bytes_written"] == 0, stats
+    assert all(v.read_text() == "the victim's" for v in victims.values())

@@ -9,6 +9,7 @@ process, so a regression fails one test, not the run."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -211,3 +212,71 @@ def test_a_symlink_planted_at_a_cache_files_path_is_not_written_through(tmp_path
         stats = cached_epoch(url, folder, values)
     assert stats["disk_cache_foreign"] > 0 and stats["disk_cache_bytes_written"] == 0, stats
     assert all(v.read_text() == "the victim's" for v in victims.values())
+
+
+# 7. A misspelled or misplaced option names its key, never its value.
+
+SECRET = "SECRETPROBEVALUE"
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("s3://bucket/a.zarr", {"secret_acess_key": SECRET}),
+        ("s3://bucket/a.zarr", {"max_requests": SECRET}),
+        ("http://127.0.0.1:9/a.zarr", {"aws_secret_access_key": SECRET}),
+        ("gs://bucket/a.zarr", {"service_account_keyy": SECRET}),
+        ("az://container/a.zarr", {"account_kye": SECRET}),
+    ],
+    ids=["s3-typo", "s3-setting", "http-misplaced", "gcs-typo", "azure-typo"],
+)
+def test_a_bad_option_names_its_key_never_its_value(url, options):
+    with pytest.raises(ValueError) as refused:
+        lsio_torch.read_crops(url, [(0, 0)], (1, 1), storage_options=options)
+    message = str(refused.value)
+    assert next(iter(options)) in message, message
+    assert SECRET not in message, message
+
+
+# 11. Member names never leave the store.
+
+
+def group_beside_a_secret(tmp_path: Path) -> tuple[Path, Path]:
+    """A group with one array, and an array outside it (beside it, as another user's data
+    would be)."""
+    group = tmp_path / "store" / "g.zarr"
+    zarr.open_group(group, mode="w", zarr_format=2)
+    write_zarr(group / "t2m", np.ones((8, 12), "f4"), chunks=(4, 4), zarr_format=2)
+    secret = tmp_path / "store" / "outside"
+    write_zarr(secret, np.full((8, 12), 7, "f4"), chunks=(4, 4), zarr_format=2)
+    return group, secret
+
+
+@pytest.mark.parametrize("name", ["../outside", "ABSOLUTE", "t2m/../../outside", "", "./t2m"])
+def test_a_member_name_that_leaves_the_group_is_refused(tmp_path, name):
+    group, secret = group_beside_a_secret(tmp_path)
+    name = str(secret) if name == "ABSOLUTE" else name
+    with pytest.raises(ValueError, match="is not a name inside the group"):
+        lsio_torch.ZarrCropDataset(group, (4, 4), variables=["t2m", name])
+    # The check is the engine's own: every way in meets it.
+    with pytest.raises(ValueError, match="is not a name inside the group"):
+        lsio_torch._lsio_torch.Array.in_group(str(group), name, None)
+
+
+def test_a_consolidated_member_named_to_leave_the_group_is_refused(tmp_path):
+    group, secret = group_beside_a_secret(tmp_path)
+    zarr.consolidate_metadata(group)
+    zmetadata = group / ".zmetadata"
+    doc = json.loads(zmetadata.read_text())
+    for file in (".zarray", ".zattrs"):
+        doc["metadata"][f"../outside/{file}"] = doc["metadata"][f"t2m/{file}"]
+    zmetadata.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"member \"../outside\""):
+        lsio_torch.ZarrCropDataset(group, (4, 4), variables=["../outside"])
+    with Hostile(tmp_path / "store") as server:
+        with pytest.raises(ValueError, match="is not a name inside the group"):
+            lsio_torch.ZarrCropDataset(f"{server.url}/g.zarr", (4, 4), variables=["../outside"])
+        assert not any("outside" in r.path for r in server.seen)
+    # The group's own member still reads.
+    ds = lsio_torch.ZarrCropDataset(group, (4, 4), variables=["t2m"], samples_per_epoch=2)
+    assert all(float(b["t2m"].min()) == 1.0 for b in ds)

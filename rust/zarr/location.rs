@@ -44,13 +44,27 @@ impl Location {
         }
     }
 
-    /// The member `name` of this group.
-    #[must_use]
-    pub fn join(&self, name: &str) -> Self {
-        match self {
+    /// The member `name` of this group: a name of `/`-separated segments, each neither empty
+    /// nor `.` nor `..`, so that no member (a variable asked for, or one a consolidated
+    /// `.zmetadata`/`zarr.json` lists) leaves the group.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the group and the member for any other name.
+    pub fn join(&self, name: &str) -> Result<Self> {
+        let inside = !name.is_empty()
+            && !name.contains('\0')
+            && name.split('/').all(|s| !matches!(s, "" | "." | ".."));
+        if !inside {
+            return Err(Error::InvalidArgument(format!(
+                "{}: member {name:?} is not a name inside the group (a name of '/'-separated \
+                 parts, none of them empty, '.' or '..', not starting with '/')",
+                self.path().display()
+            )));
+        }
+        Ok(match self {
             Self::Local(path) => Self::Local(path.join(name)),
             Self::Remote(store) => Self::Remote(Arc::new(store.child(name))),
-        }
+        })
     }
 
     /// The bytes of `key` (`zarr.json`, `.zarray`...), or `None` when there is no such file

@@ -63,7 +63,7 @@ pub fn read_array_metadata(at: &Location) -> Result<StoredMetadata> {
 /// # Errors
 /// As [`read_array_metadata`], for the path `group/name`.
 pub fn read_group_member(group: &Location, name: &str) -> Result<(Location, StoredMetadata)> {
-    let member = group.join(name);
+    let member = group.join(name)?;
     let path = member.path();
     if let Some(Value::Object(root)) = read_json(group, "zarr.json")? {
         let consolidated = root

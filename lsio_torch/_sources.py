@@ -230,7 +230,8 @@ class Source:
 
     @property
     def label(self) -> str:
-        return self.path if self.name is None else f"{self.path}/{self.name}"
+        label = self.path if self.name is None else f"{self.path}/{self.name}"
+        return _lsio_torch.redact(label)  # a token in a URL's query is never shown
 
     @property
     def grid_shape(self) -> tuple[int, ...]:

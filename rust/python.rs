@@ -21,7 +21,7 @@ use crate::cast::{Cast, OutType};
 use crate::dlpack;
 use crate::error::Error;
 use crate::io::choose_backend;
-use crate::io::remote::RemoteStore;
+use crate::io::remote::{self, RemoteStore};
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
 use crate::window::{Run, Window};
@@ -59,6 +59,13 @@ fn boundary<T>(what: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
             pipeline::panic_message(&panic)
         )))
     })
+}
+
+/// ``text`` with the values of URL queries and passwords in URLs replaced by ``***``: what
+/// messages and reprs show of a URL that carries a token.
+#[pyfunction]
+fn redact(text: &str) -> String {
+    remote::redact(text)
 }
 
 /// Most crops :meth:`Sampler.origins` draws at once.
@@ -788,6 +795,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BatchPool>()?;
     m.add_class::<DiskCache>()?;
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
+    m.add_function(wrap_pyfunction!(redact, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;
     m.add_function(wrap_pyfunction!(read_ranges, m)?)?;

@@ -280,3 +280,100 @@ def test_a_consolidated_member_named_to_leave_the_group_is_refused(tmp_path):
     # The group's own member still reads.
     ds = lsio_torch.ZarrCropDataset(group, (4, 4), variables=["t2m"], samples_per_epoch=2)
     assert all(float(b["t2m"].min()) == 1.0 for b in ds)
+
+
+# 8 to 10, and bearer tokens: what the client sends, to whom, and what messages show.
+
+TOKEN = "SECRETTOKEN42"
+S3_SECRETS = {
+    "aws_access_key_id": "AKIDPROBE",
+    "aws_secret_access_key": "SECRETACCESSPROBE",
+    "aws_session_token": "SESSIONTOKENPROBE",
+    "aws_region": "us-east-1",
+}
+
+
+def s3_options(server: Hostile) -> dict:
+    return {**S3_SECRETS, "aws_endpoint": server.url, "aws_allow_http": "true"}
+
+
+def test_an_http_urls_query_goes_with_every_request_and_never_into_a_message(tmp_path):
+    values = small_array(tmp_path / "a.zarr", sharded=True)
+    with Hostile(tmp_path) as server:
+        url = f"{server.url}/a.zarr?token={TOKEN}&expires=1"
+        ds = lsio_torch.ZarrCropDataset(url, (4, 5), batch_size=2, samples_per_epoch=4)
+        assert sum(len(b) for b in ds) == 4
+        out = lsio_torch.read_crops(url, [(1, 2)], (4, 5))
+        np.testing.assert_array_equal(out[0].numpy(), values[1:5, 2:7])
+        assert server.seen and all(f"token={TOKEN}&expires=1" in r.path for r in server.seen)
+        assert TOKEN not in repr(ds) and "token=***" in repr(ds), repr(ds)
+        server.lie("a.zarr/c/0/0", status=403, body="denied")
+        with pytest.raises(Exception) as failed:
+            lsio_torch.read_crops(url, [(1, 2)], (4, 5))
+    assert "403" in str(failed.value) and TOKEN not in str(failed.value), failed.value
+
+
+def test_a_presigned_s3_url_is_refused_without_its_signature_in_the_message():
+    url = f"s3://bucket/a.zarr?X-Amz-Signature={TOKEN}&X-Amz-Credential=AKID"
+    with pytest.raises(ValueError, match="presigned URL") as refused:
+        lsio_torch.read_crops(url, [(0, 0)], (1, 1))
+    assert TOKEN not in str(refused.value) and "X-Amz-Signature=***" in str(refused.value)
+
+
+SIGNATURE_DOES_NOT_MATCH = f"""<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not
+match the signature you provided.</Message><AWSAccessKeyId>AKIDPROBE</AWSAccessKeyId>
+<CanonicalRequest>GET /bucket/a.zarr/zarr.json
+x-amz-security-token:{S3_SECRETS["aws_session_token"]}</CanonicalRequest>
+<RequestId>4442587FB7D0A2F9</RequestId></Error>"""
+
+
+def test_an_error_body_shows_its_code_and_request_id_and_nothing_else(tmp_path):
+    small_array(tmp_path / "bucket" / "a.zarr")
+    with Hostile(tmp_path) as server:
+        server.lie("zarr.json", status=403, body=SIGNATURE_DOES_NOT_MATCH)
+        with pytest.raises(Exception) as failed:
+            lsio_torch.read_crops(
+                "s3://bucket/a.zarr", [(0, 0)], (1, 1), storage_options=s3_options(server)
+            )
+    message = str(failed.value)
+    assert "SignatureDoesNotMatch" in message and "4442587FB7D0A2F9" in message, message
+    for secret in S3_SECRETS.values():
+        if secret != "us-east-1":
+            assert secret not in message, message
+    assert "CanonicalRequest" not in message, message
+
+
+@pytest.mark.parametrize("store", ["s3", "http-bearer"])
+def test_credentials_never_follow_a_redirect_to_another_origin(tmp_path, store):
+    small_array(tmp_path / "bucket" / "a.zarr")
+    with Hostile(tmp_path) as there, Hostile(tmp_path) as here:
+        here.lie("zarr.json", redirect=f"{there.url}/bucket/a.zarr/zarr.json")
+        if store == "s3":
+            url, options = "s3://bucket/a.zarr", s3_options(here)
+        else:
+            url, options = f"{here.url}/bucket/a.zarr", {"bearer_token": TOKEN}
+        with pytest.raises(Exception) as failed:
+            lsio_torch.read_crops(url, [(0, 0)], (1, 1), storage_options=options)
+        assert there.seen == [], there.seen  # nothing at all reached the other origin
+        sent = here.seen[0].headers
+    message = str(failed.value)
+    assert here.url in message and there.url in message and "another origin" in message, message
+    if store == "s3":
+        assert sent["x-amz-security-token"] == S3_SECRETS["aws_session_token"]
+    else:
+        assert sent["authorization"] == f"Bearer {TOKEN}"
+    assert TOKEN not in message and "SESSIONTOKENPROBE" not in message, message
+
+
+def test_a_redirect_within_the_origin_is_followed_with_the_bearer_token(tmp_path):
+    values = small_array(tmp_path / "a.zarr")
+    small_array(tmp_path / "moved.zarr")
+    with Hostile(tmp_path) as server:
+        server.lie("a.zarr/zarr.json", redirect=f"{server.url}/moved.zarr/zarr.json")
+        out = lsio_torch.read_crops(
+            f"{server.url}/a.zarr", [(2, 3)], (4, 5), storage_options={"bearer_token": TOKEN}
+        )
+        np.testing.assert_array_equal(out[0].numpy(), values[2:6, 3:8])
+        assert [r.path for r in server.seen[:2]] == ["/a.zarr/zarr.json", "/moved.zarr/zarr.json"]
+        assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in server.seen)

@@ -161,11 +161,16 @@ mod tests {
         std::fs::create_dir(dir.path().join("t2m")).unwrap();
         std::fs::write(dir.path().join("t2m/zarr.json"), b"{}").unwrap();
         let group = Location::parse(dir.path().to_str().unwrap(), &[]).unwrap();
-        let member = group.join("t2m");
+        let member = group.join("t2m").unwrap();
         assert_eq!(member.path(), dir.path().join("t2m"));
         assert_eq!(member.read("zarr.json").unwrap(), Some(b"{}".to_vec()));
         assert_eq!(member.read(".zarray").unwrap(), None);
-        assert!(member.exists() && !group.join("u10").exists());
+        assert!(member.exists() && !group.join("u10").unwrap().exists());
+        for outside in ["../x", "/etc", "a//b", "", ".", "a/../../x"] {
+            let e = group.join(outside).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{outside}: {e:?}");
+        }
+        assert!(group.join("nested/t2m").is_ok());
         // A key that is a directory cannot be read: an error naming it, not None.
         let e = group.read("t2m").unwrap_err().to_string();
         assert!(e.contains("t2m") && e.contains("reading metadata"), "{e}");

@@ -11,6 +11,7 @@ use object_store::http::HttpBuilder;
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreScheme, RetryConfig};
 
+use super::client::{redact, Connector};
 use crate::error::{Error, Result};
 
 /// The URL schemes read from object stores.
@@ -70,7 +71,8 @@ impl Default for Settings {
 /// An array or group in an object store: a URL, and what its store is built with.
 #[derive(Clone, Debug)]
 pub struct RemoteStore {
-    /// The URL as given, without a trailing slash: names objects in messages.
+    /// The URL as given, without its query or a trailing slash (and a password in it
+    /// hidden): names objects in messages.
     pub url: String,
     scheme: ObjectStoreScheme,
     /// What the store's builder is given: the URL up to its path (bucket, container, host).
@@ -79,6 +81,10 @@ pub struct RemoteStore {
     pub prefix: Path,
     /// The store's own options (`region`, `endpoint`, ...), checked when parsed.
     options: Vec<(String, String)>,
+    /// The query of an `http(s)://` URL (a token), sent with every request of the store.
+    query: Option<String>,
+    /// `bearer_token=`: sent as `Authorization: Bearer`.
+    bearer: Option<String>,
     pub settings: Settings,
 }
 
@@ -87,7 +93,11 @@ impl RemoteStore {
     /// same options.
     #[must_use]
     pub fn same_client(&self, other: &Self) -> bool {
-        self.scheme == other.scheme && self.base == other.base && self.options == other.options
+        self.scheme == other.scheme
+            && self.base == other.base
+            && self.options == other.options
+            && self.query == other.query
+            && self.bearer == other.bearer
     }
 
     /// The store at `url`, with `options`: the store's keys as the `object_store` crate names
@@ -97,9 +107,14 @@ impl RemoteStore {
     /// [`Error::InvalidArgument`] for a URL that does not parse, an unknown scheme or option,
     /// or an option whose value does not parse.
     pub fn parse(url: &str, options: &[(String, String)]) -> Result<Self> {
-        let url = url.trim_end_matches('/').to_string();
-        let invalid = |why: String| Error::InvalidArgument(format!("{url}: {why}"));
-        let parsed = url::Url::parse(&url).map_err(|e| invalid(format!("not a URL: {e}")))?;
+        let shown = redact(url.trim_end_matches('/'));
+        let invalid = |why: String| Error::InvalidArgument(format!("{shown}: {why}"));
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| invalid(format!("not a URL: {}", redact(&e.to_string()))))?;
+        let query = parsed.query().map(str::to_string);
+        parsed.set_query(None);
+        parsed.set_fragment(None);
+        let url = redact(parsed.as_str().trim_end_matches('/'));
         let (scheme, path) = ObjectStoreScheme::parse(&parsed)
             .map_err(|e| invalid(format!("not an object store URL: {e}")))?;
         if matches!(scheme, ObjectStoreScheme::Local | ObjectStoreScheme::Memory) {
@@ -108,6 +123,8 @@ impl RemoteStore {
         let base = parsed[..url::Position::BeforePath].to_string();
         let mut settings = Settings::default();
         let mut store_options = Vec::new();
+        let mut bearer = None;
+        let http = matches!(scheme, ObjectStoreScheme::Http);
         for (key, value) in options {
             let key = key.to_ascii_lowercase();
             // The key, never the value: a misspelled key may hold a secret.
@@ -135,6 +152,7 @@ impl RemoteStore {
                     settings.retry_timeout = seconds(value)
                         .ok_or_else(|| bad("expected seconds, as 30 or 30s or 500ms"))?;
                 }
+                "bearer_token" if http => bearer = Some(value.clone()),
                 _ => {
                     if !known_option(&scheme, &key) {
                         return Err(bad(&format!(
@@ -155,12 +173,35 @@ impl RemoteStore {
         if asks_plain_http && !store_options.iter().any(|(k, _)| k.ends_with("allow_http")) {
             store_options.push(("allow_http".into(), "true".into()));
         }
+        // A query: an HTTP server's token goes with every request; an Azure SAS token is the
+        // store's own option; S3 and Google sign each object's URL on its own (a presigned URL
+        // reads one object, and a Zarr store is many).
+        let query = match (query, &scheme) {
+            (None, _) => None,
+            (Some(q), ObjectStoreScheme::Http) => Some(q),
+            (Some(q), ObjectStoreScheme::MicrosoftAzure) => {
+                if !store_options.iter().any(|(k, _)| k.contains("sas")) {
+                    store_options.push(("azure_storage_sas_key".into(), q));
+                }
+                None
+            }
+            (Some(_), _) => {
+                return Err(invalid(format!(
+                    "a query on a {} URL (a presigned URL) signs one object, and a Zarr store \
+                     is many objects: give the store's credentials in storage_options \
+                     instead",
+                    scheme_name(&scheme)
+                )))
+            }
+        };
         Ok(Self {
             url,
             scheme,
             base,
             prefix: path,
             options: store_options,
+            query,
+            bearer,
             settings,
         })
     }
@@ -177,13 +218,16 @@ impl RemoteStore {
             max_retries: self.settings.max_retries,
             retry_timeout: self.settings.retry_timeout,
         };
-        let failed = |e: object_store::Error| Error::InvalidArgument(format!("{}: {e}", self.url));
+        let failed = |e: object_store::Error| {
+            Error::InvalidArgument(format!("{}: {}", self.url, redact(&e.to_string())))
+        };
         let options = self.options.iter();
         Ok(match self.scheme {
             ObjectStoreScheme::AmazonS3 => {
                 let builder = options.fold(
                     AmazonS3Builder::from_env()
                         .with_url(&self.base)
+                        .with_http_connector(self.connector())
                         .with_retry(retry),
                     |b, (k, v)| match k.parse::<AmazonS3ConfigKey>() {
                         Ok(key) => b.with_config(key, v),
@@ -196,6 +240,7 @@ impl RemoteStore {
                 let builder = options.fold(
                     GoogleCloudStorageBuilder::from_env()
                         .with_url(&self.base)
+                        .with_http_connector(self.connector())
                         .with_retry(retry),
                     |b, (k, v)| match k.parse::<GoogleConfigKey>() {
                         Ok(key) => b.with_config(key, v),
@@ -208,6 +253,7 @@ impl RemoteStore {
                 let builder = options.fold(
                     MicrosoftAzureBuilder::from_env()
                         .with_url(&self.base)
+                        .with_http_connector(self.connector())
                         .with_retry(retry),
                     |b, (k, v)| match k.parse::<AzureConfigKey>() {
                         Ok(key) => b.with_config(key, v),
@@ -218,7 +264,10 @@ impl RemoteStore {
             }
             _ => {
                 let builder = options.fold(
-                    HttpBuilder::new().with_url(&self.base).with_retry(retry),
+                    HttpBuilder::new()
+                        .with_url(&self.base)
+                        .with_http_connector(self.connector())
+                        .with_retry(retry),
                     |b, (k, v)| match k.parse::<ClientConfigKey>() {
                         Ok(key) => b.with_config(key, v),
                         Err(_) => b,
@@ -227,6 +276,14 @@ impl RemoteStore {
                 Arc::new(builder.build().map_err(failed)?)
             }
         })
+    }
+
+    /// The careful HTTP client of the store ([`Connector`]).
+    fn connector(&self) -> Connector {
+        Connector {
+            query: self.query.clone(),
+            bearer: self.bearer.clone(),
+        }
     }
 
     /// The member `name` of this group: its URL and prefix below this one's.

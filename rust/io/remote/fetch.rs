@@ -9,6 +9,8 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt};
 use tokio::sync::Semaphore;
 
+use super::client::redact;
+
 /// The most bytes a metadata object (`zarr.json`, `.zarray`, `.zmetadata`...) may hold: a
 /// response declaring more is refused before its body is read.
 pub const MAX_METADATA_BYTES: u64 = 64 << 20;
@@ -224,7 +226,8 @@ pub fn to_io(e: object_store::Error) -> std::io::Error {
     std::io::Error::new(kind, full_message(&e))
 }
 
-/// An error's message followed by those of its sources, each once.
+/// An error's message followed by those of its sources, each once, with the values of URL
+/// queries and passwords hidden ([`redact`]).
 fn full_message(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
@@ -236,7 +239,7 @@ fn full_message(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    message
+    redact(&message)
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 //! joined when it stops. Metadata is read at open with [`RemoteStore::read`], on the calling
 //! thread, so opening an array leaves no thread behind.
 
+mod client;
 mod config;
 mod fetch;
 mod net;
 
+pub use client::redact;
 pub use config::{is_url, RemoteStore, Settings};
 pub use fetch::{get, size, to_io, Fetched, Wanted, MAX_METADATA_BYTES};
 pub use net::{on_this_thread, Link, Net};

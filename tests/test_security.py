@@ -377,3 +377,24 @@ def test_a_redirect_within_the_origin_is_followed_with_the_bearer_token(tmp_path
         np.testing.assert_array_equal(out[0].numpy(), values[2:6, 3:8])
         assert [r.path for r in server.seen[:2]] == ["/a.zarr/zarr.json", "/moved.zarr/zarr.json"]
         assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in server.seen)
+
+
+# Also: bool arrays whose fill value is written 0 or 1 (as GDAL writes them).
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize("fill", [0, 1])
+def test_bool_arrays_with_a_numeric_fill_value_read_as_zarr_python_reads_them(tmp_path, fmt, fill):
+    path = tmp_path / "mask.zarr"
+    values = np.arange(24).reshape(4, 6) % 3 == 0
+    write_zarr(path, values, chunks=(2, 3), fill_value=False, zarr_format=fmt)
+    meta = path / (".zarray" if fmt == 2 else "zarr.json")
+    doc = json.loads(meta.read_text())
+    doc["fill_value"] = fill
+    meta.write_text(json.dumps(doc))
+    (path / ("0.0" if fmt == 2 else "c/0/0")).unlink()  # a chunk of fill values
+    expected = zarr.open_array(path, mode="r")[...]
+    assert expected[:2, :3].all() == bool(fill)
+    out = lsio_torch.read_crops(path, [(0, 0), (1, 2)], (3, 4))
+    np.testing.assert_array_equal(out[0].numpy(), expected[0:3, 0:4])
+    np.testing.assert_array_equal(out[1].numpy(), expected[1:4, 2:6])

@@ -102,12 +102,26 @@ fn v3_metadata(path: &Path, mut value: Value) -> Result<StoredMetadata> {
     if let Some(codecs) = value.get_mut("codecs") {
         json::fill_codec_defaults(codecs);
     }
+    bool_fill_as_bool(&mut value);
     let metadata: ArrayMetadataV3 = serde_json::from_value(value)
         .map_err(|e| Error::invalid_metadata(path, format!("zarr.json: {e}")))?;
     Ok(StoredMetadata {
         dimension_names: metadata.dimension_names.clone(),
         metadata: ArrayMetadata::V3(metadata),
     })
+}
+
+/// A `bool` array's fill value written as `0` or `1` (GDAL writes them so; zarr-python reads
+/// them) as the `false` or `true` it means.
+fn bool_fill_as_bool(value: &mut Value) {
+    let is_bool = value.get("data_type").and_then(Value::as_str) == Some("bool");
+    if let (true, Some(fill)) = (is_bool, value.get_mut("fill_value")) {
+        match fill.as_u64() {
+            Some(0) => *fill = Value::Bool(false),
+            Some(1) => *fill = Value::Bool(true),
+            _ => {}
+        }
+    }
 }
 
 fn v2_metadata(path: &Path, value: Value, attributes: Option<Value>) -> Result<StoredMetadata> {

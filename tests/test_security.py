@@ -151,9 +151,11 @@ def test_a_cache_dir_holding_a_users_files_is_refused_and_left_as_it_was(tmp_pat
         tmp_path / "data" / "a.zarr", (4, 5), samples_per_epoch=4, cache_dir=folder
     )
     assert sum(len(b) for b in local) > 0
-    with Hostile(tmp_path / "data") as server:
-        with pytest.raises(ValueError, match="not an lsio_torch cache folder") as refused:
-            cached_epoch(f"{server.url}/a.zarr", folder, values)
+    with (
+        Hostile(tmp_path / "data") as server,
+        pytest.raises(ValueError, match="not an lsio_torch cache folder") as refused,
+    ):
+        cached_epoch(f"{server.url}/a.zarr", folder, values)
     assert str(folder) in str(refused.value)
     assert all(f.read_text() == "the user's own" for f in files)
     assert sorted(p.name for p in folder.rglob("*")) == ["README", "app.log", "notes", "old.txt"]
@@ -264,7 +266,7 @@ def test_a_member_name_that_leaves_the_group_is_refused(tmp_path, name):
 
 
 def test_a_consolidated_member_named_to_leave_the_group_is_refused(tmp_path):
-    group, secret = group_beside_a_secret(tmp_path)
+    group, _ = group_beside_a_secret(tmp_path)
     zarr.consolidate_metadata(group)
     zmetadata = group / ".zmetadata"
     doc = json.loads(zmetadata.read_text())
@@ -398,3 +400,69 @@ def test_bool_arrays_with_a_numeric_fill_value_read_as_zarr_python_reads_them(tm
     out = lsio_torch.read_crops(path, [(0, 0), (1, 2)], (3, 4))
     np.testing.assert_array_equal(out[0].numpy(), expected[0:3, 0:4])
     np.testing.assert_array_equal(out[1].numpy(), expected[1:4, 2:6])
+
+
+# Done-when 2: nothing a run shows holds a secret.
+
+
+def test_no_message_repr_stat_or_log_of_a_run_shows_a_credential(tmp_path, s3, caplog):
+    """A run with credentials, tokens and presigned URLs in every option, through success and
+    every failure we can provoke: every text it produces is searched for every secret."""
+    values = small_array(tmp_path / "bucket" / "a.zarr", sharded=True)
+    secrets = {
+        "access_key_id": "AKIDSECRETPROBE",
+        "secret_access_key": "SECRETACCESSKEYPROBE",
+        "token": "SESSIONTOKENPROBE",
+    }
+    options = {**s3.storage_options, **secrets}
+    url = s3.upload(tmp_path / "bucket" / "a.zarr", "security", "a.zarr")
+    shown: list[str] = []
+
+    def attempt(call) -> None:
+        try:
+            result = call()
+        except Exception as e:  # every failure's message is searched
+            shown.extend([str(e), repr(e)])
+        else:
+            shown.extend([str(result), repr(result)])
+
+    with caplog.at_level("DEBUG", logger="lsio_torch"):
+        ds = lsio_torch.ZarrCropDataset(
+            url, (4, 5), batch_size=2, samples_per_epoch=4, storage_options=options,
+            cache_dir=tmp_path / "cache", return_origins=True,
+        )  # fmt: skip
+        for batch, origins in ds:
+            for crop, (y, x) in zip(batch, origins.tolist(), strict=True):
+                np.testing.assert_array_equal(crop.numpy(), values[y : y + 4, x : x + 5])
+        shown += [repr(ds), str(ds), str(ds.stats()), str(ds.state_dict())]
+        attempt(lambda: lsio_torch.ZarrCropDataset(url, (40, 5), storage_options=options))
+        attempt(lambda: lsio_torch.read_crops(url + "-missing", [(0, 0)], (1, 1),
+                                              storage_options=options))  # fmt: skip
+        typo = {**options, "secret_acess_key": secrets["secret_access_key"]}
+        attempt(lambda: lsio_torch.read_crops(url, [(0, 0)], (1, 1), storage_options=typo))
+        s3.put("security", "a.zarr/c/0/0", b"not a shard" * 20)
+        attempt(lambda: lsio_torch.read_crops(url, [(0, 0)], (4, 5), storage_options=options))
+        presigned = f"{url}?X-Amz-Signature={TOKEN}&X-Amz-Security-Token={TOKEN}"
+        attempt(lambda: lsio_torch.read_crops(presigned, [(0, 0)], (1, 1)))
+        with Hostile(tmp_path) as there, Hostile(tmp_path) as here:
+            http = f"{here.url}/bucket/a.zarr?sig={TOKEN}"
+            http_options = {"bearer_token": TOKEN}
+            ds = lsio_torch.ZarrCropDataset(http, (4, 5), samples_per_epoch=2,
+                                            storage_options=http_options)  # fmt: skip
+            shown += [repr(ds), str(ds)] + [str(b.shape) for b in ds] + [str(ds.stats())]
+            here.lie("c/0/0", status=403, body=SIGNATURE_DOES_NOT_MATCH.replace("AKIDPROBE", TOKEN))
+            attempt(lambda: lsio_torch.read_crops(http, [(0, 0)], (4, 5),
+                                                  storage_options=http_options))  # fmt: skip
+            here.lies.clear()
+            here.lie("zarr.json", redirect=f"{there.url}/bucket/a.zarr/zarr.json?sig={TOKEN}")
+            attempt(lambda: lsio_torch.read_crops(http, [(0, 0)], (4, 5),
+                                                  storage_options=http_options))  # fmt: skip
+            s3_here = {**s3_options(here), **secrets}
+            attempt(lambda: lsio_torch.read_crops("s3://bucket/a.zarr", [(0, 0)], (1, 1),
+                                                  storage_options=s3_here))  # fmt: skip
+    shown += [r.getMessage() for r in caplog.records]
+    # Each kind of failure above did fail, with a message of its own.
+    assert len(shown) >= 20 and sum("Error" in s for s in shown) >= 7, shown
+    for secret in [*secrets.values(), TOKEN]:
+        leaks = [s for s in shown if secret in s]
+        assert not leaks, (secret, leaks)

@@ -35,8 +35,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::fs::{DirBuilder, Metadata, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -624,7 +624,10 @@ fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
         };
         for file in files.flatten() {
             let path = file.path();
-            let named = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e == DATA || e == LOG)
+            let named = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == DATA || e == LOG)
                 && path.file_stem().is_some_and(|stem| hex_name(stem, 22));
             if !named || !file.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
@@ -650,7 +653,9 @@ fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
 /// Whether `name` is `digits` lowercase hex digits.
 fn hex_name(name: &std::ffi::OsStr, digits: usize) -> bool {
     name.to_str().is_some_and(|n| {
-        n.len() == digits && n.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        n.len() == digits
+            && n.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -1011,13 +1016,20 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         DiskCache::open(&dir, 1 << 20).unwrap();
         let meta = std::fs::metadata(&dir).unwrap();
-        assert_eq!(meta.mode() & 0o777, 0o700, "an older folder of ours is made private");
+        assert_eq!(
+            meta.mode() & 0o777,
+            0o700,
+            "an older folder of ours is made private"
+        );
         // Holding a user's files and no marker: refused, and the files are left as they were.
         let notes = folder("claim-notes");
         std::fs::create_dir_all(notes.join("notes")).unwrap();
         std::fs::write(notes.join("notes/app.log"), b"a user's").unwrap();
         let err = DiskCache::open(&notes, 1 << 20).err().unwrap();
-        assert!(err.to_string().contains("not an lsio_torch cache folder"), "{err}");
+        assert!(
+            err.to_string().contains("not an lsio_torch cache folder"),
+            "{err}"
+        );
         assert!(notes.join("notes/app.log").exists() && !notes.join(MARKER).exists());
         for d in [dir, notes] {
             std::fs::remove_dir_all(d).unwrap();

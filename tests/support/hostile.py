@@ -96,7 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server_owner
         path = self.path.split("?", 1)[0]
         with owner._lock:
-            owner.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            owner.seen.append(Seen(self.command, self.path, headers))
         lie = next((lie for lie in owner.lies if lie.match in path), None)
         if lie is not None:
             self._lie(lie, body)

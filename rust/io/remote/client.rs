@@ -233,8 +233,14 @@ fn error_summary(body: &str) -> String {
     static FIELDS: LazyLock<Vec<(&str, Regex)>> = LazyLock::new(|| {
         [
             ("code", r"<Code>\s*([A-Za-z0-9_.\-]{1,64})\s*</Code>"),
-            ("code", r#""(?:code|status)"\s*:\s*"?([A-Za-z0-9_.\-]{1,64})"?"#),
-            ("request id", r"<RequestId>\s*([A-Za-z0-9_.\-]{1,128})\s*</RequestId>"),
+            (
+                "code",
+                r#""(?:code|status)"\s*:\s*"?([A-Za-z0-9_.\-]{1,64})"?"#,
+            ),
+            (
+                "request id",
+                r"<RequestId>\s*([A-Za-z0-9_.\-]{1,128})\s*</RequestId>",
+            ),
         ]
         .into_iter()
         .map(|(name, re)| (name, Regex::new(re).unwrap_or_else(|e| unreachable!("{e}"))))
@@ -282,7 +288,10 @@ mod tests {
             "GET https://h:8/a.zarr/c/0?X-Amz-Signature=***&sig=***&flag failed"
         );
         assert_eq!(redact("s3://u:pw@b/a"), "s3://u:***@b/a");
-        assert_eq!(redact("/data/a.zarr: no zarr.json"), "/data/a.zarr: no zarr.json");
+        assert_eq!(
+            redact("/data/a.zarr: no zarr.json"),
+            "/data/a.zarr: no zarr.json"
+        );
     }
 
     #[test]

@@ -753,7 +753,9 @@ class ZarrCropDataset(IterableDataset):
         """This process's memory for batches that are not pinned, kept across iterations (a
         forked worker makes its own)."""
         if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = _lsio_torch.BatchPool(len(self._sources))
+            # The batches in flight: those prefetched, the one being filled, and the one the
+            # consumer holds (and a DataLoader's in hand).
+            self._pool = _lsio_torch.BatchPool(len(self._sources), self.prefetch + 3)
             self._pool_pid = os.getpid()
         return self._pool
 

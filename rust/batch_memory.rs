@@ -12,15 +12,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::io::ReadBuf;
 
-/// Idle mappings kept for the next batches, per array of the engine; more are unmapped when
-/// freed.
-const KEPT: usize = 4;
+/// Idle mappings kept for the next batches, per array of the engine, unless told otherwise;
+/// more are unmapped when freed.
+pub const KEPT: usize = 4;
 
 /// The mappings of one engine's batches.
 #[derive(Default)]
 pub struct BatchMemory {
     idle: Mutex<Idle>,
-    /// Idle mappings kept at most: [`KEPT`] per array (each batch takes one per array).
+    /// Idle mappings kept at most: as many batches' as are in flight at once, per array (each
+    /// batch takes one per array).
     kept: usize,
 }
 
@@ -35,15 +36,18 @@ impl BatchMemory {
     /// The memory of an engine of one array.
     #[must_use]
     pub fn new() -> Arc<Self> {
-        Self::for_arrays(1)
+        Self::for_arrays(1, KEPT)
     }
 
-    /// The memory of an engine of `arrays` arrays, whose batches take one mapping each.
+    /// The memory of an engine of `arrays` arrays, whose batches take one mapping each, with
+    /// up to `batches` batches in flight at once (prefetched, in the consumer's hands): the
+    /// mappings of that many are kept, so that a batch in the steady state never maps and
+    /// faults in fresh pages.
     #[must_use]
-    pub fn for_arrays(arrays: usize) -> Arc<Self> {
+    pub fn for_arrays(arrays: usize, batches: usize) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::default(),
-            kept: KEPT * arrays.max(1),
+            kept: batches.max(1).saturating_mul(arrays.max(1)),
         })
     }
 
@@ -150,7 +154,7 @@ mod tests {
         assert_eq!(memory.idle(), 0);
         drop(again);
         // An engine of 3 arrays keeps 3 times as many, and lends the smallest that fits.
-        let three = BatchMemory::for_arrays(3);
+        let three = BatchMemory::for_arrays(3, KEPT);
         let many: Vec<BatchBuf> = (0..3 * KEPT + 1).map(|_| three.take(10).unwrap()).collect();
         drop(many);
         assert_eq!(three.idle(), 3 * KEPT);

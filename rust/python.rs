@@ -217,11 +217,13 @@ struct BatchPool {
 
 #[pymethods]
 impl BatchPool {
-    /// For the batches of a dataset of ``arrays`` arrays (a batch takes one mapping each).
+    /// For the batches of a dataset of ``arrays`` arrays (a batch takes one mapping each),
+    /// keeping the memory of ``batches`` batches (those in flight at once).
     #[new]
-    fn new(arrays: usize) -> Self {
+    #[pyo3(signature = (arrays, batches=crate::batch_memory::KEPT))]
+    fn new(arrays: usize, batches: usize) -> Self {
         Self {
-            inner: BatchMemory::for_arrays(arrays),
+            inner: BatchMemory::for_arrays(arrays, batches),
         }
     }
 
@@ -481,7 +483,7 @@ impl Engine {
                 pending: VecDeque::new(),
                 consumer_wait: Duration::ZERO,
                 memory: memory.map_or_else(
-                    || BatchMemory::for_arrays(arrays),
+                    || BatchMemory::for_arrays(arrays, crate::batch_memory::KEPT),
                     |pool| Arc::clone(&pool.inner),
                 ),
                 owns_memory: memory.is_none(),

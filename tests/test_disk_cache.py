@@ -294,7 +294,7 @@ def test_cache_dir_arguments_are_checked(tmp_path, object_server):
     in_the_way.write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="a-file"):
         dataset(f"{object_server(tmp_path).url}/a.zarr", in_the_way)
-    with pytest.raises(ValueError, match="cache_dir .*a-file: not a folder"):
+    with pytest.raises(ValueError, match=r"cache_dir .*a-file: not a folder"):
         _lsio_torch.DiskCache(str(in_the_way), 1 << 20)
 
 

@@ -220,6 +220,26 @@ def test_batch_memory_is_kept_from_one_epoch_to_the_next_and_freed_by_close(tmp_
     assert pool.idle == 0
 
 
+def test_the_batch_pool_keeps_the_memory_of_every_batch_in_flight(tmp_path):
+    """With ``prefetch`` batches ahead (8 by default for object stores), the pool keeps the
+    mappings of all of them, not of a fixed few: otherwise every later epoch maps and faults
+    in fresh pages for the batches past those few (over HTTP, later epochs ran at half the
+    speed of local ones from the same chunk cache)."""
+    values = smooth_field((12, 20, 16), "int16", 4)
+    for name in ("a", "b"):
+        write_zarr(tmp_path / f"{name}.zarr", values, chunks=(2, 8, 8))
+    arrays = {name: tmp_path / f"{name}.zarr" for name in ("a", "b")}
+    ds = lsio_torch.ZarrCropDataset(
+        arrays, (3, 8, 5), batch_size=2, samples_per_epoch=48, prefetch=8, pin_memory=False
+    )
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        assert sum(1 for _ in ds) == 24
+    # More than a fixed 4 batches' per array: up to prefetch + 3 (those in flight).
+    assert 2 * 4 < ds._pool.idle <= 2 * (8 + 3), ds._pool.idle
+    ds.close()
+
+
 def test_repr_shows_arrays_shapes_dtypes_chunking_and_crop(arrays):
     written = arrays[("shard-index-start", "int16")]
     ds = lsio_torch.ZarrCropDataset(

@@ -243,7 +243,8 @@ def test_the_dataset_bench_measures_epochs_and_bounds(tmp_path, monkeypatch):
     wb2, same = report["data"]
     assert wb2["steps"] == [0, 4] and wb2["samples"] == 8
     rows = {row["system"]: row for row in wb2["results"]}
-    assert set(rows) == {"lsio_torch", "zarr-python", "xbatcher", "decode bound", "copy bound"}
+    expected = {"lsio_torch", "zarr-python", "xbatcher", "consumer touch", "decode bound"}
+    assert set(rows) == {*expected, "copy bound"}
     for system in ("lsio_torch", "zarr-python"):
         assert len(rows[system]["per_epoch"]) == 2 and min(rows[system]["per_epoch"]) > 0
     xbatcher = rows["xbatcher"]
@@ -252,5 +253,10 @@ def test_the_dataset_bench_measures_epochs_and_bounds(tmp_path, monkeypatch):
     else:
         assert len(xbatcher["per_epoch"]) == 2 and min(xbatcher["per_epoch"]) > 0
     assert rows["decode bound"]["per_epoch"][0] > 0 and rows["copy bound"]["per_epoch"][0] > 0
+    # The bounds with the consumer's touch added are below the bounds alone.
+    touch = rows["consumer touch"]["per_epoch"][0]
+    assert touch > 0 and "and the touch: " in rows["copy bound"]["note"]
+    with_touch = float(rows["copy bound"]["note"].rsplit(": ", 1)[1])
+    assert 0 < with_touch < rows["copy bound"]["per_epoch"][0]
     assert set(same["per_epoch"]) == {"1 array", "16 arrays"}
     assert all(len(rates) == 2 and min(rates) > 0 for rates in same["per_epoch"].values())

@@ -15,6 +15,9 @@ Systems:
                t with t+h), whole fields, in a DataLoader with a worker per core
   decode       the decode bound: the chunks of each batch (each once), decoded on all threads
   copy         the copy bound: the bytes of every batch copied from memory on all threads
+               (with decode or copy, the consumer's touch of every batch alone is measured too:
+               every system's samples/s includes it, the bounds do not; each bound's note
+               gives it with the touch added)
   get          (``--store http``) the GET bound: the chunks of each batch fetched by obstore at
                the best of ``--concurrency``, nothing decoded
 """
@@ -340,6 +343,22 @@ def copy_bound(n: int, steps, batch: int, threads: int) -> float:
         torch.set_num_threads(before)
 
 
+def touch_seconds(n: int, steps, batch: int, threads: int) -> float:
+    """Seconds the consumer's :func:`touch` of ``n`` samples' batches takes alone, on the
+    same threads: every system's samples/s includes it, the decode and copy bounds do not."""
+    per_batch = batch * sample_bytes(steps) // 4
+    buffers = [torch.ones(per_batch, dtype=torch.float32) for _ in range(3)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        watch = Stopwatch()
+        for i in range(math.ceil(n / batch)):
+            touch({"batch": buffers[i % 3]})
+        return watch.stop()
+    finally:
+        torch.set_num_threads(before)
+
+
 def get_bound(url: str, path: Path, anchors, steps, batch, concurrency: list[int]) -> tuple:
     """Seconds to fetch each batch's chunks with obstore, at the best concurrency."""
     from lsio_torch.bench.remote import run_get_bound
@@ -408,11 +427,20 @@ def measure(args, cache: Path) -> dict:
                 note = f"windows of {max(steps) - min(steps) + 1} steps, {threads} workers"
                 results.append(Epochs("xbatcher", rates, note))
         first = anchors(times, steps, n, 0)
+        touched = None
+        if "decode" in systems or "copy" in systems:
+            touched = touch_seconds(n, steps, batch, threads)
+            note = "touch(batch) alone: in every system's samples/s, not in the bounds"
+            results.append(Epochs("consumer touch", [n / touched], note))
         if "decode" in systems:
             seconds = decode_bound(path, first, steps, batch, threads)
-            results.append(Epochs("decode bound", [n / seconds], "each batch's chunks once"))
+            with_touch = n / (seconds + touched)
+            note = f"each batch's chunks once; and the touch: {with_touch:.0f}"
+            results.append(Epochs("decode bound", [n / seconds], note))
         if "copy" in systems:
-            results.append(Epochs("copy bound", [n / copy_bound(n, steps, batch, threads)]))
+            seconds = copy_bound(n, steps, batch, threads)
+            note = f"and the touch: {n / (seconds + touched):.0f}"
+            results.append(Epochs("copy bound", [n / seconds], note))
         if served is not None and "get" in systems:
             concurrency = [int(c) for c in args.concurrency.split(",")]
             seconds, c = get_bound(served.url, path, first, steps, batch, concurrency)

@@ -659,6 +659,31 @@ fn hex_name(name: &std::ffi::OsStr, digits: usize) -> bool {
     })
 }
 
+/// Whether `dir` holds nothing but the cache's own subfolders (two hex digits, not
+/// symlinks) holding nothing but files of its own naming: an empty folder, or one an earlier
+/// version of this cache made before it was marked.
+fn only_cache_files(dir: &Path) -> std::io::Result<bool> {
+    for sub in std::fs::read_dir(dir)? {
+        let sub = sub?;
+        if !(sub.file_type()?.is_dir() && hex_name(&sub.file_name(), 2)) {
+            return Ok(false);
+        }
+        for file in std::fs::read_dir(sub.path())? {
+            let file = file?;
+            let path = file.path();
+            let named = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == DATA || e == LOG)
+                && path.file_stem().is_some_and(|stem| hex_name(stem, 22));
+            if !(named && file.file_type()?.is_file()) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// This process's effective user id.
 fn euid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
@@ -706,8 +731,8 @@ fn private_folder(folder: &Path) -> std::io::Result<()> {
 }
 
 /// Makes `dir` the cache's folder, or checks an existing one may be: a folder of this user's
-/// that no one else may write, holding the [`MARKER`] (this cache's own) or nothing (then
-/// marked). A folder of ours made by an older version with the umask's mode is made `0700`.
+/// that no one else may write, holding the [`MARKER`] (this cache's own), or nothing but the
+/// cache's own files (then marked: an empty folder, or one made before the marker). A folder of ours made by an older version with the umask's mode is made `0700`.
 ///
 /// # Errors
 /// `PermissionDenied` for a folder of another user or writable by others; `InvalidInput`
@@ -758,13 +783,15 @@ fn claim_folder(dir: &Path) -> std::io::Result<()> {
             )
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if std::fs::read_dir(dir)?.next().is_some() {
+            // A folder an earlier version of this cache made (before the marker) holds
+            // nothing but the cache's own files: it is taken, and marked.
+            if !only_cache_files(dir)? {
                 return refuse(
                     std::io::ErrorKind::InvalidInput,
                     format!(
                         "not empty and not an lsio_torch cache folder (no {MARKER} file in \
-                         it): lsio_torch deletes the files of its cache folder, so it takes \
-                         a new or empty one"
+                         it, and files that are not the cache's): lsio_torch deletes the \
+                         files of its cache folder, so it takes a new or empty one, or its own"
                     ),
                 );
             }
@@ -1032,6 +1059,31 @@ mod tests {
         );
         assert!(notes.join("notes/app.log").exists() && !notes.join(MARKER).exists());
         for d in [dir, notes] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_folder_made_before_the_marker_is_taken_only_when_it_holds_nothing_else() {
+        let dir = folder("unmarked");
+        let sub = dir.join("4b");
+        std::fs::create_dir_all(&sub).unwrap();
+        for ext in ["data", "log"] {
+            std::fs::write(sub.join(format!("5aab9483a9cf660578b461.{ext}")), b"").unwrap();
+        }
+        DiskCache::open(&dir, 1 << 20).unwrap();
+        assert!(dir.join(MARKER).exists());
+        let mixed = folder("unmarked-mixed");
+        std::fs::create_dir_all(mixed.join("4b")).unwrap();
+        std::fs::write(mixed.join("4b/5aab9483a9cf660578b461.data"), b"").unwrap();
+        std::fs::write(mixed.join("4b/notes.txt"), b"a user's").unwrap();
+        let err = DiskCache::open(&mixed, 1 << 20).err().unwrap();
+        assert!(
+            err.to_string().contains("not an lsio_torch cache folder"),
+            "{err}"
+        );
+        assert!(mixed.join("4b/notes.txt").exists() && !mixed.join(MARKER).exists());
+        for d in [dir, mixed] {
             std::fs::remove_dir_all(d).unwrap();
         }
     }

@@ -300,12 +300,11 @@ class _Httpd(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """One connection: keep-alive requests, each answered from the file its path names."""
+class ObjectHandler(BaseHTTPRequestHandler):
+    """A quiet keep-alive handler of ``GET`` and ``HEAD``, both answered by ``_answer``
+    (``body`` False for ``HEAD``): this server's, and the tests' hostile one's."""
 
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server: _Httpd
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -315,6 +314,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self._answer(body=False)
+
+    def _answer(self, body: bool) -> None:
+        raise NotImplementedError
+
+
+class _Handler(ObjectHandler):
+    """One connection: keep-alive requests, each answered from the file its path names."""
+
+    disable_nagle_algorithm = True
+    server: _Httpd
 
     def _answer(self, body: bool) -> None:
         self.server.owner._arrive()

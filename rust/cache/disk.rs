@@ -624,12 +624,7 @@ fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
         };
         for file in files.flatten() {
             let path = file.path();
-            let named = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e == DATA || e == LOG)
-                && path.file_stem().is_some_and(|stem| hex_name(stem, 22));
-            if !named || !file.file_type().is_ok_and(|t| t.is_file()) {
+            if !own_file_name(&path) || !file.file_type().is_ok_and(|t| t.is_file()) {
                 continue;
             }
             // A file deleted since it was listed is skipped; so is one not this user's.
@@ -648,6 +643,14 @@ fn list_objects(dir: &Path) -> std::io::Result<Vec<Listed>> {
         }
     }
     Ok(out.into_values().collect())
+}
+
+/// Whether `path` is named as the cache names its files: `<22 hex digits>.data` or `.log`.
+fn own_file_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e == DATA || e == LOG)
+        && path.file_stem().is_some_and(|stem| hex_name(stem, 22))
 }
 
 /// Whether `name` is `digits` lowercase hex digits.
@@ -670,13 +673,7 @@ fn only_cache_files(dir: &Path) -> std::io::Result<bool> {
         }
         for file in std::fs::read_dir(sub.path())? {
             let file = file?;
-            let path = file.path();
-            let named = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| e == DATA || e == LOG)
-                && path.file_stem().is_some_and(|stem| hex_name(stem, 22));
-            if !(named && file.file_type()?.is_file()) {
+            if !(own_file_name(&file.path()) && file.file_type()?.is_file()) {
                 return Ok(false);
             }
         }
@@ -1051,16 +1048,22 @@ mod tests {
         // Holding a user's files and no marker: refused, and the files are left as they were.
         let notes = folder("claim-notes");
         std::fs::create_dir_all(notes.join("notes")).unwrap();
-        std::fs::write(notes.join("notes/app.log"), b"a user's").unwrap();
-        let err = DiskCache::open(&notes, 1 << 20).err().unwrap();
+        refused_and_left_alone(&notes, "notes/app.log");
+        for d in [dir, notes] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+
+    /// Writes a user's file at `name` in `dir`, and checks the folder is refused with it and
+    /// the file left where it was.
+    fn refused_and_left_alone(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), b"a user's").unwrap();
+        let err = DiskCache::open(dir, 1 << 20).err().unwrap();
         assert!(
             err.to_string().contains("not an lsio_torch cache folder"),
             "{err}"
         );
-        assert!(notes.join("notes/app.log").exists() && !notes.join(MARKER).exists());
-        for d in [dir, notes] {
-            std::fs::remove_dir_all(d).unwrap();
-        }
+        assert!(dir.join(name).exists() && !dir.join(MARKER).exists());
     }
 
     #[test]
@@ -1076,16 +1079,9 @@ mod tests {
         let mixed = folder("unmarked-mixed");
         std::fs::create_dir_all(mixed.join("4b")).unwrap();
         std::fs::write(mixed.join("4b/5aab9483a9cf660578b461.data"), b"").unwrap();
-        std::fs::write(mixed.join("4b/notes.txt"), b"a user's").unwrap();
-        let err = DiskCache::open(&mixed, 1 << 20).err().unwrap();
-        assert!(
-            err.to_string().contains("not an lsio_torch cache folder"),
-            "{err}"
-        );
-        assert!(mixed.join("4b/notes.txt").exists() && !mixed.join(MARKER).exists());
-        for d in [dir, mixed] {
-            std::fs::remove_dir_all(d).unwrap();
-        }
+        refused_and_left_alone(&mixed, "4b/notes.txt");
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(mixed).unwrap();
     }
 
     #[test]

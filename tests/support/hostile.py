@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
-from lsio_torch.bench.server import byte_range
+from lsio_torch.bench.server import ObjectHandler, byte_range
 
 #: The most a lying body writes before the server gives up on the client.
 MOST_WRITTEN = 256 << 20
@@ -79,18 +79,8 @@ class Hostile:
         self.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ObjectHandler):
     server_owner: Hostile
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._answer(body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
 
     def _answer(self, body: bool) -> None:
         owner = self.server_owner

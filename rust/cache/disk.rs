@@ -708,13 +708,20 @@ fn open_private(path: &Path, options: &mut OpenOptions) -> std::io::Result<Optio
     Ok((meta.is_file() && private(&meta)).then_some(file))
 }
 
+/// Makes `folder` (`0700`, whatever the umask): whether it was made (false: it existed).
+fn make_folder(folder: &Path) -> std::io::Result<bool> {
+    match DirBuilder::new().mode(0o700).create(folder) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes a subfolder of the cache (`0700`), or checks an existing one is a folder of this
 /// user's that no one else may write.
 fn private_folder(folder: &Path) -> std::io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(folder) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
+    if make_folder(folder)? {
+        return Ok(());
     }
     let meta = std::fs::symlink_metadata(folder)?;
     if meta.is_dir() && private(&meta) {
@@ -739,11 +746,7 @@ fn claim_folder(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
+    make_folder(dir)?;
     let refuse = |kind, why: String| Err(std::io::Error::new(kind, why));
     let meta = std::fs::metadata(dir)?;
     if !meta.is_dir() {

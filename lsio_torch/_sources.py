@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
+from lsio_torch.references import References, open_in
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
@@ -116,12 +117,20 @@ def option_pairs(path: str, options: Mapping[str, Any] | None) -> list[tuple[str
     return pairs
 
 
+def place(path: str | os.PathLike[str] | References) -> str | References:
+    """Where a dataset reads: a path or URL as a string, or a reference set as it is."""
+    return path if isinstance(path, References) else os.fspath(path)
+
+
 def open_array(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | References,
     name: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> _lsio_torch.Array:
-    """The array at ``path`` (a directory or a URL), or array ``name`` of the group there."""
+    """The array at ``path`` (a directory, a URL or a reference set), or array ``name`` of the
+    group there."""
+    if isinstance(path, References):
+        return checked(open_in(path, name, option_pairs(path.url, storage_options)))
     path = os.fspath(path)
     options = option_pairs(path, storage_options)
     if name is None:
@@ -187,7 +196,7 @@ class Source:
     """
 
     key: str | None
-    path: str
+    path: str | References
     name: str | None
     scale: tuple[int, ...] | None = None
     dtype: torch.dtype | None = None
@@ -230,8 +239,13 @@ class Source:
 
     @property
     def label(self) -> str:
-        label = self.path if self.name is None else f"{self.path}/{self.name}"
+        label = str(self.path) if self.name is None else f"{self.path}/{self.name}"
         return _lsio_torch.redact(label)  # a token in a URL's query is never shown
+
+    @property
+    def remote(self) -> bool:
+        """Whether the array's chunks come from an object store."""
+        return self.array.is_remote
 
     @property
     def grid_shape(self) -> tuple[int, ...]:

@@ -29,8 +29,8 @@ from lsio_torch._sources import (
     as_int,
     crop_shape,
     integer_rows,
-    is_url,
     per_key,
+    place,
     start_engine,
 )
 from lsio_torch._split import current_share
@@ -418,18 +418,18 @@ class ZarrCropDataset(IterableDataset):
                 raise ValueError("give either a mapping of arrays or a group with variables")
             if not source:
                 raise ValueError("source mapping is empty")
-            places = {str(k): (os.fspath(p), None) for k, p in source.items()}
+            places = {str(k): (place(p), None) for k, p in source.items()}
             self.path = None
         elif variables is not None:
             if isinstance(variables, str) or not variables:
                 raise ValueError(
                     f"variables must be a non-empty list of array names, got {variables!r}"
                 )
-            places = {v: (os.fspath(source), v) for v in variables}
-            self.path = os.fspath(source)
+            places = {v: (place(source), v) for v in variables}
+            self.path = place(source)
         else:
-            places = {None: (os.fspath(source), None)}
-            self.path = os.fspath(source)
+            places = {None: (place(source), None)}
+            self.path = place(source)
         keys = list(places)
         if scale is not None and None in keys:
             raise ValueError("scale applies to joint arrays: give source as a mapping")
@@ -463,7 +463,7 @@ class ZarrCropDataset(IterableDataset):
             raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
         self.drop_last = drop_last
         if prefetch is None:
-            remote = any(is_url(source.path) for source in self._sources)
+            remote = any(source.remote for source in self._sources)
             prefetch = REMOTE_PREFETCH if remote else LOCAL_PREFETCH
         self.prefetch = _positive("prefetch", prefetch)
         self.threads = _thread_count("threads", threads)
@@ -783,7 +783,7 @@ class ZarrCropDataset(IterableDataset):
         """This process's handle on ``cache_dir`` (the folder is shared; the handle's counters
         are this process's own); None where no array is in an object store (the folder is
         not even opened)."""
-        if self.cache_dir is None or not any(is_url(s.path) for s in self._sources):
+        if self.cache_dir is None or not any(s.remote for s in self._sources):
             return None
         if self._disk_cache is None or self._disk_cache_pid != os.getpid():
             bound = self.cache_dir_bytes
@@ -1008,7 +1008,7 @@ def read_crops(
     """
     options = _with_max_requests(storage_options, max_requests)
     source = Source(
-        None, os.fspath(path), None, None, _dtype(dtype), float(mean), float(std), options
+        None, place(path), None, None, _dtype(dtype), float(mean), float(std), options
     )
     crop = crop_shape(source.array, crop)
     starts = _origins_tensor(origins, len(crop))

@@ -26,6 +26,7 @@ use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
 use crate::window::{Run, Window};
 use crate::zarr::location::Location;
+use crate::zarr::references::ReferenceSet;
 use crate::zarr::ZarrArray;
 
 // Named by the package users import it from, so that it pickles (an error raised in a
@@ -72,6 +73,34 @@ fn redact(text: &str) -> String {
 const MAX_ORIGINS: u64 = 1 << 28;
 
 /// A Zarr array (v2 or v3) opened for reading: its metadata only (opening starts no thread).
+/// A reference set (kerchunk JSON), opened once for every array read from it.
+#[pyclass(module = "lsio_torch._lsio_torch", frozen)]
+struct References {
+    inner: Arc<ReferenceSet>,
+}
+
+#[pymethods]
+impl References {
+    /// ``url``: the reference file (a path or an object-store URL); ``authorize``: places
+    /// besides its folder that its targets may be in; ``storage_options`` as for an array.
+    #[new]
+    #[pyo3(signature = (url, authorize=Vec::new(), storage_options=None))]
+    fn new(
+        py: Python<'_>,
+        url: &str,
+        authorize: Vec<String>,
+        storage_options: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        boundary("opening references", || {
+            let options = storage_options.unwrap_or_default();
+            let inner = py
+                .detach(|| ReferenceSet::open(url, &options, &authorize))
+                .map_err(to_py)?;
+            Ok(Self { inner })
+        })
+    }
+}
+
 #[pyclass(module = "lsio_torch._lsio_torch", frozen)]
 struct Array {
     inner: Arc<ZarrArray>,
@@ -118,6 +147,34 @@ impl Array {
                 inner: Arc::new(array),
             })
         })
+    }
+
+    /// Opens the array at ``name`` of a reference set (``None``: the set's root is one).
+    #[staticmethod]
+    #[pyo3(signature = (references, name=None))]
+    fn in_references(
+        py: Python<'_>,
+        references: &References,
+        name: Option<&str>,
+    ) -> PyResult<Self> {
+        boundary("opening an array by reference", || {
+            let root = Location::References(Arc::clone(&references.inner), String::new());
+            let array = py
+                .detach(|| match name {
+                    Some(name) => ZarrArray::open_in_group(&root, name),
+                    None => ZarrArray::open_at(root),
+                })
+                .map_err(to_py)?;
+            Ok(Self {
+                inner: Arc::new(array),
+            })
+        })
+    }
+
+    /// Whether the array's chunks are read from an object store.
+    #[getter]
+    fn is_remote(&self) -> bool {
+        self.inner.location.remote().is_some()
     }
 
     /// 2 or 3.
@@ -791,6 +848,7 @@ fn io_fallback_reason() -> PyResult<Option<String>> {
 #[pymodule]
 fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Array>()?;
+    m.add_class::<References>()?;
     m.add_class::<Sampler>()?;
     m.add_class::<Engine>()?;
     m.add_class::<ChunkCache>()?;

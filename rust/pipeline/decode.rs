@@ -66,6 +66,39 @@ pub(super) fn decode_read(
     Ok(())
 }
 
+/// Decodes a chunk a reference set holds inline (a small one: it is decoded while its batch
+/// is planned), whole.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the reference set and chunk when it does not decode.
+pub(super) fn decode_inline(shared: &Shared, task: &ChunkTask, bytes: &[u8]) -> Result<Vec<u8>> {
+    let array = &shared.array;
+    let corrupt = |reason: String| {
+        let what = format!("chunk {:?} (inline in the references)", task.chunk);
+        Error::corrupt(&array.path, what, reason)
+    };
+    let mut chunk = vec![0; shared.leaf_bytes];
+    if shared.as_stored {
+        if bytes.len() != chunk.len() {
+            let n = bytes.len();
+            return Err(corrupt(format!("{n} bytes, expected {}", chunk.len())));
+        }
+        chunk.copy_from_slice(bytes);
+        return Ok(chunk);
+    }
+    array
+        .leaf_codecs()
+        .decode_into(
+            bytes,
+            &mut chunk,
+            &shared.leaf_shape,
+            array.codec_data_type(),
+            array.codec_fill_value(),
+        )
+        .map_err(corrupt)?;
+    Ok(chunk)
+}
+
 /// Writes the fill value into a read chunk's places: its object turned out to be missing.
 /// With a chunk cache, batches waiting for the chunk write the fill value too.
 pub(super) fn fill_read(

@@ -129,6 +129,7 @@ impl PlanCache {
             .map_err(|e| Error::io(&path, "opening a chunk file", e))?;
         let counters = &shared.counters;
         match &file {
+            None if shared.array.is_referenced() => return Err(missing_target(&path)),
             None => self.missing.insert(coords.to_vec(), ()),
             Some(file) if opened => {
                 counters.files_opened.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +158,17 @@ impl PlanCache {
             .filter(|(identity, _)| *identity == file.identity)
             .map(|(_, index)| Arc::clone(index))
     }
+}
+
+/// The error for a file a reference set points into that is not there: never the fill value,
+/// since the set says the chunk was written.
+pub(super) fn missing_target(path: &std::path::Path) -> Error {
+    let gone = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the file a reference points into is missing (moved or deleted since the references \
+         were made?)",
+    );
+    Error::io(path, "reading a chunk by reference", gone)
 }
 
 /// The disk cache's key for a remote object of a batch: `None` where its version is not known

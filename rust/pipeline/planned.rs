@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::decode::decode_inline;
 use super::files::{disk_key, OpenFile, PlanCache};
 use super::shared::{unless_stopped, Shared};
 use super::targets::{needed_span, target_layout};
@@ -18,6 +19,7 @@ use crate::io::{direct_range, open_files, ReadOp, Reader};
 use crate::plan::{plan_batch, ChunkTask};
 use crate::zarr::array::ChunkLocation;
 use crate::zarr::codecs::{decode_index, IndexLocation};
+use crate::zarr::references::Entry as Reference;
 use crate::zarr::shard_index::{ShardIndex, Slot};
 
 /// Where one leaf chunk's elements come from.
@@ -214,6 +216,30 @@ fn plan_reads_once(
         }
     }
 
+    // Chunks a reference set does not list are the fill value; those it holds inline are
+    // decoded now.
+    if array.is_referenced() {
+        for (task, found) in tasks.iter().zip(&mut looked_up) {
+            if found.is_some() {
+                continue;
+            }
+            *found = match array.reference(&task.chunk) {
+                None => Some(Source::Fill),
+                Some(Reference::Inline(bytes)) => {
+                    let chunk = decode_inline(shared, task, bytes)?;
+                    if let Some(claims) = &claims {
+                        let kept = chunk.clone();
+                        claims
+                            .cache()
+                            .complete(claims, &shared.cache_key(task), Some(kept));
+                    }
+                    Some(Source::Cached(Arc::new(chunk)))
+                }
+                Some(_) => None,
+            };
+        }
+    }
+
     // Each file the batch reads, open.
     let mut file_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
     let mut files: Vec<OpenFile> = Vec::new();
@@ -252,17 +278,23 @@ fn plan_reads_once(
             continue;
         }
         // (offset, len, whole)
-        let range = match (&shard_index[id], &file.file) {
-            (Some(index), _) => match index.slot(location.inner) {
-                Slot::Empty => None,
-                Slot::Bytes { offset, len } => Some((offset, len, false)),
+        let by_reference = array.reference(&tasks[t].chunk);
+        let range = match (by_reference, &shard_index[id], &file.file) {
+            (Some(Reference::Range { offset, len, .. }), ..) => Some((*offset, *len, false)),
+            (Some(_), _, Some(open)) => Some((0, open.len, false)),
+            (Some(_), _, None) => Some((0, 0, true)),
+            (None, index, open) => match (index, open) {
+                (Some(index), _) => match index.slot(location.inner) {
+                    Slot::Empty => None,
+                    Slot::Bytes { offset, len } => Some((offset, len, false)),
+                },
+                (None, _) if array.sharding().is_some() => None,
+                (None, Some(open)) => Some((0, open.len, false)),
+                // An object not sharded: stored as its elements it has the leaf's size, else
+                // the whole object is fetched.
+                (None, None) if shared.as_stored => Some((0, shared.leaf_bytes as u64, false)),
+                (None, None) => Some((0, 0, true)),
             },
-            (None, _) if array.sharding().is_some() => None,
-            (None, Some(open)) => Some((0, open.len, false)),
-            // An object not sharded: stored as its elements it has the leaf's size, else
-            // the whole object is fetched.
-            (None, None) if shared.as_stored => Some((0, shared.leaf_bytes as u64, false)),
-            (None, None) => Some((0, 0, true)),
         };
         match range {
             None => sources.push(Source::Fill),

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use super::batch::{read_and_decode, with_local_io, BatchRun};
 use super::decode::{decode_read, fill_read};
-use super::files::disk_key;
-use super::files::OpenFile;
+use super::files::{disk_key, missing_target, OpenFile};
 use super::groups::read_groups;
 use super::planned::{read_source, Planned, PlannedRead, ReadSource};
 use super::shared::{guarded, unless_stopped, Job, Shared};
@@ -278,6 +277,9 @@ fn decode_fetched(
         .fetch_add(reads.len() as u64, Ordering::Relaxed);
     let fetched = fetched.map_err(|e| planned.read_error(&reads[0], e))?;
     let Some(fetched) = fetched else {
+        if shared.array.is_referenced() {
+            return Err(missing_target(planned.path(&reads[0])));
+        }
         return reads
             .iter()
             .try_for_each(|read| fill_read(shared, planned, read, out));
@@ -292,10 +294,16 @@ fn decode_fetched(
         } else {
             let at = (read.offset - start) as usize;
             fetched.bytes.get(at..at + read.len).ok_or_else(|| {
-                Error::Stopped(format!(
-                    "internal error: chunk {:?} left its request",
-                    planned.tasks[read.task].chunk
-                ))
+                let chunk = &planned.tasks[read.task].chunk;
+                if shared.array.is_referenced() {
+                    // The target is shorter than its references say: changed since.
+                    let reason = format!(
+                        "{} bytes at {} referenced, the object has {}",
+                        read.len, read.offset, fetched.size
+                    );
+                    return Error::corrupt(planned.path(read), format!("chunk {chunk:?}"), reason);
+                }
+                Error::Stopped(format!("internal error: chunk {chunk:?} left its request"))
             })?
         };
         decode_read(shared, planned, read, bytes, out)?;

@@ -14,6 +14,7 @@ use super::leaf::LeafCodecs;
 use super::limits;
 use super::location::Location;
 use super::metadata::{read_array_metadata, read_group_member, StoredMetadata};
+use super::references::{Entry, ReferenceSet, Target};
 use super::region::c_order_index;
 use crate::error::{Error, Result};
 
@@ -139,6 +140,10 @@ impl ZarrArray {
         limits::box_bytes(&path, "shape", &v3.shape, dtype.size())?;
         limits::box_bytes(&path, "chunk shape", &chunk_shape, dtype.size())?;
         let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape, dtype.size())?;
+        if matches!(location, Location::References(..)) && matches!(layout, ChunkLayout::Sharded(_))
+        {
+            return Err(Error::unsupported(&path, "a sharded array by reference"));
+        }
         let fill_value = array.fill_value().as_ne_bytes().to_vec();
         if fill_value.len() != dtype.size() {
             return Err(Error::invalid_metadata(
@@ -249,6 +254,17 @@ impl ZarrArray {
     /// Where the leaf chunk at grid coordinates `leaf` is stored.
     #[must_use]
     pub fn locate(&self, leaf: &[u64]) -> ChunkLocation {
+        if self.references().is_some() {
+            // A chunk by reference is in its target: the file's coordinates are its number.
+            let target = match self.reference(leaf) {
+                Some(Entry::Range { target, .. } | Entry::Whole { target }) => u64::from(*target),
+                _ => u64::MAX,
+            };
+            return ChunkLocation {
+                file: vec![target],
+                inner: 0,
+            };
+        }
         let per_file = self.leaves_per_file();
         let file: Vec<u64> = leaf.iter().zip(&per_file).map(|(l, p)| l / p).collect();
         let within: Vec<u64> = leaf.iter().zip(&per_file).map(|(l, p)| l % p).collect();
@@ -259,16 +275,52 @@ impl ZarrArray {
     }
 
     /// The file that holds the chunk (or shard) at grid coordinates `file` (for a remote
-    /// array, its URL as a path).
+    /// array, its URL as a path; for one by reference, target number `file[0]`).
     #[must_use]
     pub fn file_path(&self, file: &[u64]) -> PathBuf {
-        self.path.join(self.file_key(file))
+        match self.target(file) {
+            Some(target) => target.path(),
+            None => self.path.join(self.file_key(file)),
+        }
     }
 
-    /// The key of the chunk (or shard) at grid coordinates `file`, relative to the array.
+    /// The key of the chunk (or shard) at grid coordinates `file`, relative to the array (for
+    /// an array by reference, the target's key in the store of the set's targets).
     #[must_use]
     pub fn file_key(&self, file: &[u64]) -> String {
-        self.zarrs.chunk_key(file).as_str().to_string()
+        match self.target(file) {
+            Some(Target::Remote { key, .. }) => key.to_string(),
+            Some(Target::Local(path)) => path.display().to_string(),
+            None => self.zarrs.chunk_key(file).as_str().to_string(),
+        }
+    }
+
+    /// The reference set the array is in, and the prefix of its keys there.
+    fn references(&self) -> Option<(&ReferenceSet, &str)> {
+        match &self.location {
+            Location::References(set, prefix) => Some((set, prefix)),
+            _ => None,
+        }
+    }
+
+    /// Whether the array's chunks are byte ranges of other files (a reference set's).
+    #[must_use]
+    pub fn is_referenced(&self) -> bool {
+        self.references().is_some()
+    }
+
+    /// What the reference set holds for leaf chunk `leaf`: `None` for a chunk it does not
+    /// list (the fill value) or an array not by reference.
+    #[must_use]
+    pub fn reference(&self, leaf: &[u64]) -> Option<&Entry> {
+        let (set, prefix) = self.references()?;
+        set.get(&format!("{prefix}{}", self.zarrs.chunk_key(leaf).as_str()))
+    }
+
+    /// Target number `file[0]` of an array by reference.
+    fn target(&self, file: &[u64]) -> Option<&Target> {
+        let (set, _) = self.references()?;
+        set.target(u32::try_from(*file.first()?).ok()?)
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::references::{Entry, ReferenceSet};
 use crate::error::{Error, Result};
 use crate::io::remote::{self, is_url, RemoteStore, Wanted};
 
@@ -13,6 +14,9 @@ use crate::io::remote::{self, is_url, RemoteStore, Wanted};
 pub enum Location {
     Local(PathBuf),
     Remote(Arc<RemoteStore>),
+    /// A group or array of a reference set: the set, and the prefix of its keys (`""` at
+    /// the root, else ending in `/`).
+    References(Arc<ReferenceSet>, String),
 }
 
 impl Location {
@@ -41,6 +45,9 @@ impl Location {
         match self {
             Self::Local(path) => path.clone(),
             Self::Remote(store) => PathBuf::from(&store.url),
+            Self::References(set, prefix) => {
+                PathBuf::from(&set.url).join(prefix.trim_end_matches('/'))
+            }
         }
     }
 
@@ -64,6 +71,9 @@ impl Location {
         Ok(match self {
             Self::Local(path) => Self::Local(path.join(name)),
             Self::Remote(store) => Self::Remote(Arc::new(store.child(name))),
+            Self::References(set, prefix) => {
+                Self::References(Arc::clone(set), format!("{prefix}{name}/"))
+            }
         })
     }
 
@@ -73,6 +83,14 @@ impl Location {
     /// # Errors
     /// [`Error::Io`] naming the file or object when it cannot be read.
     pub fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read_at_most(key, remote::MAX_METADATA_BYTES)
+    }
+
+    /// Like [`Location::read`], for a file of up to `at_most` bytes from an object store.
+    ///
+    /// # Errors
+    /// As [`Location::read`].
+    pub fn read_at_most(&self, key: &str, at_most: u64) -> Result<Option<Vec<u8>>> {
         let path = self.path().join(key);
         match self {
             Self::Local(dir) => match std::fs::read(dir.join(key)) {
@@ -86,15 +104,21 @@ impl Location {
                     let one = Semaphore::new(1);
                     let part = store.settings.part_bytes;
                     let key = store.key(key);
-                    let whole = Wanted::Whole {
-                        at_most: remote::MAX_METADATA_BYTES,
-                    };
+                    let whole = Wanted::Whole { at_most };
                     remote::get(client.as_ref(), &key, whole, part, &one, None)
                         .await
                         .map_err(|e| Error::io(&path, "reading metadata", e))
                 })??;
                 Ok(fetched.map(|f| f.bytes.to_vec()))
             }
+            Self::References(set, prefix) => match set.get(&format!("{prefix}{key}")) {
+                None => Ok(None),
+                Some(Entry::Inline(bytes)) => Ok(Some(bytes.to_vec())),
+                Some(_) => Err(Error::Unsupported {
+                    path,
+                    detail: "metadata held by reference, not inline".into(),
+                }),
+            },
         }
     }
 
@@ -104,7 +128,7 @@ impl Location {
     pub fn exists(&self) -> bool {
         match self {
             Self::Local(path) => path.exists(),
-            Self::Remote(_) => true,
+            Self::Remote(_) | Self::References(..) => true,
         }
     }
 
@@ -113,16 +137,18 @@ impl Location {
     pub fn local(&self) -> Option<&Path> {
         match self {
             Self::Local(path) => Some(path),
-            Self::Remote(_) => None,
+            Self::Remote(_) | Self::References(..) => None,
         }
     }
 
-    /// The object store, if this is one.
+    /// The object store chunks are fetched from: this one, or the one a reference set's
+    /// targets are in.
     #[must_use]
     pub fn remote(&self) -> Option<&Arc<RemoteStore>> {
         match self {
             Self::Local(_) => None,
             Self::Remote(store) => Some(store),
+            Self::References(set, _) => set.store.as_ref(),
         }
     }
 }

@@ -48,6 +48,7 @@ pub fn read_array_metadata(at: &Location) -> Result<StoredMetadata> {
     }
     let what = match at {
         Location::Remote(_) => "no zarr.json or .zarray under this URL",
+        Location::References(..) => "no .zarray or zarr.json under this key of the references",
         Location::Local(_) if at.exists() => "no zarr.json or .zarray in this directory",
         Location::Local(_) => "path does not exist",
     };

@@ -1,0 +1,650 @@
+//! Reference sets (kerchunk's format, versions 0 and 1): a Zarr v2 group whose metadata is
+//! inline and whose chunks are byte ranges of other files (NetCDF4/HDF5 archives), read where
+//! they lie. Every target is resolved once, when the set is opened, and must lie under a
+//! place the user authorized (by default the folder that holds the reference file): a
+//! reference file cannot make the engine read anything else.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::location::Location;
+use crate::error::{Error, Result};
+use crate::io::remote::{is_url, redact, RemoteStore};
+
+/// The largest reference file read (a JSON set of a few million chunks).
+pub const MAX_REFERENCE_BYTES: u64 = 1 << 30;
+
+/// What a key of the set holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The bytes themselves: metadata, or a small chunk.
+    Inline(Arc<[u8]>),
+    /// `len` bytes at `offset` of target `target`.
+    Range { target: u32, offset: u64, len: u64 },
+    /// All of target `target`.
+    Whole { target: u32 },
+}
+
+/// A file chunks are read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Local(PathBuf),
+    /// An object of the set's [`ReferenceSet::store`]: its URL (for messages) and key.
+    Remote {
+        url: String,
+        key: object_store::path::Path,
+    },
+}
+
+impl Target {
+    /// The path, or the URL as a path, for messages.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Self::Local(path) => path.clone(),
+            Self::Remote { url, .. } => PathBuf::from(url),
+        }
+    }
+}
+
+/// An opened reference set.
+#[derive(Debug)]
+pub struct ReferenceSet {
+    /// The reference file, for messages (a URL's secrets hidden).
+    pub url: String,
+    entries: HashMap<String, Entry>,
+    targets: Vec<Target>,
+    /// The object store every remote target is in (one per set).
+    pub store: Option<Arc<RemoteStore>>,
+}
+
+/// Where a target may be: the folder of the reference file, or what the user authorized.
+#[derive(Clone, Debug)]
+enum Place {
+    Local(PathBuf),
+    Url(String),
+}
+
+impl Place {
+    fn parse(text: &str) -> Result<Self> {
+        if is_url(text) {
+            let url = no_dot_segments(text)?;
+            return Ok(Self::Url(url.trim_end_matches('/').to_string()));
+        }
+        let path = text.strip_prefix("file://").unwrap_or(text);
+        let path = Path::new(path);
+        if !path.is_absolute() {
+            let here = std::env::current_dir()
+                .map_err(|e| Error::io(path, "resolving a relative path", e))?;
+            return Ok(Self::Local(normalized(&here.join(path))));
+        }
+        Ok(Self::Local(normalized(path)))
+    }
+
+    /// Whether `target` lies in this place (at or below it, segment by segment).
+    fn holds(&self, target: &Place) -> bool {
+        match (self, target) {
+            (Self::Local(place), Self::Local(target)) => target.starts_with(place),
+            (Self::Url(place), Self::Url(target)) => {
+                target == place
+                    || target
+                        .strip_prefix(place.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            _ => false,
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            Self::Local(path) => path.display().to_string(),
+            Self::Url(url) => redact(url),
+        }
+    }
+}
+
+/// `path` with `.` and `..` taken out lexically (never past the root).
+fn normalized(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A URL with no `.` or `..` segment in its path (refused: they would step out of a place).
+fn no_dot_segments(url: &str) -> Result<&str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let after_scheme = path.split_once("://").map_or(path, |(_, rest)| rest);
+    if after_scheme.split('/').any(|s| s == "." || s == "..") {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a URL with a '.' or '..' segment",
+            redact(url)
+        )));
+    }
+    Ok(url)
+}
+
+impl ReferenceSet {
+    /// Opens the reference file at `url` (a local path or an object-store URL with its
+    /// `storage_options`). Targets may lie in the file's folder and in the places of
+    /// `authorize` (folders, or URL prefixes: `s3://bucket/archive`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read, [`Error::InvalidMetadata`] when it is not a
+    /// reference set, [`Error::InvalidArgument`] for a target outside the authorized places
+    /// or remote targets in more than one store.
+    pub fn open(
+        url: &str,
+        options: &[(String, String)],
+        authorize: &[String],
+    ) -> Result<Arc<Self>> {
+        let (folder, name) = match url.trim_end_matches('/').rsplit_once('/') {
+            Some((folder, name)) if !name.is_empty() => (folder, name),
+            _ => (".", url),
+        };
+        let at = Location::parse(folder, options)?;
+        let shown = redact(url);
+        let Some(text) = at.read_at_most(name, MAX_REFERENCE_BYTES)? else {
+            return Err(Error::io(
+                &shown,
+                "reading references",
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        };
+        let base = Place::parse(folder)?;
+        let mut places = vec![base.clone()];
+        for place in authorize {
+            places.push(Place::parse(place)?);
+        }
+        Self::parse(&shown, &text, &base, &places, options)
+    }
+
+    /// The set in `text`, its relative targets resolved against `base`.
+    fn parse(
+        shown: &str,
+        text: &[u8],
+        base: &Place,
+        places: &[Place],
+        options: &[(String, String)],
+    ) -> Result<Arc<Self>> {
+        let invalid = |reason: String| Error::InvalidMetadata {
+            path: PathBuf::from(shown),
+            reason,
+        };
+        let json: Value = serde_json::from_slice(text)
+            .map_err(|e| invalid(format!("not a JSON reference set: {e}")))?;
+        let Value::Object(mut top) = json else {
+            return Err(invalid("not a JSON object".into()));
+        };
+        let (refs, templates, generators) = match top.get("version") {
+            None => (top, serde_json::Map::new(), Vec::new()),
+            Some(v) if v.as_u64() == Some(1) => {
+                let refs = match top.remove("refs") {
+                    Some(Value::Object(refs)) => refs,
+                    None => serde_json::Map::new(),
+                    Some(_) => return Err(invalid("\"refs\" is not an object".into())),
+                };
+                let templates = match top.remove("templates") {
+                    Some(Value::Object(t)) => t,
+                    None | Some(Value::Null) => serde_json::Map::new(),
+                    Some(_) => return Err(invalid("\"templates\" is not an object".into())),
+                };
+                let generators = match top.remove("gen") {
+                    Some(Value::Array(g)) => g,
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(_) => return Err(invalid("\"gen\" is not a list".into())),
+                };
+                (refs, templates, generators)
+            }
+            Some(v) => return Err(invalid(format!("reference set version {v}, not 0 or 1"))),
+        };
+        let mut templates: HashMap<String, String> = templates
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                _ => Err(invalid(format!("template {k:?} is not a string"))),
+            })
+            .collect::<Result<_>>()?;
+        let mut builder = Builder {
+            shown,
+            base,
+            places,
+            options,
+            targets: Vec::new(),
+            by_url: HashMap::new(),
+            store: None,
+        };
+        let mut entries = HashMap::with_capacity(refs.len());
+        for (key, value) in refs {
+            let entry = builder
+                .entry(&key, &value, &templates)
+                .map_err(|e| with_key(e, shown, &key))?;
+            entries.insert(key, entry);
+        }
+        for generator in &generators {
+            builder.generate(generator, &mut templates, &mut entries)?;
+        }
+        Ok(Arc::new(Self {
+            url: shown.to_string(),
+            entries,
+            targets: builder.targets,
+            store: builder.store,
+        }))
+    }
+
+    /// The entry at `key` (`t2m/.zarray`, `t2m/0.1.2`).
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// Target number `id`.
+    #[must_use]
+    pub fn target(&self, id: u32) -> Option<&Target> {
+        self.targets.get(id as usize)
+    }
+}
+
+/// An error about one key of a set, naming it.
+fn with_key(e: Error, shown: &str, key: &str) -> Error {
+    match e {
+        Error::InvalidMetadata { reason, .. } => Error::InvalidMetadata {
+            path: PathBuf::from(shown),
+            reason: format!("{key:?}: {reason}"),
+        },
+        Error::InvalidArgument(reason) => {
+            Error::InvalidArgument(format!("{shown}: {key:?}: {reason}"))
+        }
+        other => other,
+    }
+}
+
+/// What a set is built with while it is parsed.
+struct Builder<'a> {
+    shown: &'a str,
+    base: &'a Place,
+    places: &'a [Place],
+    options: &'a [(String, String)],
+    targets: Vec<Target>,
+    by_url: HashMap<String, u32>,
+    store: Option<Arc<RemoteStore>>,
+}
+
+impl Builder<'_> {
+    fn invalid(&self, reason: String) -> Error {
+        Error::InvalidMetadata {
+            path: PathBuf::from(self.shown),
+            reason,
+        }
+    }
+
+    fn entry(
+        &mut self,
+        key: &str,
+        value: &Value,
+        templates: &HashMap<String, String>,
+    ) -> Result<Entry> {
+        match value {
+            Value::String(text) => Ok(Entry::Inline(
+                inline_bytes(text).map_err(|r| self.invalid(format!("{key:?}: {r}")))?,
+            )),
+            // Metadata written as a JSON object rather than a string.
+            Value::Object(_) => Ok(Entry::Inline(value.to_string().into_bytes().into())),
+            Value::Array(parts) => {
+                let url = match parts.first() {
+                    Some(Value::String(url)) => expand(url, templates),
+                    _ => return Err(self.invalid(format!("{key:?}: no target URL"))),
+                };
+                let number = |v: &Value| v.as_u64();
+                match parts.as_slice() {
+                    [_] => Ok(Entry::Whole {
+                        target: self.target(&url)?,
+                    }),
+                    [_, offset, len] => match (number(offset), number(len)) {
+                        (Some(offset), Some(len)) => Ok(Entry::Range {
+                            target: self.target(&url)?,
+                            offset,
+                            len,
+                        }),
+                        _ => Err(self.invalid(format!(
+                            "{key:?}: offset {offset} and length {len} are not byte counts"
+                        ))),
+                    },
+                    _ => Err(self.invalid(format!(
+                        "{key:?}: expected [url], [url, offset, length] or inline text"
+                    ))),
+                }
+            }
+            other => Err(self.invalid(format!("{key:?}: unexpected value {other}"))),
+        }
+    }
+
+    /// The number of the target at `raw` (a URL or path from the set): resolved against the
+    /// set's folder, and refused outside the authorized places.
+    fn target(&mut self, raw: &str) -> Result<u32> {
+        if let Some(&id) = self.by_url.get(raw) {
+            return Ok(id);
+        }
+        let place = if is_url(raw) || raw.starts_with('/') || raw.starts_with("file://") {
+            Place::parse(raw)?
+        } else if raw.contains("://") {
+            return Err(Error::InvalidArgument(format!(
+                "target {}: not a path or a URL of s3, gs, az or http(s)",
+                redact(raw)
+            )));
+        } else {
+            match self.base {
+                Place::Local(folder) => Place::Local(normalized(&folder.join(raw))),
+                Place::Url(folder) => {
+                    Place::Url(no_dot_segments(&format!("{folder}/{raw}"))?.into())
+                }
+            }
+        };
+        if !self.places.iter().any(|p| p.holds(&place)) {
+            let allowed: Vec<String> = self.places.iter().map(Place::shown).collect();
+            return Err(Error::InvalidArgument(format!(
+                "target {} lies outside the places this set may read ({}): pass \
+                 References(..., authorize=[...]) to allow it",
+                place.shown(),
+                allowed.join(", ")
+            )));
+        }
+        let target = match place {
+            Place::Local(path) => Target::Local(path),
+            Place::Url(url) => self.remote(&url)?,
+        };
+        let id = u32::try_from(self.targets.len())
+            .map_err(|_| self.invalid("more than 2^32 targets".into()))?;
+        self.targets.push(target);
+        self.by_url.insert(raw.to_string(), id);
+        Ok(id)
+    }
+
+    /// A remote target, in the set's one object store (made for the first).
+    fn remote(&mut self, url: &str) -> Result<Target> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
+        let container = &parsed[..url::Position::BeforePath];
+        let rest = parsed.path().trim_start_matches('/').to_string();
+        match &self.store {
+            Some(store) => {
+                let this = RemoteStore::parse(container, self.options)?;
+                if !store.same_client(&this) {
+                    return Err(Error::Unsupported {
+                        path: PathBuf::from(self.shown),
+                        detail: format!(
+                            "targets in two object stores ({} and {}): a set's remote \
+                             targets must share one",
+                            store.url, this.url
+                        ),
+                    });
+                }
+            }
+            None => self.store = Some(Arc::new(RemoteStore::parse(container, self.options)?)),
+        }
+        let key = object_store::path::Path::from_url_path(&rest)
+            .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
+        Ok(Target::Remote {
+            url: redact(url),
+            key,
+        })
+    }
+
+    /// Adds the entries of one `gen` item: a key, URL, offset and length, each a template
+    /// over the item's dimensions (`{"i": {"start": 0, "stop": 10, "step": 1}}` or a list).
+    fn generate(
+        &mut self,
+        generator: &Value,
+        templates: &mut HashMap<String, String>,
+        entries: &mut HashMap<String, Entry>,
+    ) -> Result<()> {
+        let field = |name: &str| generator.get(name).and_then(Value::as_str);
+        let number_field = |name: &str| {
+            generator
+                .get(name)
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+        };
+        let (Some(key), Some(url)) = (field("key"), field("url")) else {
+            return Err(self.invalid("a \"gen\" item without \"key\" and \"url\"".into()));
+        };
+        let (offset, length) = (number_field("offset"), number_field("length"));
+        let Some(Value::Object(dims)) = generator.get("dimensions") else {
+            return Err(self.invalid(format!("\"gen\" item {key:?} without \"dimensions\"")));
+        };
+        let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+        for (name, spec) in dims {
+            let values =
+                match spec {
+                    Value::Array(values) => values
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect(),
+                    Value::Object(range) => {
+                        let get = |k: &str, default: i64| {
+                            range.get(k).and_then(Value::as_i64).unwrap_or(default)
+                        };
+                        let (start, step) = (get("start", 0), get("step", 1));
+                        let Some(stop) = range.get("stop").and_then(Value::as_i64) else {
+                            return Err(self
+                                .invalid(format!("\"gen\" dimension {name:?} without \"stop\"")));
+                        };
+                        if step < 1 {
+                            return Err(
+                                self.invalid(format!("\"gen\" dimension {name:?}: step {step}"))
+                            );
+                        }
+                        (start..stop)
+                            .step_by(step as usize)
+                            .map(|v| v.to_string())
+                            .collect()
+                    }
+                    _ => {
+                        return Err(self
+                            .invalid(format!("\"gen\" dimension {name:?}: not a range or list")))
+                    }
+                };
+            axes.push((name.clone(), values));
+        }
+        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+        for mut n in 0..total {
+            for (name, values) in axes.iter().rev() {
+                templates.insert(name.clone(), values[n % values.len()].clone());
+                n /= values.len();
+            }
+            let key = expand(key, templates);
+            let parts = match (&offset, &length) {
+                (Some(offset), Some(length)) => {
+                    let parse = |t: &str| expand(t, templates).trim().parse::<u64>().ok();
+                    let (Some(o), Some(l)) = (parse(offset), parse(length)) else {
+                        return Err(self.invalid(format!(
+                            "\"gen\" item {key:?}: offset and length must come out as byte \
+                             counts (only {{{{name}}}} is substituted)"
+                        )));
+                    };
+                    serde_json::json!([url, o, l])
+                }
+                _ => serde_json::json!([url]),
+            };
+            let entry = self
+                .entry(&key, &parts, templates)
+                .map_err(|e| with_key(e, self.shown, &key))?;
+            entries.insert(key, entry);
+        }
+        for (name, _) in &axes {
+            templates.remove(name);
+        }
+        Ok(())
+    }
+}
+
+/// `text` with each `{{name}}` (spaces allowed inside) replaced by its template.
+fn expand(text: &str, templates: &HashMap<String, String>) -> String {
+    if !text.contains("{{") {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find("}}") else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = rest[open + 2..open + close].trim();
+        match templates.get(name) {
+            Some(value) => out.push_str(value),
+            None => out.push_str(&rest[open..open + close + 2]),
+        }
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The bytes of an inline entry: `base64:` then base64, or the text's own UTF-8.
+fn inline_bytes(text: &str) -> std::result::Result<Arc<[u8]>, String> {
+    match text.strip_prefix("base64:") {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(Into::into)
+            .map_err(|e| format!("bad base64: {e}")),
+        None => Ok(text.as_bytes().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, base: &str, authorize: &[&str]) -> Result<Arc<ReferenceSet>> {
+        let base = Place::parse(base).unwrap();
+        let mut places = vec![base.clone()];
+        places.extend(authorize.iter().map(|p| Place::parse(p).unwrap()));
+        ReferenceSet::parse("refs.json", text.as_bytes(), &base, &places, &[])
+    }
+
+    #[test]
+    fn version_0_and_1_give_the_same_entries() {
+        let v0 = r#"{".zgroup": "{\"zarr_format\":2}", "t/0.0": ["a.nc", 100, 20], "t/0.1": ["/d/b.nc"], "t/1.0": "base64:AAEC"}"#;
+        let v1 = r#"{"version": 1, "templates": {"u": "a.nc"}, "refs": {".zgroup": "{\"zarr_format\":2}", "t/0.0": ["{{ u }}", 100, 20], "t/0.1": ["/d/b.nc"], "t/1.0": "base64:AAEC"}}"#;
+        for text in [v0, v1] {
+            let set = parse(text, "/d", &[]).unwrap();
+            assert_eq!(
+                set.get(".zgroup"),
+                Some(&Entry::Inline(b"{\"zarr_format\":2}".to_vec().into()))
+            );
+            let Some(&Entry::Range {
+                target,
+                offset,
+                len,
+            }) = set.get("t/0.0")
+            else {
+                panic!("{:?}", set.get("t/0.0"));
+            };
+            assert_eq!((offset, len), (100, 20));
+            assert_eq!(set.target(target), Some(&Target::Local("/d/a.nc".into())));
+            let Some(&Entry::Whole { target }) = set.get("t/0.1") else {
+                panic!();
+            };
+            assert_eq!(set.target(target), Some(&Target::Local("/d/b.nc".into())));
+            assert_eq!(set.get("t/1.0"), Some(&Entry::Inline(vec![0, 1, 2].into())));
+            assert_eq!(set.get("t/1.1"), None);
+        }
+    }
+
+    #[test]
+    fn gen_items_expand_over_their_dimensions() {
+        let text = r#"{"version": 1, "refs": {}, "gen": [{"key": "t/{{i}}.{{j}}",
+            "url": "f{{i}}.nc", "offset": "{{j}}00", "length": 10,
+            "dimensions": {"i": {"stop": 2}, "j": [3, 4]}}]}"#;
+        let set = parse(text, "/d", &[]).unwrap();
+        for (key, file, offset) in [("t/0.3", "/d/f0.nc", 300), ("t/1.4", "/d/f1.nc", 400)] {
+            let Some(&Entry::Range {
+                target,
+                offset: o,
+                len,
+            }) = set.get(key)
+            else {
+                panic!("{key}");
+            };
+            assert_eq!((o, len), (offset, 10));
+            assert_eq!(set.target(target), Some(&Target::Local(file.into())));
+        }
+        assert_eq!(set.entries.len(), 4);
+    }
+
+    #[test]
+    fn targets_outside_the_authorized_places_are_refused() {
+        for target in [
+            "/etc/passwd",
+            "../x.nc",
+            "/d/../etc/passwd",
+            "http://elsewhere/x.nc",
+        ] {
+            let text = format!(r#"{{"t/0": ["{target}", 0, 4]}}"#);
+            let e = parse(&text, "/d", &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("outside the places") && e.contains("t/0"),
+                "{target}: {e}"
+            );
+        }
+        let text = r#"{"t/0": ["/archive/x.nc", 0, 4], "t/1": ["/archived/y.nc", 0, 4]}"#;
+        let e = parse(text, "/d", &["/archive"]).unwrap_err().to_string();
+        assert!(
+            e.contains("/archived/y.nc"),
+            "a prefix ends at a segment: {e}"
+        );
+        assert!(parse(r#"{"t/0": ["/archive/x.nc", 0, 4]}"#, "/d", &["/archive/"]).is_ok());
+        let e = parse(
+            r#"{"t/0": ["http://h/a/../b", 0, 4]}"#,
+            "/d",
+            &["http://h/a"],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("'..'"), "{e}");
+    }
+
+    #[test]
+    fn remote_targets_resolve_against_the_sets_url_into_one_store() {
+        let text =
+            r#"{"t/0": ["a.nc", 0, 4], "t/1": ["http://127.0.0.1:9/refs/sub/b%20c.nc", 0, 4]}"#;
+        let set = parse(text, "http://127.0.0.1:9/refs", &[]).unwrap();
+        let Some(&Entry::Range { target, .. }) = set.get("t/1") else {
+            panic!();
+        };
+        let Some(Target::Remote { key, .. }) = set.target(target) else {
+            panic!();
+        };
+        assert_eq!(key.as_ref(), "refs/sub/b c.nc", "decoded: the store encodes it again");
+        assert!(set.store.is_some());
+        let two = r#"{"t/0": ["http://127.0.0.1:9/a.nc", 0, 4], "t/1": ["http://127.0.0.2:9/b.nc", 0, 4]}"#;
+        let e = parse(two, "/d", &["http://127.0.0.1:9", "http://127.0.0.2:9"]).unwrap_err();
+        assert!(e.to_string().contains("two object stores"), "{e}");
+    }
+
+    #[test]
+    fn malformed_sets_name_what_is_wrong() {
+        for (text, says) in [
+            ("[1]", "not a JSON object"),
+            ("{", "not a JSON reference set"),
+            (r#"{"version": 2}"#, "version 2"),
+            (r#"{"t/0": ["a.nc", -1, 4]}"#, "\"t/0\""),
+            (r#"{"t/0": [1]}"#, "no target URL"),
+            (r#"{"t/0": "base64:!!"}"#, "bad base64"),
+        ] {
+            let e = parse(text, "/d", &[]).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("refs.json"), "{text}: {e}");
+        }
+    }
+}

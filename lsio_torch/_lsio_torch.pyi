@@ -16,6 +16,10 @@ class Array:
     def in_group(
         group: str, name: str, storage_options: list[tuple[str, str]] | None = None
     ) -> Array: ...
+    @staticmethod
+    def in_references(references: References, name: str | None = None) -> Array: ...
+    @property
+    def is_remote(self) -> bool: ...
     @property
     def zarr_format(self) -> int: ...
     @property
@@ -30,6 +34,16 @@ class Array:
     def shard_shape(self) -> list[int] | None: ...
     @property
     def dimension_names(self) -> list[str | None] | None: ...
+
+class References:
+    """A reference set (kerchunk JSON v0/v1), opened once for every array read from it."""
+
+    def __init__(
+        self,
+        url: str,
+        authorize: list[str] = ...,
+        storage_options: list[tuple[str, str]] | None = None,
+    ) -> None: ...
 
 class Sampler:
     """Draws crop origins: a pure function of (seed, epoch, sample index)."""

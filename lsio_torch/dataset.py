@@ -1007,9 +1007,7 @@ def read_crops(
         IndexError: an origin whose crop leaves the array.
     """
     options = _with_max_requests(storage_options, max_requests)
-    source = Source(
-        None, place(path), None, None, _dtype(dtype), float(mean), float(std), options
-    )
+    source = Source(None, place(path), None, None, _dtype(dtype), float(mean), float(std), options)
     crop = crop_shape(source.array, crop)
     starts = _origins_tensor(origins, len(crop))
     threads = _thread_count("threads", threads) or _default_threads()

@@ -156,11 +156,10 @@ impl ReferenceSet {
         let at = Location::parse(folder, options)?;
         let shown = redact(url);
         let Some(text) = at.read_at_most(name, MAX_REFERENCE_BYTES)? else {
-            return Err(Error::io(
-                &shown,
-                "reading references",
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            ));
+            return Err(Error::NotFound {
+                path: PathBuf::from(&shown),
+                what: "no reference file at this path".into(),
+            });
         };
         let base = Place::parse(folder)?;
         let mut places = vec![base.clone()];
@@ -626,7 +625,11 @@ mod tests {
         let Some(Target::Remote { key, .. }) = set.target(target) else {
             panic!();
         };
-        assert_eq!(key.as_ref(), "refs/sub/b c.nc", "decoded: the store encodes it again");
+        assert_eq!(
+            key.as_ref(),
+            "refs/sub/b c.nc",
+            "decoded: the store encodes it again"
+        );
         assert!(set.store.is_some());
         let two = r#"{"t/0": ["http://127.0.0.1:9/a.nc", 0, 4], "t/1": ["http://127.0.0.2:9/b.nc", 0, 4]}"#;
         let e = parse(two, "/d", &["http://127.0.0.1:9", "http://127.0.0.2:9"]).unwrap_err();

@@ -1,0 +1,259 @@
+"""Archives read by reference: NetCDF4 files (chunked, zlib + shuffle, as archives are)
+written by netCDF4 and h5netcdf, referenced by kerchunk, read by lsio_torch locally, from
+moto's S3 and from the object server; every crop equal to xarray's read of the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support.checks import check_batches, same_values
+
+import lsio_torch
+from lsio_torch import References, ZarrCropDataset, read_crops
+
+netCDF4 = pytest.importorskip("netCDF4")
+pytest.importorskip("kerchunk")
+
+SHAPE = (6, 30, 40)
+VARIABLES = ("t2m", "u10")
+CROP = {"lat": 8, "lon": 8}
+
+
+def write_netcdf4(path: Path, writer: str) -> dict[str, np.ndarray]:
+    """A NetCDF4 file of two chunked fields (one with a fill value and NaNs, both zlib with
+    shuffle) and a small coordinate; returns each field's stored values."""
+    rng = np.random.default_rng(len(writer))
+    t2m = rng.normal(size=SHAPE).astype("f4")
+    t2m[0, :3, :3] = np.nan
+    t2m[1, 5, 5] = -9999.0  # the fill value, stored as it is
+    u10 = (rng.integers(-300, 300, size=SHAPE)).astype("i2")
+    lat = np.linspace(-90, 90, SHAPE[1])
+    if writer == "netCDF4":
+        with netCDF4.Dataset(path, "w") as d:
+            for name, n in zip(("time", "lat", "lon"), SHAPE, strict=True):
+                d.createDimension(name, n)
+            dims = ("time", "lat", "lon")
+            v = d.createVariable(
+                "t2m", "f4", dims, zlib=True, shuffle=True, chunksizes=(1, 16, 16),
+                fill_value=-9999.0,
+            )  # fmt: skip
+            v.set_auto_maskandscale(False)
+            v[:] = t2m
+            w = d.createVariable("u10", "i2", dims, zlib=True, shuffle=True, chunksizes=(2, 30, 40))
+            w[:] = u10
+            d.createVariable("lat", "f8", ("lat",))[:] = lat
+    else:
+        import h5netcdf
+
+        with h5netcdf.File(path, "w") as d:
+            d.dimensions = dict(zip(("time", "lat", "lon"), SHAPE, strict=True))
+            dims = ("time", "lat", "lon")
+            opts = {"compression": "gzip", "shuffle": True}
+            d.create_variable("t2m", dims, "f4", data=t2m, chunks=(1, 16, 16), **opts)
+            d.create_variable("u10", dims, "i2", data=u10, chunks=(2, 30, 40), **opts)
+            d.create_variable("lat", ("lat",), "f8", data=lat)
+    return {"t2m": t2m, "u10": u10}
+
+
+def xarray_values(path: Path) -> dict[str, np.ndarray]:
+    """What xarray reads from the file, as stored (no masking or scaling)."""
+    import xarray as xr
+
+    with xr.open_dataset(path, mask_and_scale=False, decode_times=False) as ds:
+        return {name: ds[name].values for name in VARIABLES}
+
+
+def kerchunk_refs(path: Path, url: str, inline: int = 0) -> dict:
+    """kerchunk's references (version 1) for the file at ``path``, its targets named ``url``."""
+    from kerchunk.hdf import SingleHdf5ToZarr
+
+    with open(path, "rb") as f:
+        refs = SingleHdf5ToZarr(f, url, inline_threshold=inline).translate()
+    assert refs.get("version") == 1
+    return refs
+
+
+def write_refs(refs: dict, at: Path, version: int) -> Path:
+    """Writes ``refs`` as version 1, or flattened to version 0 (every key at the top)."""
+    at.write_text(json.dumps(refs if version == 1 else refs["refs"]))
+    return at
+
+
+def epoch(source, values, options=None, workers: int = 0, method: str | None = None) -> int:
+    """One epoch of every variable through a DataLoader, each crop checked."""
+    ds = ZarrCropDataset(
+        source, CROP, variables=list(VARIABLES), batch_size=3, samples_per_epoch=6,
+        return_origins=True, storage_options=options,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=workers, multiprocessing_context=method,
+        timeout=60 if workers else 0,
+    )  # fmt: skip
+    crop = (SHAPE[0], CROP["lat"], CROP["lon"])
+    return check_batches(loader, values, crop, same_values)
+
+
+def some_crops(source, values, name: str, options=None) -> None:
+    origins = [(0, 0, 0), (1, 3, 5), (5, 14, 24), (2, 22, 32)]
+    got = read_crops(
+        References(source.url, path=name, authorize=source.authorize), origins, (1, 8, 8),
+        storage_options=options,
+    )  # fmt: skip
+    for crop, (t, y, x) in zip(got.numpy(), origins, strict=True):
+        assert same_values(crop, values[name][t : t + 1, y : y + 8, x : x + 8]), (name, t, y, x)
+
+
+@pytest.mark.parametrize("writer", ["netCDF4", "h5netcdf"])
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("inline", [0, 400])
+def test_local_references_read_what_xarray_reads(tmp_path, writer, version, inline):
+    nc = tmp_path / "archive.nc"
+    written = write_netcdf4(nc, writer)
+    values = xarray_values(nc)
+    for name in VARIABLES:
+        assert same_values(values[name], written[name])
+    refs = kerchunk_refs(nc, str(nc), inline)
+    if inline:
+        assert any(isinstance(v, str) for k, v in refs["refs"].items() if "/." not in k)
+    source = References(write_refs(refs, tmp_path / "refs.json", version))
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values) == 6
+
+
+def test_relative_targets_resolve_against_the_reference_files_folder(tmp_path, monkeypatch):
+    nc = tmp_path / "data" / "archive.nc"
+    nc.parent.mkdir()
+    values = xarray_values(nc) if write_netcdf4(nc, "netCDF4") else None
+    refs = kerchunk_refs(nc, "archive.nc")
+    source = References(write_refs(refs, nc.parent / "refs.json", 1))
+    monkeypatch.chdir(tmp_path)  # not the folder of the targets
+    assert epoch(source, values) == 6
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_workers_read_references(tmp_path, method):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    source = References(write_refs(kerchunk_refs(nc, str(nc)), tmp_path / "refs.json", 1))
+    assert epoch(source, xarray_values(nc), workers=2, method=method) == 6
+
+
+def test_references_over_http_and_s3(tmp_path, object_server, s3):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    server = object_server(tmp_path)
+    refs = kerchunk_refs(nc, f"{server.url}/archive.nc")
+    write_refs(refs, tmp_path / "http.json", 1)
+    source = References(f"{server.url}/http.json")
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values) == 6
+    assert epoch(source, values, workers=2, method="spawn") == 6
+
+    s3.put("archive", "nc/archive.nc", nc.read_bytes())
+    refs = kerchunk_refs(nc, "s3://archive/nc/archive.nc")
+    s3.put("archive", "nc/refs.json", json.dumps(refs).encode())
+    source = References("s3://archive/nc/refs.json")
+    for name in VARIABLES:
+        some_crops(source, values, name, s3.storage_options)
+    assert epoch(source, values, s3.storage_options) == 6
+    ds = ZarrCropDataset(
+        source, CROP, variables=["t2m"], batch_size=2, storage_options=s3.storage_options
+    )
+    assert "s3://archive/nc/refs.json/t2m" in repr(ds)
+
+
+def test_only_the_referenced_bytes_are_read(tmp_path):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    refs = kerchunk_refs(nc, str(nc))
+    source = References(write_refs(refs, tmp_path / "refs.json", 1))
+    ds = ZarrCropDataset(
+        source, {"time": 1, "lat": 16, "lon": 16}, variables=["t2m"], batch_size=1,
+        origins=[(2, 0, 16)], cache_bytes=0,
+    )  # fmt: skip
+    list(ds)
+    assert ds.stats()["bytes_read"] == refs["refs"]["t2m/2.0.1"][2]
+
+
+def test_targets_outside_the_authorized_places_are_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    nc = elsewhere / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    refs_dir = tmp_path / "refs"
+    refs_dir.mkdir()
+    at = write_refs(kerchunk_refs(nc, str(nc)), refs_dir / "refs.json", 1)
+    with pytest.raises(ValueError, match="outside the places") as e:
+        ZarrCropDataset(References(at), CROP, variables=["t2m"])
+    assert str(nc) in str(e.value) and "authorize" in str(e.value)
+    # Authorized, the same set opens; a place that is only a prefix of the name does not.
+    with pytest.raises(ValueError, match="outside the places"):
+        ZarrCropDataset(References(at, authorize=[str(tmp_path / "else")]), CROP, variables=["t2m"])
+    assert epoch(References(at, authorize=[elsewhere]), xarray_values(nc)) == 6
+    # A set that points at a file outside, by a relative path, is refused the same way.
+    refs = kerchunk_refs(nc, "../elsewhere/archive.nc")
+    with pytest.raises(ValueError, match="outside the places"):
+        ZarrCropDataset(References(write_refs(refs, at, 1)), CROP, variables=["t2m"])
+
+
+def test_a_deleted_or_changed_target_is_an_error_naming_it(tmp_path, object_server):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    original = nc.read_bytes()
+    server = object_server(tmp_path)
+    local = References(write_refs(kerchunk_refs(nc, str(nc)), tmp_path / "local.json", 1))
+    write_refs(kerchunk_refs(nc, f"{server.url}/archive.nc"), tmp_path / "remote.json", 1)
+    remote = References(f"{server.url}/remote.json")
+    for source in (local, remote):
+        nc.unlink()
+        with pytest.raises(lsio_torch.LsioError, match=r"archive\.nc") as e:
+            list(ZarrCropDataset(source, CROP, variables=["t2m"], batch_size=2, cache_bytes=0))
+        assert "missing" in str(e.value)
+        # Cut short: the last chunks' bytes are no longer there.
+        nc.write_bytes(original[: len(original) // 2])
+        with pytest.raises(lsio_torch.LsioError, match=r"archive\.nc"):
+            ds = ZarrCropDataset(
+                source, {"time": 1, "lat": 30, "lon": 40}, variables=["t2m", "u10"],
+                batch_size=1, origins=[(5, 0, 0)], cache_bytes=0,
+            )  # fmt: skip
+            list(ds)
+        nc.write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{", "not a JSON reference set"),
+        ('{"version": 7}', "version 7"),
+        ('{"t2m/0.0.0": ["archive.nc", "x", 4]}', "t2m/0.0.0"),
+        ('{"t2m/0.0.0": "base64:@@"}', "bad base64"),
+    ],
+)
+def test_a_corrupt_reference_file_names_itself(tmp_path, text, says):
+    at = tmp_path / "refs.json"
+    at.write_text(text)
+    with pytest.raises(ValueError, match=r"refs\.json") as e:
+        read_crops(References(at, path="t2m"), [(0, 0, 0)], (1, 1, 1))
+    assert says in str(e.value)
+
+
+def test_a_missing_reference_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.json"):
+        read_crops(References(tmp_path / "nothing.json", path="t2m"), [(0, 0, 0)], (1, 1, 1))
+
+
+def test_a_chunk_the_set_does_not_list_is_the_fill_value(tmp_path):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    refs = kerchunk_refs(nc, str(nc))
+    del refs["refs"]["t2m/0.0.0"]
+    source = References(write_refs(refs, tmp_path / "refs.json", 1), path="t2m")
+    (crop,) = read_crops(source, [(0, 0, 0)], (1, 16, 16)).numpy()
+    assert (crop == -9999.0).all()

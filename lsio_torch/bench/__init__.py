@@ -722,7 +722,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", nargs="+", default=list(STANDARD),
         help="names or paths; wb2: the dataset bench (see lsio_torch.bench.wb2); same-bytes: "
-        "1 array against 16 holding the same bytes",
+        "1 array against 16 holding the same bytes; virtual: a NetCDF4 archive by reference "
+        "against the same chunks as Zarr v2 (see lsio_torch.bench.virtual)",
     )  # fmt: skip
     parser.add_argument(
         "--steps", default="0,1", help="--data wb2: the time steps of a sample (0,1 0,4 0,12)"
@@ -799,7 +800,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(args) -> None:
-    if "wb2" in args.data or "same-bytes" in args.data:
+    if {"wb2", "same-bytes", "virtual"} & set(args.data):
         _datasets(args)
         return
     if args.cache:
@@ -860,8 +861,9 @@ def _main(args) -> None:
 
 
 def _datasets(args) -> None:
-    """``--data wb2`` (the dataset bench) and ``--data same-bytes`` (1 array against 16)."""
-    from lsio_torch.bench import wb2
+    """``--data wb2`` (the dataset bench), ``--data same-bytes`` (1 array against 16) and
+    ``--data virtual`` (a NetCDF4 archive by reference against the same chunks as Zarr v2)."""
+    from lsio_torch.bench import virtual, wb2
 
     if args.systems == _parser().get_default("systems"):
         args.systems = "lsio,insitubatch,zarr,xbatcher,decode,copy,get"
@@ -871,8 +873,10 @@ def _datasets(args) -> None:
             reports.append(wb2.measure(args, CACHE))
         elif name == "same-bytes":
             reports.append(wb2.measure_same_bytes(args, CACHE))
+        elif name == "virtual":
+            reports.append(virtual.measure(args, CACHE))
         else:
-            raise SystemExit(f"--data {name}: with wb2 or same-bytes, only those")
+            raise SystemExit(f"--data {name}: with wb2, same-bytes or virtual, only those")
     if args.json:
         print(json.dumps({"machine": machine(), "data": reports}, indent=2))
         return
@@ -880,6 +884,9 @@ def _datasets(args) -> None:
     for report in reports:
         if "results" in report:
             print(wb2.table(report) + "\n")
+            continue
+        if "virtual" in report or "open_100k_s" in report:
+            print(virtual.table(report) + "\n")
             continue
         rates = report["per_epoch"]
         one, many = rates["1 array"], rates["16 arrays"]

@@ -1,0 +1,172 @@
+"""The virtual-archive bench, ``python -m lsio_torch.bench --data virtual``: a NetCDF4 archive
+(written by netCDF4: fields ``(time, lat, lon)`` of float32, chunks ``(1, 128, 128)``, zlib
+with shuffle, as archives are) read through kerchunk's references, against a plain Zarr v2
+folder holding the very same chunk bytes and metadata (copied out of the archive by the
+references). Both read by lsio_torch, the same random crops of every field, no chunk cache,
+epochs taken in turn; locally, or over ``--store http`` (one object server serves both).
+
+Also measured: opening a reference set of 100,000 chunks (parsing it and opening an array).
+netCDF4 and kerchunk are needed (``pip install netCDF4 kerchunk``); without them the bench
+says so and measures nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lsio_torch._stopwatch import Stopwatch
+from lsio_torch.dataset import ZarrCropDataset
+from lsio_torch.references import References
+
+FIELDS = ("t2m", "u10", "v10", "msl")
+SHAPE = (32, 512, 512)
+CHUNKS = (1, 128, 128)
+#: The crop: a random window of one step, touching up to four chunks of every field.
+CROP = {"time": 1, "lat": 128, "lon": 128}
+
+
+def missing() -> str | None:
+    """Why the bench cannot run here, or None."""
+    lacking = [m for m in ("netCDF4", "kerchunk") if importlib.util.find_spec(m) is None]
+    return f"missing: {', '.join(lacking)} (pip install {' '.join(lacking)})" if lacking else None
+
+
+def write(folder: Path) -> None:
+    """The archive, its references (targets relative to the folder) and the plain copy."""
+    import netCDF4
+    from kerchunk.hdf import SingleHdf5ToZarr
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    nc = partial / "archive.nc"
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(rng.normal(size=SHAPE), axis=2).astype("float32")
+    with netCDF4.Dataset(nc, "w") as d:
+        for name, n in zip(("time", "lat", "lon"), SHAPE, strict=True):
+            d.createDimension(name, n)
+        for i, name in enumerate(FIELDS):
+            v = d.createVariable(
+                name, "f4", ("time", "lat", "lon"), zlib=True, complevel=1, shuffle=True,
+                chunksizes=CHUNKS,
+            )  # fmt: skip
+            v[:] = np.round(smooth * (i + 1), 2)
+    with open(nc, "rb") as f:
+        refs = SingleHdf5ToZarr(f, "archive.nc", inline_threshold=0).translate()
+    (partial / "refs.json").write_text(json.dumps(refs))
+    # The same chunks and metadata as a Zarr v2 folder.
+    data = nc.read_bytes()
+    plain = partial / "plain.zarr"
+    for key, value in refs["refs"].items():
+        out = plain / key
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(value, str):
+            raw = value.encode()
+            if value.startswith("base64:"):
+                raw = base64.b64decode(value[7:])
+            out.write_bytes(raw)
+        else:
+            _, offset, length = value
+            out.write_bytes(data[offset : offset + length])
+    partial.rename(folder)
+
+
+def opening_seconds(folder: Path, chunks: int = 100_000) -> float:
+    """Seconds to open a reference set of ``chunks`` chunks and an array of it."""
+    at = folder / f"open-{chunks}.json"
+    if not at.exists():
+        zarray = {
+            "shape": [chunks, 64], "chunks": [1, 64], "dtype": "<f4", "fill_value": 0.0,
+            "order": "C", "filters": None, "compressor": None, "zarr_format": 2,
+        }  # fmt: skip
+        refs = {".zgroup": '{"zarr_format":2}', "big/.zarray": json.dumps(zarray)}
+        for i in range(chunks):
+            refs[f"big/{i}.0"] = ["archive.nc", 4096 + 256 * i, 256]
+        at.write_text(json.dumps({"version": 1, "refs": refs}))
+    from lsio_torch._sources import open_array
+
+    watch = Stopwatch()
+    array = open_array(References(at, path=None), "big")
+    seconds = watch.stop()
+    assert array.shape == [chunks, 64]
+    return seconds
+
+
+def run(sources: dict[str, object], n: int, batch: int, epochs: int, threads: int) -> dict:
+    """samples/s per epoch of each source, epochs taken in turn."""
+    datasets = {
+        label: ZarrCropDataset(
+            source,
+            CROP,
+            variables=list(FIELDS),
+            batch_size=batch,
+            samples_per_epoch=n,
+            threads=threads,
+            cache_bytes=0,
+        )
+        for label, source in sources.items()
+    }
+    out: dict[str, list[float]] = {label: [] for label in sources}
+    for epoch in range(epochs):
+        for label, ds in datasets.items():
+            ds.set_epoch(epoch)
+            watch = Stopwatch()
+            for b in torch.utils.data.DataLoader(ds, batch_size=None):
+                for value in b.values():
+                    value.view(torch.uint8).max()
+            out[label].append(n / watch.stop())
+    return out
+
+
+def measure(args, cache: Path) -> dict:
+    why = missing()
+    if why:
+        return {"virtual": why}
+    folder = cache / "virtual"
+    if not folder.exists():
+        write(folder)
+    epochs = args.epochs or 3
+    report: dict = {"samples": args.n, "batch": args.batch, "store": args.store}
+    if args.store == "http":
+        from lsio_torch.bench.remote import ServedFolder
+
+        bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+        with ServedFolder(folder, args.latency_ms[0], bandwidth) as server:
+            sources = {
+                "zarr v2": f"{server.url}/plain.zarr",
+                "references": References(f"{server.url}/refs.json"),
+            }
+            report["latency_ms"] = args.latency_ms[0]
+            report["per_epoch"] = run(sources, args.n, args.batch, epochs, args.threads)
+    else:
+        sources = {
+            "zarr v2": folder / "plain.zarr",
+            "references": References(folder / "refs.json"),
+        }
+        report["per_epoch"] = run(sources, args.n, args.batch, epochs, args.threads)
+    report["open_100k_s"] = opening_seconds(folder)
+    return report
+
+
+def table(report: dict) -> str:
+    if "virtual" in report:
+        return f"virtual: {report['virtual']}"
+    rates = report["per_epoch"]
+    plain, refs = rates["zarr v2"], rates["references"]
+    where = "local" if report["store"] != "http" else f"http, {report['latency_ms']:g} ms"
+    return (
+        f"virtual NetCDF4 ({where}), {report['samples']} samples of {len(FIELDS)} fields in "
+        f"batches of {report['batch']}, no cache: plain Zarr v2 "
+        f"{' '.join(f'{r:.1f}' for r in plain)} samples/s by epoch, references "
+        f"{' '.join(f'{r:.1f}' for r in refs)}; references / plain: "
+        f"{' '.join(f'{b / a:.2f}' for a, b in zip(plain, refs, strict=True))}\n"
+        f"opening a reference set of 100,000 chunks and an array of it: "
+        f"{report['open_100k_s']:.3f} s"
+    )

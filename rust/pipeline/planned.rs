@@ -21,6 +21,7 @@ use crate::zarr::array::ChunkLocation;
 use crate::zarr::codecs::{decode_index, IndexLocation};
 use crate::zarr::references::Entry as Reference;
 use crate::zarr::shard_index::{ShardIndex, Slot};
+use crate::zarr::ZarrArray;
 
 /// Where one leaf chunk's elements come from.
 #[derive(Clone)]
@@ -200,7 +201,19 @@ fn plan_reads_once(
 ) -> Result<Planned> {
     let array = &shared.array;
     let tasks = plan_batch(array.leaf_shape(), &shared.window, origins);
-    let locations: Vec<ChunkLocation> = tasks.iter().map(|t| array.locate(&t.chunk)).collect();
+    // For an array by reference, what the set holds for each chunk.
+    let references: Vec<Option<Reference>> = if array.is_referenced() {
+        let found: Result<_> = tasks.iter().map(|t| array.reference(&t.chunk)).collect();
+        found?
+    } else {
+        Vec::new()
+    };
+    let locations: Vec<ChunkLocation> = if array.is_referenced() {
+        let at = |r: &Option<Reference>| ZarrArray::reference_location(r.as_ref());
+        references.iter().map(at).collect()
+    } else {
+        tasks.iter().map(|t| array.locate(&t.chunk)).collect()
+    };
 
     // Chunks in the cache, or being decoded by an earlier batch, are not read.
     let mut claims = shared.cache.as_ref().map(|(cache, _)| cache.claims());
@@ -219,11 +232,11 @@ fn plan_reads_once(
     // Chunks a reference set does not list are the fill value; those it holds inline are
     // decoded now.
     if array.is_referenced() {
-        for (task, found) in tasks.iter().zip(&mut looked_up) {
+        for ((task, found), reference) in tasks.iter().zip(&mut looked_up).zip(&references) {
             if found.is_some() {
                 continue;
             }
-            *found = match array.reference(&task.chunk) {
+            *found = match reference {
                 None => Some(Source::Fill),
                 Some(Reference::Inline(bytes)) => {
                     let chunk = decode_inline(shared, task, bytes)?;
@@ -278,7 +291,7 @@ fn plan_reads_once(
             continue;
         }
         // (offset, len, whole)
-        let by_reference = array.reference(&tasks[t].chunk);
+        let by_reference = references.get(t).and_then(Option::as_ref);
         let range = match (by_reference, &shard_index[id], &file.file) {
             (Some(Reference::Range { offset, len, .. }), ..) => Some((*offset, *len, false)),
             (Some(_), _, Some(open)) => Some((0, open.len, false)),

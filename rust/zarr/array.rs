@@ -254,17 +254,6 @@ impl ZarrArray {
     /// Where the leaf chunk at grid coordinates `leaf` is stored.
     #[must_use]
     pub fn locate(&self, leaf: &[u64]) -> ChunkLocation {
-        if self.references().is_some() {
-            // A chunk by reference is in its target: the file's coordinates are its number.
-            let target = match self.reference(leaf) {
-                Some(Entry::Range { target, .. } | Entry::Whole { target }) => u64::from(*target),
-                _ => u64::MAX,
-            };
-            return ChunkLocation {
-                file: vec![target],
-                inner: 0,
-            };
-        }
         let per_file = self.leaves_per_file();
         let file: Vec<u64> = leaf.iter().zip(&per_file).map(|(l, p)| l / p).collect();
         let within: Vec<u64> = leaf.iter().zip(&per_file).map(|(l, p)| l % p).collect();
@@ -311,14 +300,32 @@ impl ZarrArray {
 
     /// What the reference set holds for leaf chunk `leaf`: `None` for a chunk it does not
     /// list (the fill value) or an array not by reference.
-    #[must_use]
-    pub fn reference(&self, leaf: &[u64]) -> Option<&Entry> {
-        let (set, prefix) = self.references()?;
+    ///
+    /// # Errors
+    /// As [`ReferenceSet::get`].
+    pub fn reference(&self, leaf: &[u64]) -> Result<Option<Entry>> {
+        let Some((set, prefix)) = self.references() else {
+            return Ok(None);
+        };
         set.get(&format!("{prefix}{}", self.zarrs.chunk_key(leaf).as_str()))
     }
 
+    /// Where a chunk by reference is: in its target, whose number stands for the file's
+    /// coordinates (a chunk inline or not listed has no file).
+    #[must_use]
+    pub fn reference_location(entry: Option<&Entry>) -> ChunkLocation {
+        let target = match entry {
+            Some(Entry::Range { target, .. } | Entry::Whole { target }) => u64::from(*target),
+            _ => u64::MAX,
+        };
+        ChunkLocation {
+            file: vec![target],
+            inner: 0,
+        }
+    }
+
     /// Target number `file[0]` of an array by reference.
-    fn target(&self, file: &[u64]) -> Option<&Target> {
+    fn target(&self, file: &[u64]) -> Option<Target> {
         let (set, _) = self.references()?;
         set.target(u32::try_from(*file.first()?).ok()?)
     }

@@ -111,7 +111,7 @@ impl Location {
                 })??;
                 Ok(fetched.map(|f| f.bytes.to_vec()))
             }
-            Self::References(set, prefix) => match set.get(&format!("{prefix}{key}")) {
+            Self::References(set, prefix) => match set.get(&format!("{prefix}{key}"))? {
                 None => Ok(None),
                 Some(Entry::Inline(bytes)) => Ok(Some(bytes.to_vec())),
                 Some(_) => Err(Error::Unsupported {
@@ -148,7 +148,7 @@ impl Location {
         match self {
             Self::Local(_) => None,
             Self::Remote(store) => Some(store),
-            Self::References(set, _) => set.store.as_ref(),
+            Self::References(set, _) => set.store(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod location;
 pub mod metadata;
 pub mod numcodecs;
+mod reference_parquet;
 pub mod references;
 pub mod region;
 pub mod shard_index;

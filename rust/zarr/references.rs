@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::json::parse;
 use super::location::Location;
+use super::reference_parquet::ParquetRefs;
 use crate::error::{Error, Result};
 use crate::io::remote::{is_url, redact, RemoteStore};
 
@@ -56,10 +58,16 @@ impl Target {
 pub struct ReferenceSet {
     /// The reference file, for messages (a URL's secrets hidden).
     pub url: String,
-    entries: HashMap<String, Entry>,
-    targets: Vec<Target>,
-    /// The object store every remote target is in (one per set).
-    pub store: Option<Arc<RemoteStore>>,
+    keys: Keys,
+    targets: Targets,
+}
+
+/// Where a set's keys are: all in memory (JSON), or in record files read as they are needed
+/// (parquet).
+#[derive(Debug)]
+enum Keys {
+    Json(HashMap<String, Entry>),
+    Parquet(ParquetRefs),
 }
 
 /// Where a target may be: the folder of the reference file, or what the user authorized.
@@ -136,14 +144,16 @@ fn no_dot_segments(url: &str) -> Result<&str> {
 }
 
 impl ReferenceSet {
-    /// Opens the reference file at `url` (a local path or an object-store URL with its
-    /// `storage_options`). Targets may lie in the file's folder and in the places of
+    /// Opens the reference set at `url` (a local path or an object-store URL with its
+    /// `storage_options`): a JSON file, or a parquet folder (fsspec's layout: `.zmetadata`
+    /// and `<array>/refs.<n>.parq`). Targets may lie in the set's folder and in the places of
     /// `authorize` (folders, or URL prefixes: `s3://bucket/archive`).
     ///
     /// # Errors
-    /// [`Error::Io`] when the file cannot be read, [`Error::InvalidMetadata`] when it is not a
-    /// reference set, [`Error::InvalidArgument`] for a target outside the authorized places
-    /// or remote targets in more than one store.
+    /// [`Error::NotFound`] when there is no set at `url`, [`Error::Io`] when it cannot be
+    /// read, [`Error::InvalidMetadata`] when it is not a reference set,
+    /// [`Error::InvalidArgument`] for a target outside the authorized places or remote
+    /// targets in more than one store.
     pub fn open(
         url: &str,
         options: &[(String, String)],
@@ -151,107 +161,74 @@ impl ReferenceSet {
     ) -> Result<Arc<Self>> {
         let (folder, name) = match url.trim_end_matches('/').rsplit_once('/') {
             Some((folder, name)) if !name.is_empty() => (folder, name),
-            _ => (".", url),
+            _ => (".", url.trim_end_matches('/')),
         };
         let at = Location::parse(folder, options)?;
         let shown = redact(url);
+        let base = Place::parse(folder)?;
+        let mut places = vec![base.clone()];
+        for place in authorize {
+            places.push(Place::parse(place)?);
+        }
+        let targets = Targets {
+            shown: shown.clone(),
+            base,
+            places,
+            options: options.to_vec(),
+            list: Mutex::default(),
+            store: OnceLock::new(),
+        };
+        let folder_of_records = match &at {
+            Location::Local(dir) => dir.join(name).is_dir(),
+            _ => !name.ends_with(".json"),
+        };
+        if folder_of_records {
+            let records = at.join(name)?;
+            if let Some(metadata) = records.read(".zmetadata")? {
+                let keys = Keys::Parquet(ParquetRefs::open(records, &shown, &metadata)?);
+                return Ok(Arc::new(Self {
+                    url: shown,
+                    keys,
+                    targets,
+                }));
+            }
+        }
         let Some(text) = at.read_at_most(name, MAX_REFERENCE_BYTES)? else {
             return Err(Error::NotFound {
                 path: PathBuf::from(&shown),
                 what: "no reference file at this path".into(),
             });
         };
-        let base = Place::parse(folder)?;
-        let mut places = vec![base.clone()];
-        for place in authorize {
-            places.push(Place::parse(place)?);
-        }
-        Self::parse(&shown, &text, &base, &places, options)
-    }
-
-    /// The set in `text`, its relative targets resolved against `base`.
-    fn parse(
-        shown: &str,
-        text: &[u8],
-        base: &Place,
-        places: &[Place],
-        options: &[(String, String)],
-    ) -> Result<Arc<Self>> {
-        let invalid = |reason: String| Error::InvalidMetadata {
-            path: PathBuf::from(shown),
-            reason,
-        };
-        let json: Value = serde_json::from_slice(text)
-            .map_err(|e| invalid(format!("not a JSON reference set: {e}")))?;
-        let Value::Object(mut top) = json else {
-            return Err(invalid("not a JSON object".into()));
-        };
-        let (refs, templates, generators) = match top.get("version") {
-            None => (top, serde_json::Map::new(), Vec::new()),
-            Some(v) if v.as_u64() == Some(1) => {
-                let refs = match top.remove("refs") {
-                    Some(Value::Object(refs)) => refs,
-                    None => serde_json::Map::new(),
-                    Some(_) => return Err(invalid("\"refs\" is not an object".into())),
-                };
-                let templates = match top.remove("templates") {
-                    Some(Value::Object(t)) => t,
-                    None | Some(Value::Null) => serde_json::Map::new(),
-                    Some(_) => return Err(invalid("\"templates\" is not an object".into())),
-                };
-                let generators = match top.remove("gen") {
-                    Some(Value::Array(g)) => g,
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(_) => return Err(invalid("\"gen\" is not a list".into())),
-                };
-                (refs, templates, generators)
-            }
-            Some(v) => return Err(invalid(format!("reference set version {v}, not 0 or 1"))),
-        };
-        let mut templates: HashMap<String, String> = templates
-            .into_iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k, s)),
-                _ => Err(invalid(format!("template {k:?} is not a string"))),
-            })
-            .collect::<Result<_>>()?;
-        let mut builder = Builder {
-            shown,
-            base,
-            places,
-            options,
-            targets: Vec::new(),
-            by_url: HashMap::new(),
-            store: None,
-        };
-        let mut entries = HashMap::with_capacity(refs.len());
-        for (key, value) in refs {
-            let entry = builder
-                .entry(&key, &value, &templates)
-                .map_err(|e| with_key(e, shown, &key))?;
-            entries.insert(key, entry);
-        }
-        for generator in &generators {
-            builder.generate(generator, &mut templates, &mut entries)?;
-        }
+        let keys = Keys::Json(parse_json(&shown, &text, &targets)?);
         Ok(Arc::new(Self {
-            url: shown.to_string(),
-            entries,
-            targets: builder.targets,
-            store: builder.store,
+            url: shown,
+            keys,
+            targets,
         }))
     }
 
-    /// The entry at `key` (`t2m/.zarray`, `t2m/0.1.2`).
-    #[must_use]
-    pub fn get(&self, key: &str) -> Option<&Entry> {
-        self.entries.get(key)
+    /// The entry at `key` (`t2m/.zarray`, `t2m/0.1.2`), or `None` where the set has none.
+    ///
+    /// # Errors
+    /// For a parquet set, when the record file that holds `key` cannot be read or is not one,
+    /// or names a target outside the authorized places.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>> {
+        match &self.keys {
+            Keys::Json(entries) => Ok(entries.get(key).cloned()),
+            Keys::Parquet(parquet) => parquet.get(key, &self.targets),
+        }
     }
 
     /// Target number `id`.
     #[must_use]
-    pub fn target(&self, id: u32) -> Option<&Target> {
-        self.targets.get(id as usize)
+    pub fn target(&self, id: u32) -> Option<Target> {
+        self.targets.get(id)
+    }
+
+    /// The object store every remote target is in (one per set), once one is known.
+    #[must_use]
+    pub fn store(&self) -> Option<&Arc<RemoteStore>> {
+        self.targets.store.get()
     }
 }
 
@@ -269,71 +246,44 @@ fn with_key(e: Error, shown: &str, key: &str) -> Error {
     }
 }
 
-/// What a set is built with while it is parsed.
-struct Builder<'a> {
-    shown: &'a str,
-    base: &'a Place,
-    places: &'a [Place],
-    options: &'a [(String, String)],
-    targets: Vec<Target>,
-    by_url: HashMap<String, u32>,
-    store: Option<Arc<RemoteStore>>,
+fn invalid(shown: &str, reason: String) -> Error {
+    Error::InvalidMetadata {
+        path: PathBuf::from(shown),
+        reason,
+    }
 }
 
-impl Builder<'_> {
-    fn invalid(&self, reason: String) -> Error {
-        Error::InvalidMetadata {
-            path: PathBuf::from(self.shown),
-            reason,
-        }
+/// The files chunks are read from, numbered as the set names them: resolved against the
+/// set's folder and refused outside the authorized places.
+#[derive(Debug)]
+pub(super) struct Targets {
+    shown: String,
+    base: Place,
+    places: Vec<Place>,
+    options: Vec<(String, String)>,
+    list: Mutex<TargetList>,
+    store: OnceLock<Arc<RemoteStore>>,
+}
+
+#[derive(Debug, Default)]
+struct TargetList {
+    targets: Vec<Target>,
+    by_url: HashMap<String, u32>,
+}
+
+impl Targets {
+    fn get(&self, id: u32) -> Option<Target> {
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.targets.get(id as usize).cloned()
     }
 
-    fn entry(
-        &mut self,
-        key: &str,
-        value: &Value,
-        templates: &HashMap<String, String>,
-    ) -> Result<Entry> {
-        match value {
-            Value::String(text) => Ok(Entry::Inline(
-                inline_bytes(text).map_err(|r| self.invalid(format!("{key:?}: {r}")))?,
-            )),
-            // Metadata written as a JSON object rather than a string.
-            Value::Object(_) => Ok(Entry::Inline(value.to_string().into_bytes().into())),
-            Value::Array(parts) => {
-                let url = match parts.first() {
-                    Some(Value::String(url)) => expand(url, templates),
-                    _ => return Err(self.invalid(format!("{key:?}: no target URL"))),
-                };
-                let number = |v: &Value| v.as_u64();
-                match parts.as_slice() {
-                    [_] => Ok(Entry::Whole {
-                        target: self.target(&url)?,
-                    }),
-                    [_, offset, len] => match (number(offset), number(len)) {
-                        (Some(offset), Some(len)) => Ok(Entry::Range {
-                            target: self.target(&url)?,
-                            offset,
-                            len,
-                        }),
-                        _ => Err(self.invalid(format!(
-                            "{key:?}: offset {offset} and length {len} are not byte counts"
-                        ))),
-                    },
-                    _ => Err(self.invalid(format!(
-                        "{key:?}: expected [url], [url, offset, length] or inline text"
-                    ))),
-                }
+    /// The number of the target at `raw` (a URL or path from the set).
+    pub(super) fn id(&self, raw: &str) -> Result<u32> {
+        {
+            let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(&id) = list.by_url.get(raw) {
+                return Ok(id);
             }
-            other => Err(self.invalid(format!("{key:?}: unexpected value {other}"))),
-        }
-    }
-
-    /// The number of the target at `raw` (a URL or path from the set): resolved against the
-    /// set's folder, and refused outside the authorized places.
-    fn target(&mut self, raw: &str) -> Result<u32> {
-        if let Some(&id) = self.by_url.get(raw) {
-            return Ok(id);
         }
         let place = if is_url(raw) || raw.starts_with('/') || raw.starts_with("file://") {
             Place::parse(raw)?
@@ -343,7 +293,7 @@ impl Builder<'_> {
                 redact(raw)
             )));
         } else {
-            match self.base {
+            match &self.base {
                 Place::Local(folder) => Place::Local(normalized(&folder.join(raw))),
                 Place::Url(folder) => {
                     Place::Url(no_dot_segments(&format!("{folder}/{raw}"))?.into())
@@ -363,128 +313,212 @@ impl Builder<'_> {
             Place::Local(path) => Target::Local(path),
             Place::Url(url) => self.remote(&url)?,
         };
-        let id = u32::try_from(self.targets.len())
-            .map_err(|_| self.invalid("more than 2^32 targets".into()))?;
-        self.targets.push(target);
-        self.by_url.insert(raw.to_string(), id);
+        let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&id) = list.by_url.get(raw) {
+            return Ok(id);
+        }
+        let id = u32::try_from(list.targets.len())
+            .map_err(|_| invalid(&self.shown, "more than 2^32 targets".into()))?;
+        list.targets.push(target);
+        list.by_url.insert(raw.to_string(), id);
         Ok(id)
     }
 
     /// A remote target, in the set's one object store (made for the first).
-    fn remote(&mut self, url: &str) -> Result<Target> {
+    fn remote(&self, url: &str) -> Result<Target> {
         let parsed = url::Url::parse(url)
             .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
         let container = &parsed[..url::Position::BeforePath];
-        let rest = parsed.path().trim_start_matches('/').to_string();
-        match &self.store {
-            Some(store) => {
-                let this = RemoteStore::parse(container, self.options)?;
-                if !store.same_client(&this) {
-                    return Err(Error::Unsupported {
-                        path: PathBuf::from(self.shown),
-                        detail: format!(
-                            "targets in two object stores ({} and {}): a set's remote \
-                             targets must share one",
-                            store.url, this.url
-                        ),
-                    });
-                }
-            }
-            None => self.store = Some(Arc::new(RemoteStore::parse(container, self.options)?)),
+        let this = Arc::new(RemoteStore::parse(container, &self.options)?);
+        let store = self.store.get_or_init(|| Arc::clone(&this));
+        if !store.same_client(&this) {
+            return Err(Error::Unsupported {
+                path: PathBuf::from(&self.shown),
+                detail: format!(
+                    "targets in two object stores ({} and {}): a set's remote targets must \
+                     share one",
+                    store.url, this.url
+                ),
+            });
         }
-        let key = object_store::path::Path::from_url_path(&rest)
+        let rest = parsed.path().trim_start_matches('/');
+        let key = object_store::path::Path::from_url_path(rest)
             .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
         Ok(Target::Remote {
             url: redact(url),
             key,
         })
     }
+}
 
-    /// Adds the entries of one `gen` item: a key, URL, offset and length, each a template
-    /// over the item's dimensions (`{"i": {"start": 0, "stop": 10, "step": 1}}` or a list).
-    fn generate(
-        &mut self,
-        generator: &Value,
-        templates: &mut HashMap<String, String>,
-        entries: &mut HashMap<String, Entry>,
-    ) -> Result<()> {
-        let field = |name: &str| generator.get(name).and_then(Value::as_str);
-        let number_field = |name: &str| {
-            generator
-                .get(name)
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-        };
-        let (Some(key), Some(url)) = (field("key"), field("url")) else {
-            return Err(self.invalid("a \"gen\" item without \"key\" and \"url\"".into()));
-        };
-        let (offset, length) = (number_field("offset"), number_field("length"));
-        let Some(Value::Object(dims)) = generator.get("dimensions") else {
-            return Err(self.invalid(format!("\"gen\" item {key:?} without \"dimensions\"")));
-        };
-        let mut axes: Vec<(String, Vec<String>)> = Vec::new();
-        for (name, spec) in dims {
-            let values =
-                match spec {
-                    Value::Array(values) => values
-                        .iter()
-                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                        .collect(),
-                    Value::Object(range) => {
-                        let get = |k: &str, default: i64| {
-                            range.get(k).and_then(Value::as_i64).unwrap_or(default)
-                        };
-                        let (start, step) = (get("start", 0), get("step", 1));
-                        let Some(stop) = range.get("stop").and_then(Value::as_i64) else {
-                            return Err(self
-                                .invalid(format!("\"gen\" dimension {name:?} without \"stop\"")));
-                        };
-                        if step < 1 {
-                            return Err(
-                                self.invalid(format!("\"gen\" dimension {name:?}: step {step}"))
-                            );
-                        }
-                        (start..stop)
-                            .step_by(step as usize)
-                            .map(|v| v.to_string())
-                            .collect()
-                    }
-                    _ => {
-                        return Err(self
-                            .invalid(format!("\"gen\" dimension {name:?}: not a range or list")))
-                    }
-                };
-            axes.push((name.clone(), values));
+/// The entries of a JSON set (version 0 or 1).
+fn parse_json(shown: &str, text: &[u8], targets: &Targets) -> Result<HashMap<String, Entry>> {
+    let json: Value =
+        parse(text).map_err(|e| invalid(shown, format!("not a JSON reference set: {e}")))?;
+    let Value::Object(mut top) = json else {
+        return Err(invalid(shown, "not a JSON object".into()));
+    };
+    let (refs, templates, generators) = match top.get("version") {
+        None => (top, serde_json::Map::new(), Vec::new()),
+        Some(v) if v.as_u64() == Some(1) => {
+            let refs = match top.remove("refs") {
+                Some(Value::Object(refs)) => refs,
+                None => serde_json::Map::new(),
+                Some(_) => return Err(invalid(shown, "\"refs\" is not an object".into())),
+            };
+            let templates = match top.remove("templates") {
+                Some(Value::Object(t)) => t,
+                None | Some(Value::Null) => serde_json::Map::new(),
+                Some(_) => return Err(invalid(shown, "\"templates\" is not an object".into())),
+            };
+            let generators = match top.remove("gen") {
+                Some(Value::Array(g)) => g,
+                None | Some(Value::Null) => Vec::new(),
+                Some(_) => return Err(invalid(shown, "\"gen\" is not a list".into())),
+            };
+            (refs, templates, generators)
         }
-        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
-        for mut n in 0..total {
-            for (name, values) in axes.iter().rev() {
-                templates.insert(name.clone(), values[n % values.len()].clone());
-                n /= values.len();
+        Some(v) => {
+            return Err(invalid(
+                shown,
+                format!("reference set version {v}, not 0 or 1"),
+            ))
+        }
+    };
+    let mut templates: HashMap<String, String> = templates
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            _ => Err(invalid(shown, format!("template {k:?} is not a string"))),
+        })
+        .collect::<Result<_>>()?;
+    let mut entries = HashMap::with_capacity(refs.len());
+    for (key, value) in refs {
+        let entry =
+            entry(&key, &value, &templates, targets).map_err(|e| with_key(e, shown, &key))?;
+        entries.insert(key, entry);
+    }
+    for generator in &generators {
+        generate(shown, generator, &mut templates, targets, &mut entries)?;
+    }
+    Ok(entries)
+}
+
+/// The entry of one key of a JSON set.
+fn entry(
+    key: &str,
+    value: &Value,
+    templates: &HashMap<String, String>,
+    targets: &Targets,
+) -> Result<Entry> {
+    let bad = |reason: String| invalid(&targets.shown, format!("{key:?}: {reason}"));
+    match value {
+        Value::String(text) => Ok(Entry::Inline(inline_bytes(text).map_err(bad)?)),
+        // Metadata written as a JSON object rather than a string.
+        Value::Object(_) => Ok(Entry::Inline(value.to_string().into_bytes().into())),
+        Value::Array(parts) => {
+            let url = match parts.first() {
+                Some(Value::String(url)) => expand(url, templates),
+                _ => return Err(bad("no target URL".into())),
+            };
+            match parts.as_slice() {
+                [_] => Ok(Entry::Whole {
+                    target: targets.id(&url)?,
+                }),
+                [_, offset, len] => match (offset.as_u64(), len.as_u64()) {
+                    (Some(offset), Some(len)) => Ok(Entry::Range {
+                        target: targets.id(&url)?,
+                        offset,
+                        len,
+                    }),
+                    _ => Err(bad(format!(
+                        "offset {offset} and length {len} are not byte counts"
+                    ))),
+                },
+                _ => Err(bad(
+                    "expected [url], [url, offset, length] or inline text".into()
+                )),
             }
-            let key = expand(key, templates);
-            let parts = match (&offset, &length) {
-                (Some(offset), Some(length)) => {
-                    let parse = |t: &str| expand(t, templates).trim().parse::<u64>().ok();
-                    let (Some(o), Some(l)) = (parse(offset), parse(length)) else {
-                        return Err(self.invalid(format!(
+        }
+        other => Err(bad(format!("unexpected value {other}"))),
+    }
+}
+
+/// Adds the entries of one `gen` item: a key, URL, offset and length, each a template over
+/// the item's dimensions (`{"i": {"start": 0, "stop": 10, "step": 1}}` or a list).
+fn generate(
+    shown: &str,
+    generator: &Value,
+    templates: &mut HashMap<String, String>,
+    targets: &Targets,
+    entries: &mut HashMap<String, Entry>,
+) -> Result<()> {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let field = |name: &str| generator.get(name).and_then(Value::as_str);
+    let (Some(key), Some(url)) = (field("key"), field("url")) else {
+        return Err(invalid(
+            shown,
+            "a \"gen\" item without \"key\" and \"url\"".into(),
+        ));
+    };
+    let offset = generator.get("offset").map(text);
+    let length = generator.get("length").map(text);
+    let Some(Value::Object(dims)) = generator.get("dimensions") else {
+        return Err(invalid(
+            shown,
+            format!("\"gen\" item {key:?} without \"dimensions\""),
+        ));
+    };
+    let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, spec) in dims {
+        let bad = |what: &str| invalid(shown, format!("\"gen\" dimension {name:?}: {what}"));
+        let values = match spec {
+            Value::Array(values) => values.iter().map(text).collect(),
+            Value::Object(range) => {
+                let get = |k: &str| range.get(k).and_then(Value::as_i64);
+                let (start, step) = (get("start").unwrap_or(0), get("step").unwrap_or(1));
+                let stop = get("stop").ok_or_else(|| bad("no \"stop\""))?;
+                let step = usize::try_from(step)
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| bad("a step below 1"))?;
+                (start..stop).step_by(step).map(|v| v.to_string()).collect()
+            }
+            _ => return Err(bad("not a range or a list")),
+        };
+        axes.push((name.clone(), values));
+    }
+    let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+    for mut n in 0..total {
+        for (name, values) in axes.iter().rev() {
+            templates.insert(name.clone(), values[n % values.len()].clone());
+            n /= values.len();
+        }
+        let key = expand(key, templates);
+        let parts = match (&offset, &length) {
+            (Some(offset), Some(length)) => {
+                let parse = |t: &str| expand(t, templates).trim().parse::<u64>().ok();
+                let (Some(o), Some(l)) = (parse(offset), parse(length)) else {
+                    return Err(invalid(
+                        shown,
+                        format!(
                             "\"gen\" item {key:?}: offset and length must come out as byte \
                              counts (only {{{{name}}}} is substituted)"
-                        )));
-                    };
-                    serde_json::json!([url, o, l])
-                }
-                _ => serde_json::json!([url]),
-            };
-            let entry = self
-                .entry(&key, &parts, templates)
-                .map_err(|e| with_key(e, self.shown, &key))?;
-            entries.insert(key, entry);
-        }
-        for (name, _) in &axes {
-            templates.remove(name);
-        }
-        Ok(())
+                        ),
+                    ));
+                };
+                serde_json::json!([url, o, l])
+            }
+            _ => serde_json::json!([url]),
+        };
+        let entry =
+            entry(&key, &parts, templates, targets).map_err(|e| with_key(e, shown, &key))?;
+        entries.insert(key, entry);
     }
+    for (name, _) in &axes {
+        templates.remove(name);
+    }
+    Ok(())
 }
 
 /// `text` with each `{{name}}` (spaces allowed inside) replaced by its template.
@@ -512,7 +546,7 @@ fn expand(text: &str, templates: &HashMap<String, String>) -> String {
 }
 
 /// The bytes of an inline entry: `base64:` then base64, or the text's own UTF-8.
-fn inline_bytes(text: &str) -> std::result::Result<Arc<[u8]>, String> {
+pub(super) fn inline_bytes(text: &str) -> std::result::Result<Arc<[u8]>, String> {
     match text.strip_prefix("base64:") {
         Some(encoded) => base64::engine::general_purpose::STANDARD
             .decode(encoded)
@@ -526,11 +560,28 @@ fn inline_bytes(text: &str) -> std::result::Result<Arc<[u8]>, String> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str, base: &str, authorize: &[&str]) -> Result<Arc<ReferenceSet>> {
+    fn parse(text: &str, base: &str, authorize: &[&str]) -> Result<ReferenceSet> {
         let base = Place::parse(base).unwrap();
         let mut places = vec![base.clone()];
         places.extend(authorize.iter().map(|p| Place::parse(p).unwrap()));
-        ReferenceSet::parse("refs.json", text.as_bytes(), &base, &places, &[])
+        let targets = Targets {
+            shown: "refs.json".into(),
+            base,
+            places,
+            options: Vec::new(),
+            list: Mutex::default(),
+            store: OnceLock::new(),
+        };
+        let entries = parse_json("refs.json", text.as_bytes(), &targets)?;
+        Ok(ReferenceSet {
+            url: "refs.json".into(),
+            keys: Keys::Json(entries),
+            targets,
+        })
+    }
+
+    fn get(set: &ReferenceSet, key: &str) -> Option<Entry> {
+        set.get(key).unwrap()
     }
 
     #[test]
@@ -540,25 +591,28 @@ mod tests {
         for text in [v0, v1] {
             let set = parse(text, "/d", &[]).unwrap();
             assert_eq!(
-                set.get(".zgroup"),
-                Some(&Entry::Inline(b"{\"zarr_format\":2}".to_vec().into()))
+                get(&set, ".zgroup"),
+                Some(Entry::Inline(b"{\"zarr_format\":2}".to_vec().into()))
             );
-            let Some(&Entry::Range {
+            let Some(Entry::Range {
                 target,
                 offset,
                 len,
-            }) = set.get("t/0.0")
+            }) = get(&set, "t/0.0")
             else {
-                panic!("{:?}", set.get("t/0.0"));
+                panic!("{:?}", get(&set, "t/0.0"));
             };
             assert_eq!((offset, len), (100, 20));
-            assert_eq!(set.target(target), Some(&Target::Local("/d/a.nc".into())));
-            let Some(&Entry::Whole { target }) = set.get("t/0.1") else {
+            assert_eq!(set.target(target), Some(Target::Local("/d/a.nc".into())));
+            let Some(Entry::Whole { target }) = get(&set, "t/0.1") else {
                 panic!();
             };
-            assert_eq!(set.target(target), Some(&Target::Local("/d/b.nc".into())));
-            assert_eq!(set.get("t/1.0"), Some(&Entry::Inline(vec![0, 1, 2].into())));
-            assert_eq!(set.get("t/1.1"), None);
+            assert_eq!(set.target(target), Some(Target::Local("/d/b.nc".into())));
+            assert_eq!(
+                get(&set, "t/1.0"),
+                Some(Entry::Inline(vec![0, 1, 2].into()))
+            );
+            assert_eq!(get(&set, "t/1.1"), None);
         }
     }
 
@@ -569,18 +623,21 @@ mod tests {
             "dimensions": {"i": {"stop": 2}, "j": [3, 4]}}]}"#;
         let set = parse(text, "/d", &[]).unwrap();
         for (key, file, offset) in [("t/0.3", "/d/f0.nc", 300), ("t/1.4", "/d/f1.nc", 400)] {
-            let Some(&Entry::Range {
+            let Some(Entry::Range {
                 target,
                 offset: o,
                 len,
-            }) = set.get(key)
+            }) = get(&set, key)
             else {
                 panic!("{key}");
             };
             assert_eq!((o, len), (offset, 10));
-            assert_eq!(set.target(target), Some(&Target::Local(file.into())));
+            assert_eq!(set.target(target), Some(Target::Local(file.into())));
         }
-        assert_eq!(set.entries.len(), 4);
+        let Keys::Json(entries) = &set.keys else {
+            panic!()
+        };
+        assert_eq!(entries.len(), 4);
     }
 
     #[test]
@@ -619,7 +676,7 @@ mod tests {
         let text =
             r#"{"t/0": ["a.nc", 0, 4], "t/1": ["http://127.0.0.1:9/refs/sub/b%20c.nc", 0, 4]}"#;
         let set = parse(text, "http://127.0.0.1:9/refs", &[]).unwrap();
-        let Some(&Entry::Range { target, .. }) = set.get("t/1") else {
+        let Some(Entry::Range { target, .. }) = get(&set, "t/1") else {
             panic!();
         };
         let Some(Target::Remote { key, .. }) = set.target(target) else {
@@ -630,7 +687,7 @@ mod tests {
             "refs/sub/b c.nc",
             "decoded: the store encodes it again"
         );
-        assert!(set.store.is_some());
+        assert!(set.store().is_some());
         let two = r#"{"t/0": ["http://127.0.0.1:9/a.nc", 0, 4], "t/1": ["http://127.0.0.2:9/b.nc", 0, 4]}"#;
         let e = parse(two, "/d", &["http://127.0.0.1:9", "http://127.0.0.2:9"]).unwrap_err();
         assert!(e.to_string().contains("two object stores"), "{e}");

@@ -257,3 +257,98 @@ def test_a_chunk_the_set_does_not_list_is_the_fill_value(tmp_path):
     source = References(write_refs(refs, tmp_path / "refs.json", 1), path="t2m")
     (crop,) = read_crops(source, [(0, 0, 0)], (1, 16, 16)).numpy()
     assert (crop == -9999.0).all()
+
+
+def kerchunk_parquet(refs: dict, at: Path, record_size: int) -> Path:
+    """``refs`` as a parquet set (fsspec's layout, written by kerchunk)."""
+    pytest.importorskip("fastparquet")
+    from kerchunk.df import refs_to_dataframe
+
+    refs_to_dataframe(refs, str(at), record_size=record_size)
+    return at
+
+
+def virtualizarr_refs(nc: Path, at: Path, fmt: str) -> Path:
+    """VirtualiZarr's kerchunk references for the file at ``nc`` (``fmt``: json or parquet)."""
+    pytest.importorskip("virtualizarr")
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    registry = ObjectStoreRegistry({"file://": LocalStore(prefix="/")})
+    vds = open_virtual_dataset(f"file://{nc}", registry=registry, parser=HDFParser())
+    options = {"record_size": 5} if fmt == "parquet" else {}
+    vds.vz.to_kerchunk(str(at), format=fmt, **options)
+    return at
+
+
+@pytest.mark.parametrize("record_size", [5, 1000])
+def test_parquet_references_read_what_xarray_reads(tmp_path, record_size):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "h5netcdf")
+    values = xarray_values(nc)
+    refs = kerchunk_refs(nc, str(nc), inline=400)
+    source = References(kerchunk_parquet(refs, tmp_path / "refs.parq", record_size))
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values) == 6
+    assert epoch(source, values, workers=2, method="fork") == 6
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_virtualizarr_references_read_what_xarray_reads(tmp_path, fmt):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    source = References(virtualizarr_refs(nc, tmp_path / f"refs.{fmt}", fmt))
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values) == 6
+
+
+def test_parquet_references_over_http_and_s3(tmp_path, object_server, s3):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    server = object_server(tmp_path)
+    kerchunk_parquet(kerchunk_refs(nc, f"{server.url}/archive.nc"), tmp_path / "http.parq", 5)
+    source = References(f"{server.url}/http.parq")
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values, workers=2, method="spawn") == 6
+
+    local = kerchunk_parquet(kerchunk_refs(nc, "s3://archive/pq/archive.nc"), tmp_path / "s3", 5)
+    s3.put("archive", "pq/archive.nc", nc.read_bytes())
+    url = s3.upload(local, "archive", "pq/refs.parq")
+    source = References(url)
+    for name in VARIABLES:
+        some_crops(source, values, name, s3.storage_options)
+    assert epoch(source, values, s3.storage_options) == 6
+
+
+def test_parquet_record_files_are_read_as_their_chunks_are_needed(tmp_path):
+    """A record file is read when a chunk of it is first needed: one that is garbage spoils
+    only the crops that need it, with an error naming it."""
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    at = kerchunk_parquet(kerchunk_refs(nc, str(nc)), tmp_path / "refs.parq", 6)
+    (at / "t2m" / "refs.5.parq").write_bytes(b"PAR1 not a record file PAR1")
+    source = References(at, path="t2m")
+    # t2m's chunks (1, 16, 16): 6 a time step, so time step 5 is record file 5.
+    got = read_crops(source, [(0, 0, 0), (4, 10, 10)], (1, 16, 16)).numpy()
+    assert same_values(got[1], values["t2m"][4:5, 10:26, 10:26])
+    with pytest.raises(ValueError, match=r"refs\.5\.parq") as e:
+        read_crops(source, [(5, 0, 0)], (1, 16, 16))
+    assert "not a record file" in str(e.value)
+
+
+def test_a_corrupt_parquet_set_names_itself(tmp_path):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    at = kerchunk_parquet(kerchunk_refs(nc, str(nc)), tmp_path / "refs.parq", 6)
+    (at / ".zmetadata").write_text('{"metadata": {}}')
+    with pytest.raises(ValueError, match=r"refs\.parq/\.zmetadata") as e:
+        read_crops(References(at, path="t2m"), [(0, 0, 0)], (1, 1, 1))
+    assert "record_size" in str(e.value)

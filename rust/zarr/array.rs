@@ -178,6 +178,12 @@ impl ZarrArray {
                 opened.codec_fill_value(),
             )
             .map_err(|e| Error::unsupported_because(&opened.path, format!("codecs: {e}")))?;
+        // An array by reference looks up its first chunk now: a parquet set reads its first
+        // record file, which makes the object store of its targets known before any engine
+        // starts (and a record file that cannot be read is an error at once).
+        if opened.is_referenced() {
+            opened.reference(&vec![0; opened.ndim()])?;
+        }
         Ok(opened)
     }
 

@@ -352,3 +352,20 @@ def test_a_corrupt_parquet_set_names_itself(tmp_path):
     with pytest.raises(ValueError, match=r"refs\.parq/\.zmetadata") as e:
         read_crops(References(at, path="t2m"), [(0, 0, 0)], (1, 1, 1))
     assert "record_size" in str(e.value)
+
+
+def test_an_icechunk_repository_is_refused_by_name(tmp_path):
+    """Icechunk is not read yet: a repository written by the icechunk package is refused as
+    one, not reported as a folder with no array."""
+    icechunk = pytest.importorskip("icechunk")
+    import xarray as xr
+
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    session = repo.writable_session("main")
+    ds = xr.Dataset({"t2m": (("time", "lat", "lon"), np.zeros(SHAPE, "f4"))})
+    ds.to_zarr(session.store, zarr_format=3, consolidated=False)
+    session.commit("first")
+    for variables in (None, ["t2m"]):
+        with pytest.raises(ValueError, match="Icechunk repository") as e:
+            ZarrCropDataset(tmp_path / "repo", CROP, variables=variables)
+        assert "References" in str(e.value)

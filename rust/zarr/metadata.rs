@@ -34,6 +34,7 @@ fn read_json(at: &Location, key: &str) -> Result<Option<Value>> {
 /// is a group, [`Error::InvalidMetadata`] when the metadata does not parse.
 pub fn read_array_metadata(at: &Location) -> Result<StoredMetadata> {
     let path = at.path();
+    refuse_icechunk(at)?;
     if let Some(v3) = read_json(at, "zarr.json")? {
         return v3_metadata(&path, v3);
     }
@@ -64,6 +65,7 @@ pub fn read_array_metadata(at: &Location) -> Result<StoredMetadata> {
 /// # Errors
 /// As [`read_array_metadata`], for the path `group/name`.
 pub fn read_group_member(group: &Location, name: &str) -> Result<(Location, StoredMetadata)> {
+    refuse_icechunk(group)?;
     let member = group.join(name)?;
     let path = member.path();
     if let Some(Value::Object(root)) = read_json(group, "zarr.json")? {
@@ -87,6 +89,26 @@ pub fn read_group_member(group: &Location, name: &str) -> Result<(Location, Stor
     }
     let metadata = read_array_metadata(&member)?;
     Ok((member, metadata))
+}
+
+/// A local Icechunk repository (its `snapshots/` and `refs/` folders, no Zarr metadata) is
+/// refused by name rather than reported as a folder with no array.
+fn refuse_icechunk(at: &Location) -> Result<()> {
+    let Some(dir) = at.local() else {
+        return Ok(());
+    };
+    let repository = dir.join("snapshots").is_dir()
+        && dir.join("refs").is_dir()
+        && !dir.join("zarr.json").exists()
+        && !dir.join(".zarray").exists();
+    if repository {
+        return Err(Error::unsupported_because(
+            dir,
+            "an Icechunk repository: lsio_torch does not read Icechunk yet (kerchunk and \
+             VirtualiZarr references it does: lsio_torch.References)",
+        ));
+    }
+    Ok(())
 }
 
 fn not_an_array(path: &Path) -> Error {

@@ -369,3 +369,58 @@ def test_an_icechunk_repository_is_refused_by_name(tmp_path):
         with pytest.raises(ValueError, match="Icechunk repository") as e:
             ZarrCropDataset(tmp_path / "repo", CROP, variables=variables)
         assert "References" in str(e.value)
+
+
+def test_a_stateful_loader_over_references_resumes_mid_epoch(tmp_path):
+    """StatefulDataLoader's state of a dataset read by reference resumes where it stopped, in
+    a new dataset (and worker processes) opened from the same references."""
+    pytest.importorskip("torchdata.stateful_dataloader", reason="torchdata is not installed")
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    at = kerchunk_parquet(kerchunk_refs(nc, str(nc)), tmp_path / "refs.parq", 5)
+
+    def loader():
+        ds = ZarrCropDataset(
+            References(at), CROP, variables=list(VARIABLES), batch_size=2,
+            samples_per_epoch=8, return_origins=True,
+        )  # fmt: skip
+        return StatefulDataLoader(
+            ds, batch_size=None, num_workers=2, multiprocessing_context="fork"
+        )
+
+    whole = [origins.tolist() for _, origins in loader()]
+    first = loader()
+    taken = []
+    for batch in first:
+        taken.append(batch)
+        if len(taken) == 2:
+            break
+    state = first.state_dict()
+    again = loader()
+    again.load_state_dict(state)
+    rest = list(again)
+    assert [o.tolist() for _, o in taken + rest] == whole
+    crop = (SHAPE[0], CROP["lat"], CROP["lon"])
+    assert check_batches(taken + rest, values, crop, same_values) == 8
+
+
+def test_ranks_split_a_reference_set(tmp_path):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    at = write_refs(kerchunk_refs(nc, str(nc)), tmp_path / "refs.json", 1)
+    seen = []
+    for rank in (0, 1):
+        ds = ZarrCropDataset(
+            References(at), CROP, variables=["t2m"], batch_size=2, samples_per_epoch=8,
+            return_origins=True, rank=rank, world_size=2,
+        )  # fmt: skip
+        seen.append([tuple(o) for _, origins in ds for o in origins.tolist()])
+    assert len(seen[0]) == len(seen[1]) == 4
+    whole = ZarrCropDataset(
+        References(at), CROP, variables=["t2m"], batch_size=2, samples_per_epoch=8,
+        return_origins=True,
+    )  # fmt: skip
+    assert sorted(seen[0] + seen[1]) == sorted(tuple(o) for _, b in whole for o in b.tolist())

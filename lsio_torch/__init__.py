@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from lsio_torch._lsio_torch import LsioError, io_backend, io_fallback_reason
 from lsio_torch.dataset import ZarrCropDataset, read_crops
-from lsio_torch.references import References
+from lsio_torch.references import Icechunk, References
 
 try:
     # One place: Cargo.toml's version, which maturin writes into the package's metadata.
@@ -19,6 +19,7 @@ except PackageNotFoundError:  # imported from a checkout that was never installe
     __version__ = "unknown"
 
 __all__ = [
+    "Icechunk",
     "LsioError",
     "References",
     "ZarrCropDataset",

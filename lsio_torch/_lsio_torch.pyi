@@ -44,6 +44,14 @@ class References:
         authorize: list[str] = ...,
         storage_options: list[tuple[str, str]] | None = None,
     ) -> None: ...
+    @staticmethod
+    def icechunk(
+        url: str,
+        kind: str,
+        version: str,
+        authorize: list[str] = ...,
+        storage_options: list[tuple[str, str]] | None = None,
+    ) -> References: ...
 
 class Sampler:
     """Draws crop origins: a pure function of (seed, epoch, sample index)."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
-from lsio_torch.references import References, open_in
+from lsio_torch.references import Icechunk, Indexed, References, open_in
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
@@ -117,19 +117,22 @@ def option_pairs(path: str, options: Mapping[str, Any] | None) -> list[tuple[str
     return pairs
 
 
-def place(path: str | os.PathLike[str] | References) -> str | References:
-    """Where a dataset reads: a path or URL as a string, or a reference set as it is."""
-    return path if isinstance(path, References) else os.fspath(path)
+def place(
+    path: str | os.PathLike[str] | References | Icechunk,
+) -> str | References | Icechunk:
+    """Where a dataset reads: a path or URL as a string, or a reference set or repository as
+    it is."""
+    return path if isinstance(path, Indexed) else os.fspath(path)
 
 
 def open_array(
-    path: str | os.PathLike[str] | References,
+    path: str | os.PathLike[str] | References | Icechunk,
     name: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> _lsio_torch.Array:
     """The array at ``path`` (a directory, a URL or a reference set), or array ``name`` of the
     group there."""
-    if isinstance(path, References):
+    if isinstance(path, Indexed):
         return checked(open_in(path, name, option_pairs(path.url, storage_options)))
     path = os.fspath(path)
     options = option_pairs(path, storage_options)
@@ -196,7 +199,7 @@ class Source:
     """
 
     key: str | None
-    path: str | References
+    path: str | References | Icechunk
     name: str | None
     scale: tuple[int, ...] | None = None
     dtype: torch.dtype | None = None

@@ -1,5 +1,7 @@
-"""Reference sets: a Zarr group whose chunks are byte ranges of other files (NetCDF4/HDF5
-archives), described by kerchunk's JSON (versions 0 and 1) and read where the bytes lie."""
+"""Datasets whose chunks are located through an index rather than by their keys: kerchunk
+reference sets (a Zarr group whose chunks are byte ranges of NetCDF4/HDF5 archives, in JSON or
+parquet) and Icechunk repositories (versioned Zarr: a branch, a tag or a snapshot). The engine
+reads the bytes where they lie."""
 
 from __future__ import annotations
 
@@ -50,21 +52,101 @@ class References:
 
     def opened(self, options: list[tuple[str, str]] | None) -> _lsio_torch.References:
         """The set, opened once per process for each ``options``."""
-        key = (self.url, self.authorize, tuple(options or ()))
-        pid, found = _opened.get(key, (None, None))
-        if found is None or pid != os.getpid():
-            found = _lsio_torch.References(self.url, list(self.authorize), options)
-            _opened[key] = (os.getpid(), found)
-        return found
+        return _open_once(
+            ("references", self.url, self.authorize, tuple(options or ())),
+            lambda: _lsio_torch.References(self.url, list(self.authorize), options),
+        )
 
     def member(self, name: str | None) -> str | None:
         """The key of array ``name`` (of the group at :attr:`path`) in the set."""
-        parts = [p for p in (self.path, name) if p]
-        return "/".join(parts) or None
+        return _member(self.path, name)
+
+
+@dataclass(frozen=True)
+class Icechunk:
+    """An Icechunk repository at one version, usable wherever a dataset takes a path.
+
+    Args:
+        url: the repository: a local folder or an ``http(s)://`` URL.
+        branch, tag, snapshot: the version read, at most one of them (default: the tip of
+            branch ``main``, taken when the dataset is made: a run reads one snapshot
+            throughout; pin ``snapshot=`` or ``tag=`` to make it reproducible).
+        path: the group or array inside the repository (default: its root).
+        authorize: places (folders, URL prefixes) the repository's virtual chunks may be
+            read from; a virtual chunk anywhere else is refused with an error naming it.
+
+    >>> repo = Icechunk("era5-repo", tag="v2024.1")                     # doctest: +SKIP
+    >>> ds = ZarrCropDataset(repo, {"lat": 64}, variables=["t2m"])      # doctest: +SKIP
+    """
+
+    url: str | os.PathLike[str]
+    branch: str | None = None
+    tag: str | None = None
+    snapshot: str | None = None
+    path: str | None = None
+    authorize: Sequence[str | os.PathLike[str]] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", os.fspath(self.url))
+        given = [k for k in ("branch", "tag", "snapshot") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of branch, tag and snapshot, not {' and '.join(given)}")
+        if not given:
+            object.__setattr__(self, "branch", "main")
+        if isinstance(self.authorize, (str, os.PathLike)):
+            raise TypeError("authorize must be a list of folders or URL prefixes")
+        object.__setattr__(self, "authorize", tuple(os.fspath(a) for a in self.authorize))
+        if self.path is not None:
+            object.__setattr__(self, "path", self.path.strip("/") or None)
+
+    @property
+    def version(self) -> tuple[str, str]:
+        """``(kind, name)``: ``("branch", "main")``, ``("tag", "v1")``, ``("snapshot", id)``."""
+        for kind in ("snapshot", "tag", "branch"):
+            value = getattr(self, kind)
+            if value is not None:
+                return kind, value
+        raise AssertionError("a version is always set")
+
+    def __str__(self) -> str:
+        kind, name = self.version
+        where = self.url if self.path is None else f"{self.url}#{self.path}"
+        return f"{where}@{kind}={name}"
+
+    def opened(self, options: list[tuple[str, str]] | None) -> _lsio_torch.References:
+        """The repository at this version, opened once per process for each ``options``."""
+        kind, name = self.version
+        return _open_once(
+            ("icechunk", self.url, kind, name, self.authorize, tuple(options or ())),
+            lambda: _lsio_torch.References.icechunk(
+                self.url, kind, name, list(self.authorize), options
+            ),
+        )
+
+    def member(self, name: str | None) -> str | None:
+        """The path of array ``name`` (of the group at :attr:`path`) in the repository."""
+        return _member(self.path, name)
+
+
+#: What may stand where a dataset takes a path, besides a path or a URL.
+Indexed = (References, Icechunk)
+
+
+def _open_once(key: tuple[Any, ...], open_: Any) -> _lsio_torch.References:
+    pid, found = _opened.get(key, (None, None))
+    if found is None or pid != os.getpid():
+        found = open_()
+        _opened[key] = (os.getpid(), found)
+    return found
+
+
+def _member(path: str | None, name: str | None) -> str | None:
+    parts = [p for p in (path, name) if p]
+    return "/".join(parts) or None
 
 
 def open_in(
-    references: References, name: str | None, options: list[tuple[str, str]] | None
+    references: References | Icechunk, name: str | None, options: list[tuple[str, str]] | None
 ) -> _lsio_torch.Array:
     """Array ``name`` of ``references`` (its root or :attr:`References.path` when None)."""
     return _lsio_torch.Array.in_references(references.opened(options), references.member(name))

@@ -25,6 +25,7 @@ use crate::io::remote::{self, RemoteStore};
 use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
 use crate::window::{Run, Window};
+use crate::zarr::icechunk::Version;
 use crate::zarr::location::Location;
 use crate::zarr::references::ReferenceSet;
 use crate::zarr::ZarrArray;
@@ -95,6 +96,37 @@ impl References {
             let options = storage_options.unwrap_or_default();
             let inner = py
                 .detach(|| ReferenceSet::open(url, &options, &authorize))
+                .map_err(to_py)?;
+            Ok(Self { inner })
+        })
+    }
+
+    /// The Icechunk repository at ``url`` at one version: ``kind`` ``"branch"``, ``"tag"`` or
+    /// ``"snapshot"``, and its name or id.
+    #[staticmethod]
+    #[pyo3(signature = (url, kind, version, authorize=Vec::new(), storage_options=None))]
+    fn icechunk(
+        py: Python<'_>,
+        url: &str,
+        kind: &str,
+        version: String,
+        authorize: Vec<String>,
+        storage_options: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        boundary("opening an Icechunk repository", || {
+            let version = match kind {
+                "branch" => Version::Branch(version),
+                "tag" => Version::Tag(version),
+                "snapshot" => Version::Snapshot(version),
+                other => {
+                    let message =
+                        format!("an Icechunk version is a branch, tag or snapshot, not {other:?}");
+                    return Err(PyValueError::new_err(message));
+                }
+            };
+            let options = storage_options.unwrap_or_default();
+            let inner = py
+                .detach(|| ReferenceSet::icechunk(url, &options, version, &authorize))
                 .map_err(to_py)?;
             Ok(Self { inner })
         })

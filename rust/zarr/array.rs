@@ -313,7 +313,7 @@ impl ZarrArray {
         let Some((set, prefix)) = self.references() else {
             return Ok(None);
         };
-        set.get(&format!("{prefix}{}", self.zarrs.chunk_key(leaf).as_str()))
+        set.chunk(prefix, self.zarrs.chunk_key(leaf).as_str(), leaf)
     }
 
     /// Where a chunk by reference is: in its target, whose number stands for the file's

@@ -3,6 +3,7 @@
 pub mod array;
 pub mod codecs;
 pub mod dtype;
+pub mod icechunk;
 pub mod json;
 pub mod leaf;
 pub mod limits;

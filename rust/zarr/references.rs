@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::icechunk::{IcechunkKeys, Version};
 use super::json::parse;
 use super::location::Location;
 use super::reference_parquet::ParquetRefs;
@@ -68,6 +69,7 @@ pub struct ReferenceSet {
 enum Keys {
     Json(HashMap<String, Entry>),
     Parquet(ParquetRefs),
+    Icechunk(Box<IcechunkKeys>),
 }
 
 /// Where a target may be: the folder of the reference file, or what the user authorized.
@@ -207,6 +209,52 @@ impl ReferenceSet {
         }))
     }
 
+    /// The Icechunk repository at `url` (a local folder or an `http(s)://` URL) at
+    /// `version`; its native chunks are read from its `chunks/` folder, its virtual chunks
+    /// only from the places of `authorize`.
+    ///
+    /// # Errors
+    /// As [`IcechunkKeys::open`].
+    pub fn icechunk(
+        url: &str,
+        options: &[(String, String)],
+        version: Version,
+        authorize: &[String],
+    ) -> Result<Arc<Self>> {
+        let url = url.trim_end_matches('/');
+        let base = Place::parse(url)?;
+        let mut places = vec![base.clone()];
+        for place in authorize {
+            places.push(Place::parse(place)?);
+        }
+        let shown = redact(url);
+        let targets = Targets {
+            shown: shown.clone(),
+            base,
+            places,
+            options: options.to_vec(),
+            list: Mutex::default(),
+            store: OnceLock::new(),
+        };
+        let keys = Keys::Icechunk(Box::new(IcechunkKeys::open(url, version)?));
+        Ok(Arc::new(Self {
+            url: shown,
+            keys,
+            targets,
+        }))
+    }
+
+    /// Where the chunk at `coords` of the array at `prefix` is (`key`: its chunk key).
+    ///
+    /// # Errors
+    /// As [`ReferenceSet::get`].
+    pub fn chunk(&self, prefix: &str, key: &str, coords: &[u64]) -> Result<Option<Entry>> {
+        match &self.keys {
+            Keys::Icechunk(repository) => repository.chunk(prefix, coords, &self.targets),
+            _ => self.get(&format!("{prefix}{key}")),
+        }
+    }
+
     /// The entry at `key` (`t2m/.zarray`, `t2m/0.1.2`), or `None` where the set has none.
     ///
     /// # Errors
@@ -216,6 +264,7 @@ impl ReferenceSet {
         match &self.keys {
             Keys::Json(entries) => Ok(entries.get(key).cloned()),
             Keys::Parquet(parquet) => parquet.get(key, &self.targets),
+            Keys::Icechunk(repository) => repository.metadata(key),
         }
     }
 

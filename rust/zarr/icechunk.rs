@@ -1,0 +1,245 @@
+//! Icechunk repositories, read through the `icechunk` crate at one version (a branch's tip, a
+//! tag or a snapshot): the metadata of each node, and where each chunk's bytes are (inline, a
+//! range of one of the repository's `chunks/` objects, or a range of a virtual target). The
+//! engine reads the bytes itself, as it reads any reference set's.
+//!
+//! The repository is opened in each process that asks (a runtime of its own, made on first
+//! use): nothing runs before then, and a forked worker never uses its parent's.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use icechunk::format::manifest::ChunkPayload;
+use icechunk::format::{ChunkIndices, Path as NodePath, SnapshotId};
+use icechunk::repository::VersionInfo;
+use icechunk::session::Session;
+use icechunk::{Repository, Storage};
+
+use super::references::{Entry, Targets};
+use crate::error::{Error, Result};
+use crate::io::remote::{is_url, redact};
+
+/// Which version of a repository is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Version {
+    Branch(String),
+    Tag(String),
+    Snapshot(String),
+}
+
+impl Version {
+    /// How `repr(ds)` and messages name it: `branch main`, `tag v1`, `snapshot 1CEC…`.
+    #[must_use]
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Branch(name) => format!("branch {name}"),
+            Self::Tag(name) => format!("tag {name}"),
+            Self::Snapshot(id) => format!("snapshot {id}"),
+        }
+    }
+}
+
+/// A repository at one version.
+pub(super) struct IcechunkKeys {
+    url: String,
+    shown: String,
+    version: Version,
+    opened: Mutex<Option<Opened>>,
+}
+
+impl std::fmt::Debug for IcechunkKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IcechunkKeys({} at {})",
+            self.shown,
+            self.version.shown()
+        )
+    }
+}
+
+/// The repository's session in this process, and the runtime its calls run on.
+struct Opened {
+    pid: u32,
+    runtime: tokio::runtime::Runtime,
+    session: Session,
+}
+
+impl IcechunkKeys {
+    /// The repository at `url` (a local folder or an `http(s)://` URL) at `version`: opened
+    /// now, so that a repository or version that does not exist is an error at once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for no repository at `url`, [`Error::InvalidArgument`] for a
+    /// version it does not have, [`Error::Unsupported`] for a URL scheme not read yet.
+    pub(super) fn open(url: &str, version: Version) -> Result<Self> {
+        let keys = Self {
+            url: url.to_string(),
+            shown: redact(url),
+            version,
+            opened: Mutex::new(None),
+        };
+        keys.with_session(|_, _| Ok(()))?;
+        Ok(keys)
+    }
+
+    /// Runs `body` with this process's session (opened now where it is not yet).
+    fn with_session<T>(
+        &self,
+        body: impl FnOnce(&tokio::runtime::Runtime, &Session) -> Result<T>,
+    ) -> Result<T> {
+        let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+        let pid = std::process::id();
+        if opened.as_ref().is_none_or(|o| o.pid != pid) {
+            // A parent's runtime is never used (nor dropped: its threads are not ours).
+            if let Some(parent) = opened.take() {
+                std::mem::forget(parent);
+            }
+            *opened = Some(self.open_here(pid)?);
+        }
+        let Some(opened) = opened.as_ref() else {
+            return Err(Error::Stopped("internal error: no Icechunk session".into()));
+        };
+        body(&opened.runtime, &opened.session)
+    }
+
+    fn open_here(&self, pid: u32) -> Result<Opened> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io(&self.shown, "starting the Icechunk runtime", e))?;
+        let session = runtime.block_on(async {
+            let storage = self.storage().await?;
+            let missing = |e: String| Error::NotFound {
+                path: PathBuf::from(&self.shown),
+                what: format!("no Icechunk repository here ({e})"),
+            };
+            let repository = Repository::open(storage)
+                .execute()
+                .await
+                .map_err(|e| missing(first_line(&e.to_string())))?;
+            let version = match &self.version {
+                Version::Branch(name) => VersionInfo::BranchTipRef(name.clone()),
+                Version::Tag(name) => VersionInfo::TagRef(name.clone()),
+                Version::Snapshot(id) => {
+                    let id = SnapshotId::try_from(id.as_str()).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "{}: snapshot {id:?} is not a snapshot id: {e}",
+                            self.shown
+                        ))
+                    })?;
+                    VersionInfo::SnapshotId(id)
+                }
+            };
+            repository.readonly_session(&version).await.map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "{}: no {} in the repository ({})",
+                    self.shown,
+                    self.version.shown(),
+                    first_line(&e.to_string())
+                ))
+            })
+        })?;
+        Ok(Opened {
+            pid,
+            runtime,
+            session,
+        })
+    }
+
+    async fn storage(&self) -> Result<Arc<dyn Storage + Send + Sync>> {
+        let failed = |e: String| Error::InvalidArgument(format!("{}: {e}", self.shown));
+        let lower = self.url.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return icechunk::storage::new_http_storage(&self.url, None, None)
+                .map_err(|e| failed(e.to_string()));
+        }
+        if is_url(&self.url) {
+            return Err(Error::Unsupported {
+                path: PathBuf::from(&self.shown),
+                detail: "Icechunk repositories are read from local folders and http(s):// \
+                         URLs for now"
+                    .into(),
+            });
+        }
+        let path = self.url.strip_prefix("file://").unwrap_or(&self.url);
+        icechunk::new_local_filesystem_storage(std::path::Path::new(path))
+            .await
+            .map_err(|e| failed(e.to_string()))
+    }
+
+    /// The metadata at `key` (`zarr.json` of the root, `t2m/zarr.json`), or `None`.
+    pub(super) fn metadata(&self, key: &str) -> Result<Option<Entry>> {
+        let Some(node) = key.strip_suffix("zarr.json") else {
+            return Ok(None);
+        };
+        let path = node_path(node)?;
+        self.with_session(|runtime, session| {
+            match runtime.block_on(session.get_node(&path)) {
+                Ok(node) => Ok(Some(Entry::Inline(node.user_data.to_vec().into()))),
+                // Any node not there (the error says which) is no metadata.
+                Err(_) => Ok(None),
+            }
+        })
+    }
+
+    /// Where chunk `coords` of the array at `node` is.
+    pub(super) fn chunk(
+        &self,
+        node: &str,
+        coords: &[u64],
+        targets: &Targets,
+    ) -> Result<Option<Entry>> {
+        let path = node_path(node)?;
+        let Ok(coords) = coords
+            .iter()
+            .map(|&c| u32::try_from(c))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return Ok(None);
+        };
+        let payload = self.with_session(|runtime, session| {
+            runtime
+                .block_on(session.get_chunk_ref(&path, &ChunkIndices(coords.clone())))
+                .map_err(|e| Error::InvalidMetadata {
+                    path: PathBuf::from(format!("{}/{}", self.shown, node.trim_matches('/'))),
+                    reason: format!(
+                        "the manifest of chunk {coords:?}: {}",
+                        first_line(&e.to_string())
+                    ),
+                })
+        })?;
+        Ok(match payload {
+            None => None,
+            Some(ChunkPayload::Inline(bytes)) => Some(Entry::Inline(bytes.to_vec().into())),
+            Some(ChunkPayload::Ref(chunk)) => Some(Entry::Range {
+                target: targets.id(&format!("chunks/{}", chunk.id))?,
+                offset: chunk.offset,
+                len: chunk.length,
+            }),
+            Some(ChunkPayload::Virtual(chunk)) => Some(Entry::Range {
+                target: targets.id(chunk.location.url())?,
+                offset: chunk.offset,
+                len: chunk.length,
+            }),
+            Some(other) => {
+                return Err(Error::Unsupported {
+                    path: PathBuf::from(&self.shown),
+                    detail: format!("a chunk payload of a kind not read yet: {other:?}"),
+                })
+            }
+        })
+    }
+}
+
+/// An Icechunk error's first line (the rest is a span trace).
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or(text).trim().to_string()
+}
+
+/// The node at `prefix` (`""` the root, `t2m/`), as Icechunk names it (`/`, `/t2m`).
+fn node_path(prefix: &str) -> Result<NodePath> {
+    let path = format!("/{}", prefix.trim_matches('/'));
+    NodePath::try_from(path.as_str())
+        .map_err(|e| Error::InvalidArgument(format!("{path}: not an Icechunk node path: {e}")))
+}

@@ -104,8 +104,11 @@ impl IcechunkKeys {
     }
 
     fn open_here(&self, pid: u32) -> Result<Opened> {
+        // Its blocking threads (local files are read on them) end soon after each call, so
+        // that none is left when the process forks its workers.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .thread_keep_alive(std::time::Duration::from_millis(20))
             .build()
             .map_err(|e| Error::io(&self.shown, "starting the Icechunk runtime", e))?;
         let session = runtime.block_on(async {

@@ -1,0 +1,215 @@
+"""Icechunk repositories written by the icechunk package (with zarr-python): crops at a
+branch's tip, a tag and a snapshot, through inline, native and virtual chunks, each equal
+to what zarr-python reads through the repository's own store at that version."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from support.checks import check_batches, same_values
+
+import lsio_torch
+from lsio_torch import Icechunk, ZarrCropDataset, read_crops
+
+icechunk = pytest.importorskip("icechunk")
+
+SHAPE = (4, 30, 40)
+CHUNKS = (1, 16, 16)
+ARRAYS = ("t2m", "small", "virtual")
+
+
+class Repo:
+    """A repository: ``main`` with two commits (the first tagged ``v1``), and a branch
+    ``dev`` from the first; ``t2m`` (native chunks), ``small`` (chunks small enough to be
+    inline) and ``virtual`` (every chunk a range of ``archive/archive.bin``, outside the
+    repository)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "repo"
+        self.archive = root / "archive"
+        self.archive.mkdir()
+        self.prefix = f"file://{self.archive}/"
+        rng = np.random.default_rng(5)
+        # The virtual chunks: a Zarr v3 array's encoded chunks, laid end to end in one file.
+        encoded = zarr.create_array(
+            root / "encoded.zarr", shape=SHAPE, chunks=CHUNKS, dtype="f4",
+            compressors=[zarr.codecs.ZstdCodec(level=3)],
+            dimension_names=("time", "lat", "lon"),
+        )  # fmt: skip
+        encoded[...] = rng.normal(size=SHAPE).astype("f4")
+        ranges, blob = {}, b""
+        for chunk in sorted((root / "encoded.zarr" / "c").rglob("*")):
+            if chunk.is_file():
+                key = "c/" + chunk.relative_to(root / "encoded.zarr" / "c").as_posix()
+                data = chunk.read_bytes()
+                ranges[key] = (len(blob), len(data))
+                blob += data
+        (self.archive / "archive.bin").write_bytes(blob)
+
+        config = icechunk.RepositoryConfig.default()
+        store = icechunk.local_filesystem_store(str(self.archive))
+        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(self.prefix, store))
+        repo = icechunk.Repository.create(
+            icechunk.local_filesystem_storage(str(self.path)), config=config,
+            authorize_virtual_chunk_access={self.prefix: None},
+        )  # fmt: skip
+        session = repo.writable_session("main")
+        group = zarr.group(session.store)
+        t2m = group.create_array(
+            "t2m", shape=SHAPE, chunks=CHUNKS, dtype="f4", dimension_names=("time", "lat", "lon")
+        )
+        t2m[...] = rng.normal(size=SHAPE).astype("f4")
+        small = group.create_array("small", shape=(4, 4), chunks=(2, 2), dtype="i2")
+        small[...] = np.arange(16, dtype="i2").reshape(4, 4)
+        metadata = zarr.open_array(root / "encoded.zarr").metadata.to_dict()
+        group.create_array(
+            "virtual", shape=SHAPE, chunks=CHUNKS, dtype="f4",
+            compressors=[zarr.codecs.ZstdCodec(level=3)],
+            dimension_names=tuple(metadata["dimension_names"]),
+        )  # fmt: skip
+        for key, (offset, length) in ranges.items():
+            session.store.set_virtual_ref(
+                f"virtual/{key}", f"{self.prefix}archive.bin", offset=offset, length=length
+            )
+        self.first = session.commit("first")
+        repo.create_tag("v1", self.first)
+        repo.create_branch("dev", self.first)
+        session = repo.writable_session("main")
+        zarr.open_array(session.store, path="t2m")[0] = -1.0
+        self.second = session.commit("second")
+        session = repo.writable_session("dev")
+        zarr.open_array(session.store, path="t2m")[1] = 7.0
+        session.commit("on dev")
+
+    def values(self, **version) -> dict[str, np.ndarray]:
+        """What zarr-python reads through the repository's own store at ``version``."""
+        repo = icechunk.Repository.open(
+            icechunk.local_filesystem_storage(str(self.path)),
+            authorize_virtual_chunk_access={self.prefix: None},
+        )
+        store = repo.readonly_session(**version).store
+        return {name: zarr.open_array(store, path=name)[...] for name in ARRAYS}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Repo:
+    return Repo(tmp_path_factory.mktemp("icechunk"))
+
+
+def check_crops(source: Icechunk, values: dict[str, np.ndarray], names=ARRAYS) -> None:
+    for name in names:
+        want = values[name]
+        crop = (1, 16, 16) if want.ndim == 3 else (2, 3)
+        origins = [(0, 0, 0), (1, 3, 5), (3, 14, 24)] if want.ndim == 3 else [(0, 0), (2, 1)]
+        member = Icechunk(
+            source.url, **dict([source.version]), path=name, authorize=source.authorize
+        )
+        got = read_crops(member, origins, crop).numpy()
+        for crop_got, origin in zip(got, origins, strict=True):
+            region = tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True))
+            assert same_values(crop_got, want[region]), (name, origin)
+
+
+def versions(repo: Repo):
+    return [
+        ({}, {"branch": "main"}),
+        ({"tag": "v1"}, {"tag": "v1"}),
+        ({"snapshot": repo.first}, {"snapshot_id": repo.first}),
+        ({"branch": "dev"}, {"branch": "dev"}),
+    ]
+
+
+def test_each_version_reads_its_own_data(repo):
+    seen = []
+    for ours, theirs in versions(repo):
+        values = repo.values(**theirs)
+        check_crops(Icechunk(repo.path, **ours, authorize=[repo.archive]), values)
+        seen.append(values["t2m"])
+    # The versions differ where they were written to differ.
+    main, v1, first, dev = seen
+    assert (main[0] == -1).all() and not (v1[0] == -1).all()
+    assert np.array_equal(v1, first) and (dev[1] == 7).all() and not (v1[1] == 7).all()
+
+
+def test_inline_native_and_virtual_chunks_are_all_there(repo):
+    manifests = list((repo.path / "chunks").iterdir())
+    assert manifests, "native chunks are objects of the repository's chunks/ folder"
+    source = Icechunk(repo.path, tag="v1", authorize=[repo.archive])
+    ds = ZarrCropDataset(source, {"lat": 8, "lon": 8}, variables=["t2m", "virtual"], batch_size=2,
+                         samples_per_epoch=4, cache_bytes=0)  # fmt: skip
+    list(ds)
+    # Native and virtual chunks are read by the engine; inline ones are not reads at all.
+    assert ds.stats()["bytes_read"] > 0
+    check_crops(source, repo.values(tag="v1"), ["small"])
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_an_epoch_with_workers(repo, method):
+    values = repo.values(tag="v1")
+    ds = ZarrCropDataset(
+        Icechunk(repo.path, tag="v1", authorize=[repo.archive]), {"lat": 8, "lon": 8},
+        variables=["t2m", "virtual"], batch_size=3, samples_per_epoch=6, return_origins=True,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=method, timeout=60
+    )
+    want = {name: values[name] for name in ("t2m", "virtual")}
+    assert check_batches(loader, want, (SHAPE[0], 8, 8), same_values) == 6
+    assert "@tag=v1" in repr(ds)
+
+
+def test_a_repository_over_http(repo, object_server):
+    server = object_server(repo.path.parent)
+    source = Icechunk(f"{server.url}/repo", tag="v1")
+    check_crops(source, repo.values(tag="v1"), ["t2m", "small"])
+
+
+def test_versions_that_do_not_exist_are_named(repo):
+    for version, says in [
+        ({"branch": "nope"}, "branch nope"),
+        ({"tag": "nope"}, "tag nope"),
+        ({"snapshot": "00000000000000000000"}, "snapshot 00000000000000000000"),
+        ({"snapshot": "not-an-id"}, "not a snapshot id"),
+    ]:
+        with pytest.raises(ValueError, match=says) as e:
+            read_crops(Icechunk(repo.path, path="t2m", **version), [(0, 0, 0)], (1, 1, 1))
+        assert str(repo.path) in str(e.value)
+    with pytest.raises(ValueError, match="one of branch, tag and snapshot"):
+        Icechunk(repo.path, branch="main", tag="v1")
+    with pytest.raises(FileNotFoundError, match="no Icechunk repository"):
+        read_crops(Icechunk(repo.path.parent / "nothing", path="t2m"), [(0, 0, 0)], (1, 1, 1))
+
+
+def test_virtual_chunks_outside_the_authorized_places_are_refused(repo):
+    with pytest.raises(ValueError, match="outside the places") as e:
+        read_crops(Icechunk(repo.path, tag="v1", path="virtual"), [(0, 0, 0)], (1, 1, 1))
+    assert "archive.bin" in str(e.value) and "authorize" in str(e.value)
+
+
+def test_a_deleted_virtual_target_or_a_corrupt_manifest_is_an_error(repo, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(repo.path.parent, copy)
+    archive = copy / "archive" / "archive.bin"
+    # The copy's virtual chunks still point at the original archive: authorize that one.
+    source = Icechunk(copy / "repo", tag="v1", path="virtual", authorize=[repo.archive])
+    assert read_crops(source, [(0, 0, 0)], (1, 4, 4)).shape == (1, 1, 4, 4)
+    del archive
+    moved = repo.archive / "archive.bin"
+    os.rename(moved, moved.with_suffix(".moved"))
+    try:
+        with pytest.raises(lsio_torch.LsioError, match="missing") as e:
+            read_crops(source, [(1, 0, 0)], (1, 4, 4))
+        assert "archive.bin" in str(e.value)
+    finally:
+        os.rename(moved.with_suffix(".moved"), moved)
+    for manifest in (copy / "repo" / "manifests").iterdir():
+        manifest.write_bytes(b"not a manifest")
+    with pytest.raises(ValueError, match="manifest") as e:
+        read_crops(Icechunk(copy / "repo", branch="dev", path="t2m"), [(0, 0, 0)], (1, 1, 1))
+    assert "repo" in str(e.value)

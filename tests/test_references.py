@@ -354,9 +354,9 @@ def test_a_corrupt_parquet_set_names_itself(tmp_path):
     assert "record_size" in str(e.value)
 
 
-def test_an_icechunk_repository_is_refused_by_name(tmp_path):
-    """Icechunk is not read yet: a repository written by the icechunk package is refused as
-    one, not reported as a folder with no array."""
+def test_an_icechunk_repository_given_as_a_path_is_named(tmp_path):
+    """A repository written by the icechunk package, given as a plain path, is refused as one
+    (pointing to lsio_torch.Icechunk), not reported as a folder with no array."""
     icechunk = pytest.importorskip("icechunk")
     import xarray as xr
 
@@ -368,7 +368,7 @@ def test_an_icechunk_repository_is_refused_by_name(tmp_path):
     for variables in (None, ["t2m"]):
         with pytest.raises(ValueError, match="Icechunk repository") as e:
             ZarrCropDataset(tmp_path / "repo", CROP, variables=variables)
-        assert "References" in str(e.value)
+        assert "lsio_torch.Icechunk(" in str(e.value)
 
 
 def test_a_stateful_loader_over_references_resumes_mid_epoch(tmp_path):

@@ -723,7 +723,8 @@ def _parser() -> argparse.ArgumentParser:
         "--data", nargs="+", default=list(STANDARD),
         help="names or paths; wb2: the dataset bench (see lsio_torch.bench.wb2); same-bytes: "
         "1 array against 16 holding the same bytes; virtual: a NetCDF4 archive by reference "
-        "against the same chunks as Zarr v2 (see lsio_torch.bench.virtual)",
+        "against the same chunks as Zarr v2; icechunk: an Icechunk repository against the same "
+        "chunks as Zarr v3 (both in lsio_torch.bench.virtual)",
     )  # fmt: skip
     parser.add_argument(
         "--steps", default="0,1", help="--data wb2: the time steps of a sample (0,1 0,4 0,12)"
@@ -800,7 +801,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(args) -> None:
-    if {"wb2", "same-bytes", "virtual"} & set(args.data):
+    if {"wb2", "same-bytes", "virtual", "icechunk"} & set(args.data):
         _datasets(args)
         return
     if args.cache:
@@ -875,8 +876,12 @@ def _datasets(args) -> None:
             reports.append(wb2.measure_same_bytes(args, CACHE))
         elif name == "virtual":
             reports.append(virtual.measure(args, CACHE))
+        elif name == "icechunk":
+            reports.append(virtual.measure_icechunk(args, CACHE))
         else:
-            raise SystemExit(f"--data {name}: with wb2, same-bytes or virtual, only those")
+            raise SystemExit(
+                f"--data {name}: with wb2, same-bytes, virtual or icechunk, only those"
+            )
     if args.json:
         print(json.dumps({"machine": machine(), "data": reports}, indent=2))
         return
@@ -885,7 +890,7 @@ def _datasets(args) -> None:
         if "results" in report:
             print(wb2.table(report) + "\n")
             continue
-        if "virtual" in report or "open_100k_s" in report:
+        if {"virtual", "icechunk", "open_100k_s"} & set(report):
             print(virtual.table(report) + "\n")
             continue
         rates = report["per_epoch"]

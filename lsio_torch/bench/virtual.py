@@ -8,6 +8,10 @@ epochs taken in turn; locally, or over ``--store http`` (one object server serve
 Also measured: opening a reference set of 100,000 chunks (parsing it and opening an array).
 netCDF4 and kerchunk are needed (``pip install netCDF4 kerchunk``); without them the bench
 says so and measures nothing.
+
+``--data icechunk``: the same fields written by zarr-python into an Icechunk repository (the
+icechunk package) and into a plain Zarr v3 folder, with the same chunks and codecs (zstd),
+read the same way; and opening a repository of 100,000 chunks.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from lsio_torch._stopwatch import Stopwatch
 from lsio_torch.dataset import ZarrCropDataset
-from lsio_torch.references import References
+from lsio_torch.references import Icechunk, References
 
 FIELDS = ("t2m", "u10", "v10", "msl")
 SHAPE = (32, 512, 512)
@@ -99,6 +103,34 @@ def opening_seconds(folder: Path, chunks: int = 100_000) -> float:
     return seconds
 
 
+def write_icechunk(folder: Path, chunks_100k: bool = False) -> None:
+    """The fields as plain Zarr v3 and as an Icechunk repository (branch main)."""
+    import icechunk
+    import zarr
+
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(rng.normal(size=SHAPE), axis=2).astype("float32")
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(partial / "repo")))
+    session = repo.writable_session("main")
+    for in_repo, store in ((False, partial / "plain.zarr"), (True, session.store)):
+        group = zarr.open_group(store, mode="w", zarr_format=3)
+        for i, name in enumerate(FIELDS):
+            array = group.create_array(
+                name, shape=SHAPE, chunks=CHUNKS, dtype="f4",
+                compressors=[zarr.codecs.ZstdCodec(level=1)],
+                dimension_names=("time", "lat", "lon"),
+            )  # fmt: skip
+            array[...] = np.round(smooth * (i + 1), 2)
+        if in_repo:
+            big = group.create_array("big", shape=(100_000, 4), chunks=(1, 4), dtype="f4")
+            big[...] = 1.0
+    session.commit("the bench's fields")
+    partial.rename(folder)
+
+
 def run(sources: dict[str, object], n: int, batch: int, epochs: int, threads: int) -> dict:
     """samples/s per epoch of each source, epochs taken in turn."""
     datasets = {
@@ -123,6 +155,41 @@ def run(sources: dict[str, object], n: int, batch: int, epochs: int, threads: in
                     value.view(torch.uint8).max()
             out[label].append(n / watch.stop())
     return out
+
+
+def measure_icechunk(args, cache: Path) -> dict:
+    if importlib.util.find_spec("icechunk") is None:
+        return {"icechunk": "missing: icechunk (pip install icechunk)"}
+    folder = cache / "icechunk"
+    if not folder.exists():
+        write_icechunk(folder)
+    epochs = args.epochs or 3
+    report: dict = {"samples": args.n, "batch": args.batch, "store": args.store}
+    labels = ("zarr v3", "icechunk")
+    if args.store == "http":
+        from lsio_torch.bench.remote import ServedFolder
+
+        bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+        with ServedFolder(folder, args.latency_ms[0], bandwidth) as server:
+            sources = dict(
+                zip(
+                    labels,
+                    (f"{server.url}/plain.zarr", Icechunk(f"{server.url}/repo")),
+                    strict=True,
+                )
+            )
+            report["latency_ms"] = args.latency_ms[0]
+            report["per_epoch"] = run(sources, args.n, args.batch, epochs, args.threads)
+    else:
+        sources = dict(zip(labels, (folder / "plain.zarr", Icechunk(folder / "repo")), strict=True))
+        report["per_epoch"] = run(sources, args.n, args.batch, epochs, args.threads)
+    from lsio_torch._sources import open_array
+
+    watch = Stopwatch()
+    array = open_array(Icechunk(folder / "repo", snapshot=None), "big")
+    report["open_100k_s"] = watch.stop()
+    assert array.shape == [100_000, 4]
+    return report
 
 
 def measure(args, cache: Path) -> dict:
@@ -156,17 +223,20 @@ def measure(args, cache: Path) -> dict:
 
 
 def table(report: dict) -> str:
-    if "virtual" in report:
-        return f"virtual: {report['virtual']}"
+    for missing_peer in ("virtual", "icechunk"):
+        if missing_peer in report:
+            return f"{missing_peer}: {report[missing_peer]}"
     rates = report["per_epoch"]
-    plain, refs = rates["zarr v2"], rates["references"]
+    (plain_label, plain), (label, other) = rates.items()
+    what = "virtual NetCDF4" if label == "references" else "Icechunk repository"
+    opened = "a reference set" if label == "references" else "a repository"
     where = "local" if report["store"] != "http" else f"http, {report['latency_ms']:g} ms"
     return (
-        f"virtual NetCDF4 ({where}), {report['samples']} samples of {len(FIELDS)} fields in "
-        f"batches of {report['batch']}, no cache: plain Zarr v2 "
-        f"{' '.join(f'{r:.1f}' for r in plain)} samples/s by epoch, references "
-        f"{' '.join(f'{r:.1f}' for r in refs)}; references / plain: "
-        f"{' '.join(f'{b / a:.2f}' for a, b in zip(plain, refs, strict=True))}\n"
-        f"opening a reference set of 100,000 chunks and an array of it: "
+        f"{what} ({where}), {report['samples']} samples of {len(FIELDS)} fields in "
+        f"batches of {report['batch']}, no cache: plain {plain_label} "
+        f"{' '.join(f'{r:.1f}' for r in plain)} samples/s by epoch, {label} "
+        f"{' '.join(f'{r:.1f}' for r in other)}; {label} / plain: "
+        f"{' '.join(f'{b / a:.2f}' for a, b in zip(plain, other, strict=True))}\n"
+        f"opening {opened} of 100,000 chunks and an array of it: "
         f"{report['open_100k_s']:.3f} s"
     )

@@ -203,8 +203,8 @@ fn plan_reads_once(
     let tasks = plan_batch(array.leaf_shape(), &shared.window, origins);
     // For an array by reference, what the set holds for each chunk.
     let references: Vec<Option<Reference>> = if array.is_referenced() {
-        let found: Result<_> = tasks.iter().map(|t| array.reference(&t.chunk)).collect();
-        found?
+        let leaves: Vec<&[u64]> = tasks.iter().map(|t| t.chunk.as_slice()).collect();
+        array.references_of(&leaves)?
     } else {
         Vec::new()
     };

@@ -182,7 +182,7 @@ impl ZarrArray {
         // record file, which makes the object store of its targets known before any engine
         // starts (and a record file that cannot be read is an error at once).
         if opened.is_referenced() {
-            opened.reference(&vec![0; opened.ndim()])?;
+            opened.references_of(&[&vec![0; opened.ndim()]])?;
         }
         Ok(opened)
     }
@@ -304,16 +304,20 @@ impl ZarrArray {
         self.references().is_some()
     }
 
-    /// What the reference set holds for leaf chunk `leaf`: `None` for a chunk it does not
-    /// list (the fill value) or an array not by reference.
+    /// What the reference set holds for each leaf chunk of `leaves`: `None` for a chunk it
+    /// does not list (the fill value), every one `None` for an array not by reference.
     ///
     /// # Errors
     /// As [`ReferenceSet::get`].
-    pub fn reference(&self, leaf: &[u64]) -> Result<Option<Entry>> {
+    pub fn references_of(&self, leaves: &[&[u64]]) -> Result<Vec<Option<Entry>>> {
         let Some((set, prefix)) = self.references() else {
-            return Ok(None);
+            return Ok(vec![None; leaves.len()]);
         };
-        set.chunk(prefix, self.zarrs.chunk_key(leaf).as_str(), leaf)
+        let keyed: Vec<(String, &[u64])> = leaves
+            .iter()
+            .map(|leaf| (self.zarrs.chunk_key(leaf).as_str().to_string(), *leaf))
+            .collect();
+        set.chunks(prefix, &keyed)
     }
 
     /// Where a chunk by reference is: in its target, whose number stands for the file's

@@ -186,32 +186,44 @@ impl IcechunkKeys {
         })
     }
 
-    /// Where chunk `coords` of the array at `node` is.
-    pub(super) fn chunk(
+    /// Where each chunk of `chunks` (grid coordinates) of the array at `node` is: all looked
+    /// up in one call on this process's runtime.
+    pub(super) fn chunks(
         &self,
         node: &str,
-        coords: &[u64],
+        chunks: &[&[u64]],
         targets: &Targets,
-    ) -> Result<Option<Entry>> {
+    ) -> Result<Vec<Option<Entry>>> {
         let path = node_path(node)?;
-        let Ok(coords) = coords
-            .iter()
-            .map(|&c| u32::try_from(c))
-            .collect::<Result<Vec<_>, _>>()
-        else {
-            return Ok(None);
-        };
-        let payload = self.with_session(|runtime, session| {
-            runtime
-                .block_on(session.get_chunk_ref(&path, &ChunkIndices(coords.clone())))
-                .map_err(|e| Error::InvalidMetadata {
-                    path: PathBuf::from(format!("{}/{}", self.shown, node.trim_matches('/'))),
-                    reason: format!(
-                        "the manifest of chunk {coords:?}: {}",
-                        first_line(&e.to_string())
-                    ),
-                })
+        let shown = || PathBuf::from(format!("{}/{}", self.shown, node.trim_matches('/')));
+        let payloads = self.with_session(|runtime, session| {
+            runtime.block_on(async {
+                let mut payloads = Vec::with_capacity(chunks.len());
+                for coords in chunks {
+                    let Ok(indices) = coords.iter().map(|&c| u32::try_from(c)).collect() else {
+                        payloads.push(None);
+                        continue;
+                    };
+                    let found = session.get_chunk_ref(&path, &ChunkIndices(indices)).await;
+                    payloads.push(found.map_err(|e| Error::InvalidMetadata {
+                        path: shown(),
+                        reason: format!(
+                            "the manifest of chunk {coords:?}: {}",
+                            first_line(&e.to_string())
+                        ),
+                    })?);
+                }
+                Ok(payloads)
+            })
         })?;
+        payloads
+            .into_iter()
+            .map(|payload| self.entry(payload, targets))
+            .collect()
+    }
+
+    /// The entry of one chunk's payload.
+    fn entry(&self, payload: Option<ChunkPayload>, targets: &Targets) -> Result<Option<Entry>> {
         Ok(match payload {
             None => None,
             Some(ChunkPayload::Inline(bytes)) => Some(Entry::Inline(bytes.to_vec().into())),

@@ -91,8 +91,9 @@ pub fn read_group_member(group: &Location, name: &str) -> Result<(Location, Stor
     Ok((member, metadata))
 }
 
-/// A local Icechunk repository (its `snapshots/` and `refs/` folders, no Zarr metadata) is
-/// refused by name rather than reported as a folder with no array.
+/// A local Icechunk repository (its `snapshots/` and `refs/` folders, no Zarr metadata) given
+/// as a path is refused by name, pointing to `Icechunk(...)`, rather than reported as a folder
+/// with no array.
 fn refuse_icechunk(at: &Location) -> Result<()> {
     let Some(dir) = at.local() else {
         return Ok(());
@@ -104,8 +105,8 @@ fn refuse_icechunk(at: &Location) -> Result<()> {
     if repository {
         return Err(Error::unsupported_because(
             dir,
-            "an Icechunk repository: lsio_torch does not read Icechunk yet (kerchunk and \
-             VirtualiZarr references it does: lsio_torch.References)",
+            "an Icechunk repository: read it at a version with \
+             lsio_torch.Icechunk(path, branch=..., tag=... or snapshot=...)",
         ));
     }
     Ok(())

@@ -244,14 +244,20 @@ impl ReferenceSet {
         }))
     }
 
-    /// Where the chunk at `coords` of the array at `prefix` is (`key`: its chunk key).
+    /// Where each chunk of an array at `prefix` is, given as its chunk key and coordinates.
     ///
     /// # Errors
     /// As [`ReferenceSet::get`].
-    pub fn chunk(&self, prefix: &str, key: &str, coords: &[u64]) -> Result<Option<Entry>> {
+    pub fn chunks(&self, prefix: &str, chunks: &[(String, &[u64])]) -> Result<Vec<Option<Entry>>> {
         match &self.keys {
-            Keys::Icechunk(repository) => repository.chunk(prefix, coords, &self.targets),
-            _ => self.get(&format!("{prefix}{key}")),
+            Keys::Icechunk(repository) => {
+                let coords: Vec<&[u64]> = chunks.iter().map(|(_, c)| *c).collect();
+                repository.chunks(prefix, &coords, &self.targets)
+            }
+            _ => chunks
+                .iter()
+                .map(|(key, _)| self.get(&format!("{prefix}{key}")))
+                .collect(),
         }
     }
 

@@ -164,10 +164,32 @@ def test_an_epoch_with_workers(repo, method):
     assert "@tag=v1" in repr(ds)
 
 
-def test_a_repository_over_http(repo, object_server):
+def test_a_repository_over_http_and_s3(repo, object_server, s3):
     server = object_server(repo.path.parent)
     source = Icechunk(f"{server.url}/repo", tag="v1")
     check_crops(source, repo.values(tag="v1"), ["t2m", "small"])
+    url = s3.upload(repo.path, "icechunk", "era5/repo")
+    for ours, theirs in versions(repo):
+        values = repo.values(**theirs)
+        for name in ("t2m", "small"):
+            want = values[name]
+            crop = (1, 16, 16) if want.ndim == 3 else (2, 3)
+            origin = (3, 14, 24) if want.ndim == 3 else (2, 1)
+            got = read_crops(
+                Icechunk(url, **ours, path=name), [origin], crop,
+                storage_options=s3.storage_options,
+            )  # fmt: skip
+            region = tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True))
+            assert same_values(got.numpy()[0], want[region]), (ours, name)
+    ds = ZarrCropDataset(
+        Icechunk(url, tag="v1"), {"lat": 8, "lon": 8}, variables=["t2m"], batch_size=3,
+        samples_per_epoch=6, return_origins=True, storage_options=s3.storage_options,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context="spawn", timeout=60
+    )
+    want = {"t2m": repo.values(tag="v1")["t2m"]}
+    assert check_batches(loader, want, (SHAPE[0], 8, 8), same_values) == 6
 
 
 def test_versions_that_do_not_exist_are_named(repo):

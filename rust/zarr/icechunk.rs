@@ -13,6 +13,7 @@ use icechunk::format::manifest::ChunkPayload;
 use icechunk::format::{ChunkIndices, Path as NodePath, SnapshotId};
 use icechunk::repository::VersionInfo;
 use icechunk::session::Session;
+use icechunk::storage::{S3Credentials, S3Options, S3StaticCredentials};
 use icechunk::{Repository, Storage};
 
 use super::references::{Entry, Targets};
@@ -42,6 +43,7 @@ impl Version {
 /// A repository at one version.
 pub(super) struct IcechunkKeys {
     url: String,
+    options: Vec<(String, String)>,
     shown: String,
     version: Version,
     opened: Mutex<Option<Opened>>,
@@ -66,15 +68,17 @@ struct Opened {
 }
 
 impl IcechunkKeys {
-    /// The repository at `url` (a local folder or an `http(s)://` URL) at `version`: opened
+    /// The repository at `url` (a local folder, an `http(s)://` or `s3://` URL, with the
+    /// store's `options`) at `version`: opened
     /// now, so that a repository or version that does not exist is an error at once.
     ///
     /// # Errors
     /// [`Error::NotFound`] for no repository at `url`, [`Error::InvalidArgument`] for a
     /// version it does not have, [`Error::Unsupported`] for a URL scheme not read yet.
-    pub(super) fn open(url: &str, version: Version) -> Result<Self> {
+    pub(super) fn open(url: &str, options: &[(String, String)], version: Version) -> Result<Self> {
         let keys = Self {
             url: url.to_string(),
+            options: options.to_vec(),
             shown: redact(url),
             version,
             opened: Mutex::new(None),
@@ -157,11 +161,14 @@ impl IcechunkKeys {
             return icechunk::storage::new_http_storage(&self.url, None, None)
                 .map_err(|e| failed(e.to_string()));
         }
+        if lower.starts_with("s3://") {
+            return self.s3_storage().await;
+        }
         if is_url(&self.url) {
             return Err(Error::Unsupported {
                 path: PathBuf::from(&self.shown),
-                detail: "Icechunk repositories are read from local folders and http(s):// \
-                         URLs for now"
+                detail: "Icechunk repositories are read from local folders, s3:// and \
+                         http(s):// URLs for now"
                     .into(),
             });
         }
@@ -169,6 +176,59 @@ impl IcechunkKeys {
         icechunk::new_local_filesystem_storage(std::path::Path::new(path))
             .await
             .map_err(|e| failed(e.to_string()))
+    }
+
+    /// An `s3://bucket/prefix` repository, with the `object_store` option names the rest of
+    /// the engine takes (`endpoint`, `region`, `access_key_id`, `secret_access_key`,
+    /// `session_token`, `allow_http`, `skip_signature`); credentials not given come from the
+    /// environment, as the icechunk package takes them.
+    async fn s3_storage(&self) -> Result<Arc<dyn Storage + Send + Sync>> {
+        let failed = |e: String| Error::InvalidArgument(format!("{}: {e}", self.shown));
+        let rest = &self.url["s3://".len()..];
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let option = |names: &[&str]| {
+            self.options.iter().find_map(|(k, v)| {
+                let k = k.to_ascii_lowercase();
+                names.iter().any(|n| k == *n).then(|| v.clone())
+            })
+        };
+        let yes = |v: Option<String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut config = S3Options::default();
+        if let Some(region) = option(&["region", "aws_region"]) {
+            config = config.with_region(region);
+        }
+        if let Some(endpoint) = option(&["endpoint", "aws_endpoint", "endpoint_url"]) {
+            config = config.with_endpoint_url(endpoint).with_force_path_style(true);
+        }
+        let anonymous = yes(option(&["skip_signature", "aws_skip_signature"]));
+        config = config
+            .with_allow_http(yes(option(&["allow_http"])))
+            .with_anonymous(anonymous);
+        let key = option(&["access_key_id", "aws_access_key_id"]);
+        let secret = option(&["secret_access_key", "aws_secret_access_key"]);
+        let credentials = match (anonymous, key, secret) {
+            (true, ..) => S3Credentials::Anonymous,
+            (false, Some(access_key_id), Some(secret_access_key)) => {
+                S3Credentials::Static(S3StaticCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: option(&["session_token", "aws_session_token", "token"]),
+                    expires_after: None,
+                })
+            }
+            _ => S3Credentials::FromEnv,
+        };
+        let prefix = (!prefix.is_empty()).then(|| prefix.trim_end_matches('/').to_string());
+        icechunk::new_s3_object_store_storage(
+            config,
+            bucket.to_string(),
+            prefix,
+            Some(credentials),
+            Vec::new(),
+            Vec::new(),
+        )
+        .await
+        .map_err(|e| failed(first_line(&e.to_string())))
     }
 
     /// The metadata at `key` (`zarr.json` of the root, `t2m/zarr.json`), or `None`.

@@ -236,7 +236,12 @@ impl ReferenceSet {
             list: Mutex::default(),
             store: OnceLock::new(),
         };
-        let keys = Keys::Icechunk(Box::new(IcechunkKeys::open(url, version)?));
+        if is_url(url) {
+            // Native chunks are objects of the repository's store, whether or not the first
+            // chunk looked up is one: the engine knows the store before it starts.
+            targets.remote(&format!("{url}/chunks"))?;
+        }
+        let keys = Keys::Icechunk(Box::new(IcechunkKeys::open(url, options, version)?));
         Ok(Arc::new(Self {
             url: shown,
             keys,

@@ -198,7 +198,9 @@ impl IcechunkKeys {
             config = config.with_region(region);
         }
         if let Some(endpoint) = option(&["endpoint", "aws_endpoint", "endpoint_url"]) {
-            config = config.with_endpoint_url(endpoint).with_force_path_style(true);
+            config = config
+                .with_endpoint_url(endpoint)
+                .with_force_path_style(true);
         }
         let anonymous = yes(option(&["skip_signature", "aws_skip_signature"]));
         config = config

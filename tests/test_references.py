@@ -4,6 +4,7 @@ moto's S3 and from the object server; every crop equal to xarray's read of the f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -99,10 +100,8 @@ def epoch(source, values, options=None, workers: int = 0, method: str | None = N
 
 def some_crops(source, values, name: str, options=None) -> None:
     origins = [(0, 0, 0), (1, 3, 5), (5, 14, 24), (2, 22, 32)]
-    got = read_crops(
-        References(source.url, path=name, authorize=source.authorize), origins, (1, 8, 8),
-        storage_options=options,
-    )  # fmt: skip
+    member = dataclasses.replace(source, path=name)
+    got = read_crops(member, origins, (1, 8, 8), storage_options=options)
     for crop, (t, y, x) in zip(got.numpy(), origins, strict=True):
         assert same_values(crop, values[name][t : t + 1, y : y + 8, x : x + 8]), (name, t, y, x)
 
@@ -424,3 +423,39 @@ def test_ranks_split_a_reference_set(tmp_path):
         return_origins=True,
     )  # fmt: skip
     assert sorted(seen[0] + seen[1]) == sorted(tuple(o) for _, b in whole for o in b.tolist())
+
+
+def test_a_virtualizarr_icechunk_store_reads_what_xarray_reads(tmp_path):
+    """VirtualiZarr writes the archive's chunks as virtual references into an Icechunk
+    repository (the icechunk package); read through lsio_torch.Icechunk, with the archive's
+    folder authorized (and refused without it)."""
+    icechunk = pytest.importorskip("icechunk")
+    pytest.importorskip("virtualizarr")
+    from obspec_utils.registry import ObjectStoreRegistry
+    from obstore.store import LocalStore
+    from virtualizarr import open_virtual_dataset
+    from virtualizarr.parsers import HDFParser
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    nc = archive / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    registry = ObjectStoreRegistry({"file://": LocalStore(prefix="/")})
+    vds = open_virtual_dataset(f"file://{nc}", registry=registry, parser=HDFParser())
+    config = icechunk.RepositoryConfig.default()
+    container = icechunk.VirtualChunkContainer(
+        f"file://{archive}/", icechunk.local_filesystem_store(str(archive))
+    )
+    config.set_virtual_chunk_container(container)
+    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
+    session = icechunk.Repository.create(storage, config=config).writable_session("main")
+    vds.vz.to_icechunk(session.store)
+    session.commit("virtual")
+
+    source = lsio_torch.Icechunk(tmp_path / "repo", authorize=[archive])
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values) == 6
+    with pytest.raises(ValueError, match="outside the places"):
+        read_crops(lsio_torch.Icechunk(tmp_path / "repo", path="t2m"), [(0, 0, 0)], (1, 1, 1))

@@ -51,6 +51,7 @@ class Repo:
                 ranges[key] = (len(blob), len(data))
                 blob += data
         (self.archive / "archive.bin").write_bytes(blob)
+        self.ranges = ranges
 
         config = icechunk.RepositoryConfig.default()
         store = icechunk.local_filesystem_store(str(self.archive))
@@ -235,3 +236,96 @@ def test_a_deleted_virtual_target_or_a_corrupt_manifest_is_an_error(repo, tmp_pa
     with pytest.raises(ValueError, match="manifest") as e:
         read_crops(Icechunk(copy / "repo", branch="dev", path="t2m"), [(0, 0, 0)], (1, 1, 1))
     assert "repo" in str(e.value)
+
+
+def test_a_virtual_target_changed_since_it_was_referenced_is_an_error(repo, tmp_path):
+    """A virtual chunk written with its target's last-modified time is read only while the
+    target is unmodified since: a target rewritten later is an error naming it."""
+    from datetime import datetime, timezone
+
+    archive = tmp_path / "archive"
+    shutil.copytree(repo.archive, archive)
+    target = archive / "archive.bin"
+    referenced_at = datetime.fromtimestamp(int(target.stat().st_mtime) + 1, tz=timezone.utc)
+    prefix = f"file://{archive}/"
+    config = icechunk.RepositoryConfig.default()
+    store = icechunk.local_filesystem_store(str(archive))
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
+    created = icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(tmp_path / "repo")), config=config,
+        authorize_virtual_chunk_access={prefix: None},
+    )  # fmt: skip
+    session = created.writable_session("main")
+    source_store = repo_store(repo)
+    group = zarr.group(session.store)
+    metadata = zarr.open_array(source_store, path="virtual").metadata
+    group.create_array(
+        "virtual", shape=SHAPE, chunks=CHUNKS, dtype="f4",
+        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=metadata.dimension_names,
+    )  # fmt: skip
+    # The same virtual chunks as the fixture's, each with the time its target was referenced.
+    for key, (offset, length) in virtual_ranges(repo):
+        session.store.set_virtual_ref(
+            f"virtual/{key}", f"{prefix}archive.bin", offset=offset, length=length,
+            checksum=referenced_at,
+        )  # fmt: skip
+    session.commit("checked")
+    source = Icechunk(tmp_path / "repo", path="virtual", authorize=[archive])
+    want = repo.values(tag="v1")["virtual"]
+    got = read_crops(source, [(0, 0, 0)], (1, 16, 16)).numpy()[0]
+    assert same_values(got, want[0:1, :16, :16])
+    later = referenced_at.timestamp() + 100
+    os.utime(target, (later, later))
+    with pytest.raises(lsio_torch.LsioError, match="changed since it was referenced") as e:
+        read_crops(source, [(0, 0, 0)], (1, 16, 16))
+    assert "archive.bin" in str(e.value)
+
+
+def repo_store(repo: Repo):
+    opened = icechunk.Repository.open(
+        icechunk.local_filesystem_storage(str(repo.path)),
+        authorize_virtual_chunk_access={repo.prefix: None},
+    )
+    return opened.readonly_session(tag="v1").store
+
+
+def virtual_ranges(repo: Repo):
+    """The fixture's virtual chunks: each chunk key's range of the archive."""
+    return sorted(repo.ranges.items())
+
+
+def test_a_virtual_object_replaced_since_it_was_referenced_is_an_error(repo, tmp_path, s3):
+    """In an object store, a virtual chunk written with its object's ETag is read only at that
+    ETag (If-Match): an object replaced since is an error, never other bytes."""
+    blob = (repo.archive / "archive.bin").read_bytes()
+    s3.put("icechunk", "virtual/archive.bin", blob)
+    etag = s3.client.head_object(Bucket="icechunk", Key="virtual/archive.bin")["ETag"]
+    prefix = "s3://icechunk/virtual/"
+    config = icechunk.RepositoryConfig.default()
+    container = icechunk.s3_store(
+        region="us-east-1", endpoint_url=s3.endpoint, allow_http=True, s3_compatible=True
+    )
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, container))
+    local = tmp_path / "repo"
+    session = icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(local)), config=config
+    ).writable_session("main")
+    zarr.group(session.store).create_array(
+        "virtual", shape=SHAPE, chunks=CHUNKS, dtype="f4",
+        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=("time", "lat", "lon"),
+    )  # fmt: skip
+    for key, (offset, length) in virtual_ranges(repo):
+        session.store.set_virtual_ref(
+            f"virtual/{key}", f"{prefix}archive.bin", offset=offset, length=length,
+            checksum=etag,
+        )  # fmt: skip
+    session.commit("checked")
+    url = s3.upload(local, "icechunk", "checked/repo")
+    source = Icechunk(url, path="virtual", authorize=[prefix])
+    want = repo.values(tag="v1")["virtual"]
+    got = read_crops(source, [(1, 3, 5)], (1, 16, 16), storage_options=s3.storage_options)
+    assert same_values(got.numpy()[0], want[1:2, 3:19, 5:21])
+    s3.put("icechunk", "virtual/archive.bin", blob[:-1] + b"\0")  # the same length, new ETag
+    with pytest.raises(lsio_torch.LsioError, match=r"archive\.bin") as e:
+        read_crops(source, [(1, 3, 5)], (1, 16, 16), storage_options=s3.storage_options)
+    assert "after it was referenced" in str(e.value) and "412" in str(e.value)

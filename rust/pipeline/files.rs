@@ -10,6 +10,7 @@ use super::shared::Shared;
 use crate::cache::disk::object_key;
 use crate::error::{Error, Result};
 use crate::io::open_files::{self, Identity};
+use crate::zarr::references::Check;
 use crate::zarr::shard_index::ShardIndex;
 
 /// Shard indexes kept per engine; the oldest is forgotten first.
@@ -118,7 +119,11 @@ impl PlanCache {
         if let Some(store) = shared.array.location.remote() {
             let key = store.key(&shared.array.file_key(coords));
             let version = self.object_indexes.get(coords).map(|(v, _)| v.clone());
-            let (size, etag) = version.map_or((None, None), |(size, etag)| (Some(size), etag));
+            let (size, mut etag) = version.map_or((None, None), |(size, etag)| (Some(size), etag));
+            // A target referenced at an ETag is read only at that ETag (`If-Match`).
+            if let Some(Check::ETag(tag)) = shared.array.target_check(coords) {
+                etag = Some(tag);
+            }
             return Ok(OpenFile {
                 path,
                 file: None,
@@ -128,6 +133,11 @@ impl PlanCache {
         let (file, opened) = open_files::open(&path, shared.direct_io)
             .map_err(|e| Error::io(&path, "opening a chunk file", e))?;
         let counters = &shared.counters;
+        if let (Some(open), Some(Check::UnmodifiedSince(at))) =
+            (&file, shared.array.target_check(coords))
+        {
+            unchanged_since(open, at)?;
+        }
         match &file {
             None if shared.array.is_referenced() => return Err(missing_target(&path)),
             None => self.missing.insert(coords.to_vec(), ()),
@@ -169,6 +179,28 @@ pub(super) fn missing_target(path: &std::path::Path) -> Error {
          were made?)",
     );
     Error::io(path, "reading a chunk by reference", gone)
+}
+
+/// An error unless the file a reference points into was last modified at or before `at`
+/// (seconds since the epoch): one modified since holds other bytes than were referenced.
+fn unchanged_since(open: &open_files::OpenFile, at: u64) -> Result<()> {
+    let reading = "reading a chunk by reference";
+    let modified = open
+        .file
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(|e| Error::io(&open.path, reading, e))?;
+    let seconds = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if seconds > at {
+        let changed = std::io::Error::other(format!(
+            "the file changed since it was referenced: modified at {seconds} s since the \
+             epoch, referenced as of {at}"
+        ));
+        return Err(Error::io(&open.path, reading, changed));
+    }
+    Ok(())
 }
 
 /// The disk cache's key for a remote object of a batch: `None` where its version is not known

@@ -14,7 +14,7 @@ use super::leaf::LeafCodecs;
 use super::limits;
 use super::location::Location;
 use super::metadata::{read_array_metadata, read_group_member, StoredMetadata};
-use super::references::{Entry, ReferenceSet, Target};
+use super::references::{Check, Entry, ReferenceSet, Target};
 use super::region::c_order_index;
 use crate::error::{Error, Result};
 
@@ -332,6 +332,14 @@ impl ZarrArray {
             file: vec![target],
             inner: 0,
         }
+    }
+
+    /// What the target at `file` (an array by reference's) must still be for its chunks to be
+    /// read: the version it was referenced at, where the references say.
+    #[must_use]
+    pub fn target_check(&self, file: &[u64]) -> Option<Check> {
+        let (set, _) = self.references()?;
+        set.check(u32::try_from(*file.first()?).ok()?)
     }
 
     /// Target number `file[0]` of an array by reference.

@@ -9,14 +9,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use icechunk::format::manifest::ChunkPayload;
+use icechunk::format::manifest::{Checksum, ChunkPayload};
 use icechunk::format::{ChunkIndices, Path as NodePath, SnapshotId};
 use icechunk::repository::VersionInfo;
 use icechunk::session::Session;
 use icechunk::storage::{S3Credentials, S3Options, S3StaticCredentials};
 use icechunk::{Repository, Storage};
 
-use super::references::{Entry, Targets};
+use super::references::{Check, Entry, Targets};
 use crate::error::{Error, Result};
 use crate::io::remote::{is_url, redact};
 
@@ -295,7 +295,7 @@ impl IcechunkKeys {
                 len: chunk.length,
             }),
             Some(ChunkPayload::Virtual(chunk)) => Some(Entry::Range {
-                target: targets.id(chunk.location.url())?,
+                target: targets.checked_id(chunk.location.url(), chunk.checksum.map(check_of))?,
                 offset: chunk.offset,
                 len: chunk.length,
             }),
@@ -306,6 +306,14 @@ impl IcechunkKeys {
                 })
             }
         })
+    }
+}
+
+/// What a virtual chunk's checksum asks of its target.
+fn check_of(checksum: Checksum) -> Check {
+    match checksum {
+        Checksum::ETag(tag) => Check::ETag(tag.0),
+        Checksum::LastModified(at) => Check::UnmodifiedSince(u64::from(at.0)),
     }
 }
 

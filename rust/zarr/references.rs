@@ -32,6 +32,15 @@ pub enum Entry {
     Whole { target: u32 },
 }
 
+/// What a target must still be for its chunks to be read: the version it was referenced at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The object's ETag (sent as `If-Match`).
+    ETag(String),
+    /// Not modified after this time (seconds since the epoch).
+    UnmodifiedSince(u64),
+}
+
 /// A file chunks are read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -285,6 +294,12 @@ impl ReferenceSet {
         self.targets.get(id)
     }
 
+    /// What target number `id` must still be for its chunks to be read, if the set says.
+    #[must_use]
+    pub fn check(&self, id: u32) -> Option<Check> {
+        self.targets.check(id)
+    }
+
     /// The object store every remote target is in (one per set), once one is known.
     #[must_use]
     pub fn store(&self) -> Option<&Arc<RemoteStore>> {
@@ -328,6 +343,7 @@ pub(super) struct Targets {
 #[derive(Debug, Default)]
 struct TargetList {
     targets: Vec<Target>,
+    checks: Vec<Option<Check>>,
     by_url: HashMap<String, u32>,
 }
 
@@ -335,6 +351,24 @@ impl Targets {
     fn get(&self, id: u32) -> Option<Target> {
         let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.targets.get(id as usize).cloned()
+    }
+
+    fn check(&self, id: u32) -> Option<Check> {
+        let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+        list.checks.get(id as usize).cloned().flatten()
+    }
+
+    /// The number of the target at `raw`, whose chunks are read only while it passes
+    /// `check` (the first check given for a target holds).
+    pub(super) fn checked_id(&self, raw: &str, check: Option<Check>) -> Result<u32> {
+        let id = self.id(raw)?;
+        if let Some(check) = check {
+            let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot @ None) = list.checks.get_mut(id as usize) {
+                *slot = Some(check);
+            }
+        }
+        Ok(id)
     }
 
     /// The number of the target at `raw` (a URL or path from the set).
@@ -380,6 +414,7 @@ impl Targets {
         let id = u32::try_from(list.targets.len())
             .map_err(|_| invalid(&self.shown, "more than 2^32 targets".into()))?;
         list.targets.push(target);
+        list.checks.push(None);
         list.by_url.insert(raw.to_string(), id);
         Ok(id)
     }

@@ -216,8 +216,8 @@ pub fn to_io(e: object_store::Error) -> std::io::Error {
         | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
         object_store::Error::Precondition { .. } => {
             return std::io::Error::other(format!(
-                "the object was replaced after its shard index was read (its ETag changed); \
-                 the next iteration reads the new one: {}",
+                "the object was replaced (its ETag changed) after its shard index was read \
+                 (the next iteration reads the new one) or after it was referenced: {}",
                 full_message(&e)
             ));
         }
@@ -267,7 +267,10 @@ mod tests {
             source: "412".into(),
         };
         let e = to_io(replaced).to_string();
-        assert!(e.contains("replaced after its shard index was read"), "{e}");
+        assert!(
+            e.contains("replaced (its ETag changed) after its shard index"),
+            "{e}"
+        );
     }
 
     #[test]

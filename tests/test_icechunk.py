@@ -238,6 +238,25 @@ def test_a_deleted_virtual_target_or_a_corrupt_manifest_is_an_error(repo, tmp_pa
     assert "repo" in str(e.value)
 
 
+def checked_repository(repo: Repo, at: Path, prefix: str, container, checksum) -> None:
+    """A repository at ``at`` whose array ``virtual`` has the fixture's virtual chunks, moved
+    to ``prefix`` (read through ``container``), each written with ``checksum``."""
+    config = icechunk.RepositoryConfig.default()
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, container))
+    storage = icechunk.local_filesystem_storage(str(at))
+    session = icechunk.Repository.create(storage, config=config).writable_session("main")
+    zarr.group(session.store).create_array(
+        "virtual", shape=SHAPE, chunks=CHUNKS, dtype="f4",
+        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=("time", "lat", "lon"),
+    )  # fmt: skip
+    for key, (offset, length) in sorted(repo.ranges.items()):
+        session.store.set_virtual_ref(
+            f"virtual/{key}", f"{prefix}archive.bin", offset=offset, length=length,
+            checksum=checksum,
+        )  # fmt: skip
+    session.commit("checked")
+
+
 def test_a_virtual_target_changed_since_it_was_referenced_is_an_error(repo, tmp_path):
     """A virtual chunk written with its target's last-modified time is read only while the
     target is unmodified since: a target rewritten later is an error naming it."""
@@ -247,29 +266,8 @@ def test_a_virtual_target_changed_since_it_was_referenced_is_an_error(repo, tmp_
     shutil.copytree(repo.archive, archive)
     target = archive / "archive.bin"
     referenced_at = datetime.fromtimestamp(int(target.stat().st_mtime) + 1, tz=timezone.utc)
-    prefix = f"file://{archive}/"
-    config = icechunk.RepositoryConfig.default()
-    store = icechunk.local_filesystem_store(str(archive))
-    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
-    created = icechunk.Repository.create(
-        icechunk.local_filesystem_storage(str(tmp_path / "repo")), config=config,
-        authorize_virtual_chunk_access={prefix: None},
-    )  # fmt: skip
-    session = created.writable_session("main")
-    source_store = repo_store(repo)
-    group = zarr.group(session.store)
-    metadata = zarr.open_array(source_store, path="virtual").metadata
-    group.create_array(
-        "virtual", shape=SHAPE, chunks=CHUNKS, dtype="f4",
-        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=metadata.dimension_names,
-    )  # fmt: skip
-    # The same virtual chunks as the fixture's, each with the time its target was referenced.
-    for key, (offset, length) in virtual_ranges(repo):
-        session.store.set_virtual_ref(
-            f"virtual/{key}", f"{prefix}archive.bin", offset=offset, length=length,
-            checksum=referenced_at,
-        )  # fmt: skip
-    session.commit("checked")
+    container = icechunk.local_filesystem_store(str(archive))
+    checked_repository(repo, tmp_path / "repo", f"file://{archive}/", container, referenced_at)
     source = Icechunk(tmp_path / "repo", path="virtual", authorize=[archive])
     want = repo.values(tag="v1")["virtual"]
     got = read_crops(source, [(0, 0, 0)], (1, 16, 16)).numpy()[0]
@@ -281,19 +279,6 @@ def test_a_virtual_target_changed_since_it_was_referenced_is_an_error(repo, tmp_
     assert "archive.bin" in str(e.value)
 
 
-def repo_store(repo: Repo):
-    opened = icechunk.Repository.open(
-        icechunk.local_filesystem_storage(str(repo.path)),
-        authorize_virtual_chunk_access={repo.prefix: None},
-    )
-    return opened.readonly_session(tag="v1").store
-
-
-def virtual_ranges(repo: Repo):
-    """The fixture's virtual chunks: each chunk key's range of the archive."""
-    return sorted(repo.ranges.items())
-
-
 def test_a_virtual_object_replaced_since_it_was_referenced_is_an_error(repo, tmp_path, s3):
     """In an object store, a virtual chunk written with its object's ETag is read only at that
     ETag (If-Match): an object replaced since is an error, never other bytes."""
@@ -301,26 +286,11 @@ def test_a_virtual_object_replaced_since_it_was_referenced_is_an_error(repo, tmp
     s3.put("icechunk", "virtual/archive.bin", blob)
     etag = s3.client.head_object(Bucket="icechunk", Key="virtual/archive.bin")["ETag"]
     prefix = "s3://icechunk/virtual/"
-    config = icechunk.RepositoryConfig.default()
     container = icechunk.s3_store(
         region="us-east-1", endpoint_url=s3.endpoint, allow_http=True, s3_compatible=True
     )
-    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, container))
-    local = tmp_path / "repo"
-    session = icechunk.Repository.create(
-        icechunk.local_filesystem_storage(str(local)), config=config
-    ).writable_session("main")
-    zarr.group(session.store).create_array(
-        "virtual", shape=SHAPE, chunks=CHUNKS, dtype="f4",
-        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=("time", "lat", "lon"),
-    )  # fmt: skip
-    for key, (offset, length) in virtual_ranges(repo):
-        session.store.set_virtual_ref(
-            f"virtual/{key}", f"{prefix}archive.bin", offset=offset, length=length,
-            checksum=etag,
-        )  # fmt: skip
-    session.commit("checked")
-    url = s3.upload(local, "icechunk", "checked/repo")
+    checked_repository(repo, tmp_path / "repo", prefix, container, etag)
+    url = s3.upload(tmp_path / "repo", "icechunk", "checked/repo")
     source = Icechunk(url, path="virtual", authorize=[prefix])
     want = repo.values(tag="v1")["virtual"]
     got = read_crops(source, [(1, 3, 5)], (1, 16, 16), storage_options=s3.storage_options)

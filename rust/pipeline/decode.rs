@@ -38,29 +38,8 @@ pub(super) fn decode_read(
     };
     let cache = claims.cache();
     let mut chunk = cache.buffer(shared.leaf_bytes);
-    if shared.as_stored {
-        if bytes.len() != chunk.len() {
-            let reason = format!(
-                "an uncompressed chunk of {} bytes, expected {}",
-                bytes.len(),
-                chunk.len()
-            );
-            return Err(corrupt_chunk(shared, task, location, path, reason));
-        }
-        chunk.copy_from_slice(bytes);
-    } else {
-        let array = &shared.array;
-        array
-            .leaf_codecs()
-            .decode_into(
-                bytes,
-                &mut chunk,
-                &shared.leaf_shape,
-                array.codec_data_type(),
-                array.codec_fill_value(),
-            )
-            .map_err(|reason| corrupt_chunk(shared, task, location, path, reason))?;
-    }
+    decode_whole(shared, bytes, &mut chunk)
+        .map_err(|reason| corrupt_chunk(shared, task, location, path, reason))?;
     copy_targets(shared, task, &chunk, 0, out)?;
     cache.complete(claims, &shared.cache_key(task), Some(chunk));
     Ok(())
@@ -72,31 +51,39 @@ pub(super) fn decode_read(
 /// # Errors
 /// [`Error::Corrupt`] naming the reference set and chunk when it does not decode.
 pub(super) fn decode_inline(shared: &Shared, task: &ChunkTask, bytes: &[u8]) -> Result<Vec<u8>> {
-    let array = &shared.array;
-    let corrupt = |reason: String| {
-        let what = format!("chunk {:?} (inline in the references)", task.chunk);
-        Error::corrupt(&array.path, what, reason)
-    };
     let mut chunk = vec![0; shared.leaf_bytes];
+    decode_whole(shared, bytes, &mut chunk).map_err(|reason| {
+        let what = format!("chunk {:?} (inline in the references)", task.chunk);
+        Error::corrupt(&shared.array.path, what, reason)
+    })?;
+    Ok(chunk)
+}
+
+/// Decodes a whole chunk's `bytes` into `chunk` (a chunk stored as its elements is copied);
+/// the reason when they do not decode.
+fn decode_whole(
+    shared: &Shared,
+    bytes: &[u8],
+    chunk: &mut [u8],
+) -> std::result::Result<(), String> {
     if shared.as_stored {
         if bytes.len() != chunk.len() {
-            let n = bytes.len();
-            return Err(corrupt(format!("{n} bytes, expected {}", chunk.len())));
+            let (n, expected) = (bytes.len(), chunk.len());
+            return Err(format!(
+                "an uncompressed chunk of {n} bytes, expected {expected}"
+            ));
         }
         chunk.copy_from_slice(bytes);
-        return Ok(chunk);
+        return Ok(());
     }
-    array
-        .leaf_codecs()
-        .decode_into(
-            bytes,
-            &mut chunk,
-            &shared.leaf_shape,
-            array.codec_data_type(),
-            array.codec_fill_value(),
-        )
-        .map_err(corrupt)?;
-    Ok(chunk)
+    let array = &shared.array;
+    array.leaf_codecs().decode_into(
+        bytes,
+        chunk,
+        &shared.leaf_shape,
+        array.codec_data_type(),
+        array.codec_fill_value(),
+    )
 }
 
 /// Writes the fill value into a read chunk's places: its object turned out to be missing.

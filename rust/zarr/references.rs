@@ -176,19 +176,7 @@ impl ReferenceSet {
         };
         let at = Location::parse(folder, options)?;
         let shown = redact(url);
-        let base = Place::parse(folder)?;
-        let mut places = vec![base.clone()];
-        for place in authorize {
-            places.push(Place::parse(place)?);
-        }
-        let targets = Targets {
-            shown: shown.clone(),
-            base,
-            places,
-            options: options.to_vec(),
-            list: Mutex::default(),
-            store: OnceLock::new(),
-        };
+        let targets = Targets::new(&shown, folder, authorize, options)?;
         let folder_of_records = match &at {
             Location::Local(dir) => dir.join(name).is_dir(),
             _ => !name.ends_with(".json"),
@@ -231,20 +219,8 @@ impl ReferenceSet {
         authorize: &[String],
     ) -> Result<Arc<Self>> {
         let url = url.trim_end_matches('/');
-        let base = Place::parse(url)?;
-        let mut places = vec![base.clone()];
-        for place in authorize {
-            places.push(Place::parse(place)?);
-        }
         let shown = redact(url);
-        let targets = Targets {
-            shown: shown.clone(),
-            base,
-            places,
-            options: options.to_vec(),
-            list: Mutex::default(),
-            store: OnceLock::new(),
-        };
+        let targets = Targets::new(&shown, url, authorize, options)?;
         if is_url(url) {
             // Native chunks are objects of the repository's store, whether or not the first
             // chunk looked up is one: the engine knows the store before it starts.
@@ -348,6 +324,29 @@ struct TargetList {
 }
 
 impl Targets {
+    /// The targets of the set `shown`: relative ones resolved against `base` (a folder or a
+    /// URL prefix), each allowed there or under a place of `authorize`.
+    fn new(
+        shown: &str,
+        base: &str,
+        authorize: &[String],
+        options: &[(String, String)],
+    ) -> Result<Self> {
+        let base = Place::parse(base)?;
+        let mut places = vec![base.clone()];
+        for place in authorize {
+            places.push(Place::parse(place)?);
+        }
+        Ok(Self {
+            shown: shown.to_string(),
+            base,
+            places,
+            options: options.to_vec(),
+            list: Mutex::default(),
+            store: OnceLock::new(),
+        })
+    }
+
     fn get(&self, id: u32) -> Option<Target> {
         let list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         list.targets.get(id as usize).cloned()
@@ -656,17 +655,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, base: &str, authorize: &[&str]) -> Result<ReferenceSet> {
-        let base = Place::parse(base).unwrap();
-        let mut places = vec![base.clone()];
-        places.extend(authorize.iter().map(|p| Place::parse(p).unwrap()));
-        let targets = Targets {
-            shown: "refs.json".into(),
-            base,
-            places,
-            options: Vec::new(),
-            list: Mutex::default(),
-            store: OnceLock::new(),
-        };
+        let authorize: Vec<String> = authorize.iter().map(|p| (*p).to_string()).collect();
+        let targets = Targets::new("refs.json", base, &authorize, &[]).unwrap();
         let entries = parse_json("refs.json", text.as_bytes(), &targets)?;
         Ok(ReferenceSet {
             url: "refs.json".into(),

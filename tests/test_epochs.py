@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 import torch.multiprocessing
-from support import write_array
+from support import gloo_group, write_array
 from torch.utils.data import DataLoader
 
 import lsio_torch
@@ -145,16 +145,11 @@ def test_a_dataset_made_anew_each_epoch_is_warned_about_once(path, caplog):
 
 
 def _rank(rank: int, world: int, ds, rendezvous: str, out: str) -> None:
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world
-    )
-    try:
+    with gloo_group(rank, world, rendezvous):
         dl = loader(ds, rank, "fork")
         seen = [origins_of(dl) for _ in range(2)]
         with open(f"{out}.{rank}", "w") as f:
             json.dump(seen, f)
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_ranks_that_receive_one_dataset_count_their_own_epochs(path, epochs, tmp_path):

@@ -31,7 +31,14 @@ from support.data import (
     write_array,
     write_zarr,
 )
-from support.process import engine_threads, epochs_of, io_uring_refusal, rss_bytes, wait_until
+from support.process import (
+    engine_threads,
+    epochs_of,
+    gloo_group,
+    io_uring_refusal,
+    rss_bytes,
+    wait_until,
+)
 
 __all__ = [
     "DTYPES",
@@ -49,6 +56,7 @@ __all__ = [
     "engine_threads",
     "epochs_of",
     "flip_bit",
+    "gloo_group",
     "io_uring_refusal",
     "junk_head",
     "reference_crop",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import os
 import subprocess
@@ -63,3 +65,26 @@ def io_uring_refusal() -> str | None:
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     return out.stdout.strip() or None
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, rendezvous: str):
+    """A gloo process group for one rank of a ``torch.multiprocessing.spawn`` test. The ranks
+    meet at a barrier before it is destroyed: a rank that tears its group down while the other
+    still talks to it can abort in gloo's threads (SIGABRT, "terminate called without an
+    active exception"). A rank that failed skips the barrier, and the other's waits end after
+    the timeout instead of CI's."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import torch
 
 from lsio_torch import _lsio_torch
 from lsio_torch._stopwatch import Stopwatch
+from lsio_torch.bench.venv312 import venv_with
 from lsio_torch.dataset import ZarrCropDataset
 
 SURFACE = (
@@ -245,46 +245,9 @@ print(json.dumps(rates))
 """
 
 
-def _python_312() -> str | None:
-    """A Python >= 3.12 on this machine (pyenv's included), or None."""
-    candidates = [shutil.which(f"python3.{m}") for m in (13, 12)]
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    if pyenv.is_dir():
-        for version in sorted(pyenv.iterdir(), reverse=True):
-            candidates.append(str(version / "bin" / "python"))
-    for python in candidates:
-        if not python or not Path(python).exists():
-            continue
-        probe = subprocess.run(
-            [python, "-c", "import sys; print(sys.version_info >= (3, 12))"],
-            capture_output=True,
-            text=True,
-        )
-        if probe.stdout.strip() == "True":
-            return python
-    return None
-
-
 def insitubatch_python(cache: Path) -> tuple[str | None, str]:
     """The venv's Python with insitubatch installed (made once), or None and why not."""
-    venv = cache / "venv-insitubatch"
-    python = venv / "bin" / "python"
-    if python.exists():
-        return str(python), ""
-    base = _python_312()
-    if base is None:
-        return None, "missing: no Python >= 3.12 on this machine"
-    made = subprocess.run([base, "-m", "venv", str(venv)], capture_output=True, text=True)
-    if made.returncode == 0:
-        made = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "insitubatch", "xarray"],
-            capture_output=True,
-            text=True,
-        )
-    if made.returncode != 0:
-        shutil.rmtree(venv, ignore_errors=True)
-        return None, f"missing: installing insitubatch failed: {made.stderr.strip()[-300:]}"
-    return str(python), ""
+    return venv_with(cache / "venv-insitubatch", ["insitubatch", "xarray"])
 
 
 def run_insitubatch(python: str, source: str, steps, n, batch, epochs) -> list[float]:

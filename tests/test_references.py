@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -425,37 +427,87 @@ def test_ranks_split_a_reference_set(tmp_path):
     assert sorted(seen[0] + seen[1]) == sorted(tuple(o) for _, b in whole for o in b.tolist())
 
 
-def test_a_virtualizarr_icechunk_store_reads_what_xarray_reads(tmp_path):
-    """VirtualiZarr writes the archive's chunks as virtual references into an Icechunk
-    repository (the icechunk package); read through lsio_torch.Icechunk, with the archive's
-    folder authorized (and refused without it)."""
-    icechunk = pytest.importorskip("icechunk")
-    pytest.importorskip("virtualizarr")
-    from obspec_utils.registry import ObjectStoreRegistry
-    from obstore.store import LocalStore
-    from virtualizarr import open_virtual_dataset
-    from virtualizarr.parsers import HDFParser
+WRITER = Path(__file__).with_name("virtual_icechunk_writer.py")
 
+
+@pytest.fixture(scope="module")
+def icechunk_pythons(tmp_path_factory) -> dict[str, str]:
+    """The Pythons that write virtual Icechunk stores: ours (the icechunk 1 line, format 1)
+    and a Python >= 3.12 venv with the icechunk 2 line (format 2), where one can be made."""
+    pytest.importorskip("icechunk")
+    pytest.importorskip("virtualizarr")
+    from lsio_torch.bench.venv312 import venv_with
+
+    pythons = {"icechunk1": sys.executable}
+    venv = tmp_path_factory.mktemp("icechunk2") / "venv"
+    packages = ["icechunk>=2,<3", "virtualizarr", "h5py", "xarray", "obstore"]
+    python, why = venv_with(venv, packages)
+    pythons["icechunk2"] = python or why
+    return pythons
+
+
+def virtualizarr_icechunk(python: str, nc: Path, repo: Path, prefix: str, container) -> str:
+    """A VirtualiZarr virtual Icechunk store of the archive at ``nc``, written at ``repo`` by
+    ``python`` (see the writer); returns the icechunk version that wrote it."""
+    args = {"nc": str(nc), "repo": str(repo), "prefix": prefix, "container": container}
+    run = subprocess.run(
+        [python, str(WRITER), json.dumps(args)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])["icechunk"]
+
+
+@pytest.mark.parametrize(
+    "writer, place",
+    [
+        ("icechunk1", "local"),
+        ("icechunk1", "s3"),
+        ("icechunk2", "local"),
+        ("icechunk2", "http"),
+        ("icechunk2", "s3"),
+    ],
+)
+def test_a_virtualizarr_icechunk_store_reads_what_xarray_reads(
+    tmp_path, icechunk_pythons, writer, place, request
+):
+    """VirtualiZarr writes the archive's chunks as virtual references into an Icechunk
+    repository; read through lsio_torch.Icechunk, with the archive's place authorized (and
+    refused without it): locally, from the object server, and from moto's S3 (the repository
+    and the archive in one bucket), each with an epoch through workers. Both icechunk lines
+    write: the 1 line (format 1) drops a URL's port, so it cannot reference the object
+    server's archive (icechunk#2223, fixed in the 2 line)."""
+    python = icechunk_pythons[writer]
+    if not Path(python).exists():
+        pytest.skip(f"the icechunk 2 writer is {python}")
     archive = tmp_path / "archive"
     archive.mkdir()
     nc = archive / "archive.nc"
     write_netcdf4(nc, "netCDF4")
     values = xarray_values(nc)
-    registry = ObjectStoreRegistry({"file://": LocalStore(prefix="/")})
-    vds = open_virtual_dataset(f"file://{nc}", registry=registry, parser=HDFParser())
-    config = icechunk.RepositoryConfig.default()
-    container = icechunk.VirtualChunkContainer(
-        f"file://{archive}/", icechunk.local_filesystem_store(str(archive))
-    )
-    config.set_virtual_chunk_container(container)
-    storage = icechunk.local_filesystem_storage(str(tmp_path / "repo"))
-    session = icechunk.Repository.create(storage, config=config).writable_session("main")
-    vds.vz.to_icechunk(session.store)
-    session.commit("virtual")
-
-    source = lsio_torch.Icechunk(tmp_path / "repo", authorize=[archive])
+    repo, options = tmp_path / "repo", None
+    if place == "local":
+        prefix = f"file://{archive}/"
+        wrote = virtualizarr_icechunk(python, nc, repo, prefix, {"local": str(archive)})
+        url, authorize = repo, [archive]
+    elif place == "http":
+        server = request.getfixturevalue("object_server")(tmp_path)
+        prefix = f"{server.url}/archive/"
+        wrote = virtualizarr_icechunk(python, nc, repo, prefix, {"http": True})
+        url, authorize = f"{server.url}/repo", [prefix]
+    else:
+        s3 = request.getfixturevalue("s3")
+        prefix = f"s3://virtual/{writer}/archive/"
+        wrote = virtualizarr_icechunk(python, nc, repo, prefix, {"s3": s3.endpoint})
+        s3.put("virtual", f"{writer}/archive/archive.nc", nc.read_bytes())
+        url, authorize = s3.upload(repo, "virtual", f"{writer}/repo"), [prefix]
+        options = s3.storage_options
+    assert wrote.startswith(writer[-1] + "."), wrote
+    source = lsio_torch.Icechunk(url, authorize=authorize)
     for name in VARIABLES:
-        some_crops(source, values, name)
-    assert epoch(source, values) == 6
+        some_crops(source, values, name, options)
+    assert epoch(source, values, options) == 6
+    method = "fork" if place == "local" else "spawn"
+    assert epoch(source, values, options, workers=2, method=method) == 6
     with pytest.raises(ValueError, match="outside the places"):
-        read_crops(lsio_torch.Icechunk(tmp_path / "repo", path="t2m"), [(0, 0, 0)], (1, 1, 1))
+        refused = lsio_torch.Icechunk(url, path="t2m")
+        read_crops(refused, [(0, 0, 0)], (1, 1, 1), storage_options=options)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
-from lsio_torch.references import Icechunk, Indexed, References, open_in
+from lsio_torch.references import Icechunk, Indexed, References, is_icechunk_session, open_in
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
@@ -120,8 +120,10 @@ def option_pairs(path: str, options: Mapping[str, Any] | None) -> list[tuple[str
 def place(
     path: str | os.PathLike[str] | References | Icechunk,
 ) -> str | References | Icechunk:
-    """Where a dataset reads: a path or URL as a string, or a reference set or repository as
-    it is."""
+    """Where a dataset reads: a path or URL as a string, a reference set or repository as it
+    is, and an ``icechunk.Session`` (or its store) as the repository at its snapshot."""
+    if is_icechunk_session(path):
+        return Icechunk(path)
     return path if isinstance(path, Indexed) else os.fspath(path)
 
 
@@ -132,9 +134,11 @@ def open_array(
 ) -> _lsio_torch.Array:
     """The array at ``path`` (a directory, a URL or a reference set), or array ``name`` of the
     group there."""
+    path = place(path)
+    if isinstance(path, Icechunk):
+        storage_options = path.options(storage_options)
     if isinstance(path, Indexed):
         return checked(open_in(path, name, option_pairs(path.url, storage_options)))
-    path = os.fspath(path)
     options = option_pairs(path, storage_options)
     if name is None:
         return checked(_lsio_torch.Array(path, options))

@@ -6,8 +6,8 @@ reads the bytes where they lie."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from lsio_torch import _lsio_torch
@@ -67,16 +67,22 @@ class Icechunk:
     """An Icechunk repository at one version, usable wherever a dataset takes a path.
 
     Args:
-        url: the repository: a local folder or an ``http(s)://`` URL.
+        url: the repository: a local folder, an ``s3://`` or an ``http(s)://`` URL; or an
+            ``icechunk.Session`` (or its ``IcechunkStore``) from the icechunk package, which
+            gives the repository, its snapshot and its storage's credentials (a session with
+            uncommitted changes is refused: commit them first).
         branch, tag, snapshot: the version read, at most one of them (default: the tip of
             branch ``main``, taken when the dataset is made: a run reads one snapshot
             throughout; pin ``snapshot=`` or ``tag=`` to make it reproducible).
         path: the group or array inside the repository (default: its root).
         authorize: places (folders, URL prefixes) the repository's virtual chunks may be
             read from; a virtual chunk anywhere else is refused with an error naming it.
+        storage_options: options of the repository's store (a session's credentials, say),
+            under those the dataset is given, which take precedence key by key.
 
     >>> repo = Icechunk("era5-repo", tag="v2024.1")                     # doctest: +SKIP
     >>> ds = ZarrCropDataset(repo, {"lat": 64}, variables=["t2m"])      # doctest: +SKIP
+    >>> ds = ZarrCropDataset(Icechunk(session), {"lat": 64})            # doctest: +SKIP
     """
 
     url: str | os.PathLike[str]
@@ -85,10 +91,27 @@ class Icechunk:
     snapshot: str | None = None
     path: str | None = None
     authorize: Sequence[str | os.PathLike[str]] = ()
+    storage_options: Any = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", os.fspath(self.url))
         given = [k for k in ("branch", "tag", "snapshot") if getattr(self, k) is not None]
+        if is_icechunk_session(self.url):
+            if given:
+                raise ValueError(f"a session is at its own snapshot: give no {given[0]}")
+            session = getattr(self.url, "session", self.url)  # a store, or the session
+            if session.has_uncommitted_changes:
+                raise ValueError(
+                    "the icechunk session has uncommitted changes, which a dataset would not "
+                    "see: commit them first, or read a readonly_session"
+                )
+            url, options = _lsio_torch.icechunk_session_repository(session._session.as_bytes())
+            object.__setattr__(self, "url", url)
+            object.__setattr__(self, "snapshot", session.snapshot_id)
+            own = dict(options)
+            own.update(dict(self.storage_options or ()))
+            object.__setattr__(self, "storage_options", own)
+            given = ["snapshot"]
+        object.__setattr__(self, "url", os.fspath(self.url))
         if len(given) > 1:
             raise ValueError(f"give one of branch, tag and snapshot, not {' and '.join(given)}")
         if not given:
@@ -96,8 +119,18 @@ class Icechunk:
         if isinstance(self.authorize, (str, os.PathLike)):
             raise TypeError("authorize must be a list of folders or URL prefixes")
         object.__setattr__(self, "authorize", tuple(os.fspath(a) for a in self.authorize))
+        options = self.storage_options or ()
+        pairs = tuple(sorted(dict(options.items() if isinstance(options, Mapping) else options)
+                             .items()))  # fmt: skip
+        object.__setattr__(self, "storage_options", pairs)
         if self.path is not None:
             object.__setattr__(self, "path", self.path.strip("/") or None)
+
+    def options(self, given: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The storage options to open the repository with: its own, under ``given``."""
+        if not self.storage_options:
+            return given
+        return {**dict(self.storage_options), **dict(given or {})}
 
     @property
     def version(self) -> tuple[str, str]:
@@ -130,6 +163,16 @@ class Icechunk:
 
 #: What may stand where a dataset takes a path, besides a path or a URL.
 Indexed = (References, Icechunk)
+
+
+def is_icechunk_session(value: Any) -> bool:
+    """Whether ``value`` is an ``icechunk.Session`` or ``IcechunkStore`` (without importing
+    the icechunk package, which a dataset does not need)."""
+    kind = type(value)
+    return kind.__module__.partition(".")[0] == "icechunk" and kind.__name__ in (
+        "Session",
+        "IcechunkStore",
+    )
 
 
 def _open_once(key: tuple[Any, ...], open_: Any) -> _lsio_torch.References:

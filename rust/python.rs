@@ -26,6 +26,7 @@ use crate::pipeline::{self, EngineConfig, OutBuffer, Ticket};
 use crate::sampler;
 use crate::window::{Run, Window};
 use crate::zarr::icechunk::Version;
+use crate::zarr::icechunk_session;
 use crate::zarr::location::Location;
 use crate::zarr::references::ReferenceSet;
 use crate::zarr::ZarrArray;
@@ -68,6 +69,14 @@ fn boundary<T>(what: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
 #[pyfunction]
 fn redact(text: &str) -> String {
     remote::redact(text)
+}
+
+/// Where the repository of an ``icechunk.Session`` lies, from the session's bytes
+/// (``Session._session.as_bytes()``): its URL and the ``storage_options`` to read it with.
+#[pyfunction]
+fn icechunk_session_repository(bytes: &[u8]) -> PyResult<(String, Vec<(String, String)>)> {
+    let found = icechunk_session::session_repository(bytes).map_err(to_py)?;
+    Ok((found.url, found.options))
 }
 
 /// Most crops :meth:`Sampler.origins` draws at once.
@@ -888,6 +897,7 @@ fn _lsio_torch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DiskCache>()?;
     m.add_function(wrap_pyfunction!(io_backend, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;
+    m.add_function(wrap_pyfunction!(icechunk_session_repository, m)?)?;
     m.add_function(wrap_pyfunction!(io_fallback_reason, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bound, m)?)?;
     m.add_function(wrap_pyfunction!(read_ranges, m)?)?;

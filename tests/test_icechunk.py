@@ -4,6 +4,7 @@ to what zarr-python reads through the repository's own store at that version."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -108,9 +109,7 @@ def check_crops(source: Icechunk, values: dict[str, np.ndarray], names=ARRAYS) -
         want = values[name]
         crop = (1, 16, 16) if want.ndim == 3 else (2, 3)
         origins = [(0, 0, 0), (1, 3, 5), (3, 14, 24)] if want.ndim == 3 else [(0, 0), (2, 1)]
-        member = Icechunk(
-            source.url, **dict([source.version]), path=name, authorize=source.authorize
-        )
+        member = dataclasses.replace(source, path=name)
         got = read_crops(member, origins, crop).numpy()
         for crop_got, origin in zip(got, origins, strict=True):
             region = tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True))
@@ -299,3 +298,66 @@ def test_a_virtual_object_replaced_since_it_was_referenced_is_an_error(repo, tmp
     with pytest.raises(lsio_torch.LsioError, match=r"archive\.bin") as e:
         read_crops(source, [(1, 3, 5)], (1, 16, 16), storage_options=s3.storage_options)
     assert "after it was referenced" in str(e.value) and "412" in str(e.value)
+
+
+def test_a_session_or_its_store_reads_its_snapshot(repo):
+    """An icechunk.Session (or its store) stands for its repository at its snapshot: the
+    dataset reads what the session reads, and names the snapshot."""
+    opened = icechunk.Repository.open(
+        icechunk.local_filesystem_storage(str(repo.path)),
+        authorize_virtual_chunk_access={repo.prefix: None},
+    )
+    for theirs in [{"tag": "v1"}, {"branch": "dev"}]:
+        session = opened.readonly_session(**theirs)
+        values = repo.values(**theirs)
+        source = Icechunk(session, authorize=[repo.archive])
+        assert source.snapshot == session.snapshot_id and source.url == str(repo.path)
+        check_crops(source, values)
+        ds = ZarrCropDataset(
+            session.store, {"lat": 8, "lon": 8}, variables=["t2m"], batch_size=3,
+            samples_per_epoch=6, return_origins=True,
+        )  # fmt: skip
+        assert f"@snapshot={session.snapshot_id}" in repr(ds)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=None, num_workers=2, multiprocessing_context="spawn", timeout=60
+        )
+        assert check_batches(loader, {"t2m": values["t2m"]}, (SHAPE[0], 8, 8), same_values) == 6
+    # A writable session reads its branch's tip, unless it has changes a dataset would miss.
+    session = opened.writable_session("main")
+    assert Icechunk(session).snapshot == repo.second
+    zarr.open_array(session.store, path="t2m")[2] = 3.0
+    with pytest.raises(ValueError, match="uncommitted changes"):
+        ZarrCropDataset(session, {"lat": 8}, variables=["t2m"])
+    with pytest.raises(ValueError, match="own snapshot"):
+        Icechunk(opened.readonly_session("main"), tag="v1")
+
+
+def test_a_session_of_a_repository_in_s3_carries_its_credentials(repo, s3, object_server, tmp_path):
+    from object_stores import ACCESS_KEY, REGION, SECRET_KEY
+
+    url = s3.upload(repo.path, "icechunk", "sessions/repo")
+    storage = icechunk.s3_storage(
+        bucket="icechunk", prefix="sessions/repo", region=REGION, endpoint_url=s3.endpoint,
+        allow_http=True, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
+        force_path_style=True,
+    )  # fmt: skip
+    session = icechunk.Repository.open(storage).readonly_session(tag="v1")
+    source = Icechunk(session)
+    assert source.url == url and source.snapshot == repo.first
+    assert SECRET_KEY not in repr(source)
+    values = repo.values(tag="v1")
+    check_crops(source, values, ["t2m", "small"])  # no storage_options: the session's
+    ds = ZarrCropDataset(
+        session, {"lat": 8, "lon": 8}, variables=["t2m"], batch_size=3, samples_per_epoch=6,
+        return_origins=True,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context="spawn", timeout=60
+    )
+    assert check_batches(loader, {"t2m": values["t2m"]}, (SHAPE[0], 8, 8), same_values) == 6
+    # The dataset's options are over the session's: another endpoint (one with no such
+    # repository) is the one asked.
+    elsewhere = object_server(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no Icechunk repository"):
+        read_crops(Icechunk(session, path="t2m"), [(0, 0, 0)], (1, 1, 1),
+                   storage_options={"endpoint": elsewhere.url})  # fmt: skip

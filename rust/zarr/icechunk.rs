@@ -117,14 +117,10 @@ impl IcechunkKeys {
             .map_err(|e| Error::io(&self.shown, "starting the Icechunk runtime", e))?;
         let session = runtime.block_on(async {
             let storage = self.storage().await?;
-            let missing = |e: String| Error::NotFound {
-                path: PathBuf::from(&self.shown),
-                what: format!("no Icechunk repository here ({e})"),
-            };
             let repository = Repository::open(storage)
                 .execute()
                 .await
-                .map_err(|e| missing(first_line(&e.to_string())))?;
+                .map_err(|e| self.open_error(&e))?;
             let version = match &self.version {
                 Version::Branch(name) => VersionInfo::BranchTipRef(name.clone()),
                 Version::Tag(name) => VersionInfo::TagRef(name.clone()),
@@ -152,6 +148,34 @@ impl IcechunkKeys {
             runtime,
             session,
         })
+    }
+
+    /// What a failure to open the repository is: no repository there (`FileNotFoundError`),
+    /// or a store that could not be read (an IO error naming the repository and the cause).
+    fn open_error(&self, e: &icechunk::repository::RepositoryError) -> Error {
+        use icechunk::refs::RefErrorKind as Ref;
+        use icechunk::repository::RepositoryErrorKind as Kind;
+        use icechunk::storage::StorageErrorKind as Storage;
+        let message = first_line(&e.to_string());
+        match e.kind() {
+            Kind::StorageError(Storage::ObjectNotFound)
+            | Kind::Ref(Ref::Storage(Storage::ObjectNotFound) | Ref::RefNotFound(_))
+            | Kind::RepositoryDoesntExist => Error::NotFound {
+                path: PathBuf::from(&self.shown),
+                what: format!("no Icechunk repository here ({message})"),
+            },
+            Kind::StorageError(_)
+            | Kind::IOError(_)
+            | Kind::Ref(Ref::Storage(_) | Ref::IOError(_)) => Error::io(
+                &self.shown,
+                "opening the Icechunk repository",
+                std::io::Error::other(message),
+            ),
+            _ => Error::InvalidMetadata {
+                path: PathBuf::from(&self.shown),
+                reason: format!("not a readable Icechunk repository ({message})"),
+            },
+        }
     }
 
     async fn storage(&self) -> Result<Arc<dyn Storage + Send + Sync>> {

@@ -4,6 +4,7 @@ pub mod array;
 pub mod codecs;
 pub mod dtype;
 pub mod icechunk;
+pub mod icechunk_session;
 pub mod json;
 pub mod leaf;
 pub mod limits;

@@ -41,7 +41,7 @@ class References:
     def __init__(
         self,
         url: str,
-        authorize: list[str] = ...,
+        authorize: list[tuple[str, list[tuple[str, str]] | None]] = ...,
         storage_options: list[tuple[str, str]] | None = None,
     ) -> None: ...
     @staticmethod
@@ -49,7 +49,7 @@ class References:
         url: str,
         kind: str,
         version: str,
-        authorize: list[str] = ...,
+        authorize: list[tuple[str, list[tuple[str, str]] | None]] = ...,
         storage_options: list[tuple[str, str]] | None = None,
     ) -> References: ...
 

@@ -29,7 +29,9 @@ class References:
         authorize: places besides the reference file's folder that its targets may lie in
             (folders, or URL prefixes such as ``"s3://noaa-nwm-pds/"``). A target anywhere
             else is refused when the set is opened: a reference file cannot make the
-            dataset read other files.
+            dataset read other files. A mapping gives each place its own storage options
+            (``{"s3://noaa-nwm-pds/": {"skip_signature": True}}``; ``None`` for the
+            dataset's): targets in other buckets or servers than the set's own.
 
     >>> refs = References("s3://bucket/refs.json", authorize=["s3://archive/"])  # doctest: +SKIP
     >>> ds = ZarrCropDataset(refs, {"lat": 64}, variables=["t2m"])              # doctest: +SKIP
@@ -41,11 +43,12 @@ class References:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", os.fspath(self.url))
-        if isinstance(self.authorize, (str, os.PathLike)):
-            raise TypeError("authorize must be a list of folders or URL prefixes")
-        object.__setattr__(self, "authorize", tuple(os.fspath(a) for a in self.authorize))
+        object.__setattr__(self, "authorize", _authorized(self.authorize))
         if self.path is not None:
             object.__setattr__(self, "path", self.path.strip("/") or None)
+
+    def __repr__(self) -> str:
+        return f"References({self.url!r}, path={self.path!r}, authorize={_places(self)})"
 
     def __str__(self) -> str:
         return self.url if self.path is None else f"{self.url}#{self.path}"
@@ -54,7 +57,7 @@ class References:
         """The set, opened once per process for each ``options``."""
         return _open_once(
             ("references", self.url, self.authorize, tuple(options or ())),
-            lambda: _lsio_torch.References(self.url, list(self.authorize), options),
+            lambda: _lsio_torch.References(self.url, _for_engine(self.authorize), options),
         )
 
     def member(self, name: str | None) -> str | None:
@@ -76,7 +79,9 @@ class Icechunk:
             throughout; pin ``snapshot=`` or ``tag=`` to make it reproducible).
         path: the group or array inside the repository (default: its root).
         authorize: places (folders, URL prefixes) the repository's virtual chunks may be
-            read from; a virtual chunk anywhere else is refused with an error naming it.
+            read from; a virtual chunk anywhere else is refused with an error naming it. A
+            mapping gives each place its own storage options (the credentials of the
+            bucket an archive is in), as for :class:`References`.
         storage_options: options of the repository's store (a session's credentials, say),
             under those the dataset is given, which take precedence key by key.
 
@@ -116,15 +121,20 @@ class Icechunk:
             raise ValueError(f"give one of branch, tag and snapshot, not {' and '.join(given)}")
         if not given:
             object.__setattr__(self, "branch", "main")
-        if isinstance(self.authorize, (str, os.PathLike)):
-            raise TypeError("authorize must be a list of folders or URL prefixes")
-        object.__setattr__(self, "authorize", tuple(os.fspath(a) for a in self.authorize))
+        object.__setattr__(self, "authorize", _authorized(self.authorize))
         options = self.storage_options or ()
         pairs = tuple(sorted(dict(options.items() if isinstance(options, Mapping) else options)
                              .items()))  # fmt: skip
         object.__setattr__(self, "storage_options", pairs)
         if self.path is not None:
             object.__setattr__(self, "path", self.path.strip("/") or None)
+
+    def __repr__(self) -> str:
+        kind, name = self.version
+        return (
+            f"Icechunk({self.url!r}, {kind}={name!r}, path={self.path!r}, "
+            f"authorize={_places(self)})"
+        )
 
     def options(self, given: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """The storage options to open the repository with: its own, under ``given``."""
@@ -152,7 +162,7 @@ class Icechunk:
         return _open_once(
             ("icechunk", self.url, kind, name, self.authorize, tuple(options or ())),
             lambda: _lsio_torch.References.icechunk(
-                self.url, kind, name, list(self.authorize), options
+                self.url, kind, name, _for_engine(self.authorize), options
             ),
         )
 
@@ -173,6 +183,44 @@ def is_icechunk_session(value: Any) -> bool:
         "Session",
         "IcechunkStore",
     )
+
+
+#: An authorized place, and its own storage options (``None``: the dataset's).
+Place = tuple[str, "tuple[tuple[str, str], ...] | None"]
+
+
+def _authorized(authorize: Any) -> tuple[Place, ...]:
+    """``authorize`` (places, or a mapping of places to their storage options) as a tuple of
+    ``(place, options or None)``, hashable and picklable."""
+    if isinstance(authorize, (str, os.PathLike)):
+        raise TypeError("authorize must be a list of folders or URL prefixes, or a mapping")
+    if isinstance(authorize, Mapping):
+        items = list(authorize.items())
+    else:
+        items = [a if isinstance(a, tuple) else (a, None) for a in authorize]
+    out = []
+    for place, options in items:
+        if options is not None:
+            if not isinstance(options, Mapping):
+                options = dict(options)
+            options = tuple(sorted((str(k), _option(v)) for k, v in options.items()))
+        out.append((os.fspath(place), options))
+    return tuple(out)
+
+
+def _option(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _places(source: References | Icechunk) -> list[str]:
+    """The authorized places, for a repr (their options hold credentials: not shown)."""
+    return [place for place, _ in source.authorize]
+
+
+def _for_engine(authorize: tuple[Place, ...]) -> list[tuple[str, list[tuple[str, str]] | None]]:
+    return [(place, None if o is None else list(o)) for place, o in authorize]
 
 
 def _open_once(key: tuple[Any, ...], open_: Any) -> _lsio_torch.References:

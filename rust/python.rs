@@ -28,7 +28,7 @@ use crate::window::{Run, Window};
 use crate::zarr::icechunk::Version;
 use crate::zarr::icechunk_session;
 use crate::zarr::location::Location;
-use crate::zarr::references::ReferenceSet;
+use crate::zarr::references::{Authorized, ReferenceSet};
 use crate::zarr::ZarrArray;
 
 // Named by the package users import it from, so that it pickles (an error raised in a
@@ -83,6 +83,16 @@ fn icechunk_session_repository(bytes: &[u8]) -> PyResult<(String, Vec<(String, S
 const MAX_ORIGINS: u64 = 1 << 28;
 
 /// A Zarr array (v2 or v3) opened for reading: its metadata only (opening starts no thread).
+/// An authorized place: a folder or URL prefix, and its own storage options (or `None`).
+type Place = (String, Option<Vec<(String, String)>>);
+
+fn authorized(places: Vec<Place>) -> Vec<Authorized> {
+    places
+        .into_iter()
+        .map(|(place, options)| Authorized { place, options })
+        .collect()
+}
+
 /// A reference set (kerchunk JSON), opened once for every array read from it.
 #[pyclass(module = "lsio_torch._lsio_torch", frozen)]
 struct References {
@@ -92,17 +102,19 @@ struct References {
 #[pymethods]
 impl References {
     /// ``url``: the reference file (a path or an object-store URL); ``authorize``: places
-    /// besides its folder that its targets may be in; ``storage_options`` as for an array.
+    /// besides its folder that its targets may be in, each with its own storage options or
+    /// ``None`` for ``storage_options`` (as for an array).
     #[new]
     #[pyo3(signature = (url, authorize=Vec::new(), storage_options=None))]
     fn new(
         py: Python<'_>,
         url: &str,
-        authorize: Vec<String>,
+        authorize: Vec<Place>,
         storage_options: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         boundary("opening references", || {
             let options = storage_options.unwrap_or_default();
+            let authorize = authorized(authorize);
             let inner = py
                 .detach(|| ReferenceSet::open(url, &options, &authorize))
                 .map_err(to_py)?;
@@ -119,10 +131,11 @@ impl References {
         url: &str,
         kind: &str,
         version: String,
-        authorize: Vec<String>,
+        authorize: Vec<Place>,
         storage_options: Option<Vec<(String, String)>>,
     ) -> PyResult<Self> {
         boundary("opening an Icechunk repository", || {
+            let authorize = authorized(authorize);
             let version = match kind {
                 "branch" => Version::Branch(version),
                 "tag" => Version::Tag(version),

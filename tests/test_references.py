@@ -511,3 +511,56 @@ def test_a_virtualizarr_icechunk_store_reads_what_xarray_reads(
     with pytest.raises(ValueError, match="outside the places"):
         refused = lsio_torch.Icechunk(url, path="t2m")
         read_crops(refused, [(0, 0, 0)], (1, 1, 1), storage_options=options)
+
+
+def test_targets_in_other_stores_than_the_sets_own(tmp_path, icechunk_pythons, object_server, s3):
+    """A set's targets may lie in other buckets and servers than the set itself, each read
+    with its place's own storage options: a repository in one bucket whose archive is in
+    another; a local repository whose archive is served over HTTP; a reference file in S3
+    whose archive is on an HTTP server."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    nc = archive / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    values = xarray_values(nc)
+    server = object_server(tmp_path)
+    http_prefix = f"{server.url}/archive/"
+
+    # A repository in bucket "repos", its archive in bucket "archives" (the same credentials).
+    virtualizarr_icechunk(
+        icechunk_pythons["icechunk1"], nc, tmp_path / "repo1", "s3://archives/nc/",
+        {"s3": s3.endpoint},
+    )  # fmt: skip
+    s3.put("archives", "nc/archive.nc", nc.read_bytes())
+    url = s3.upload(tmp_path / "repo1", "repos", "two-buckets")
+    source = lsio_torch.Icechunk(url, authorize=["s3://archives/nc/"])
+    for name in VARIABLES:
+        some_crops(source, values, name, s3.storage_options)
+    assert epoch(source, values, s3.storage_options, workers=2, method="spawn") == 6
+
+    # A reference file in S3, its archive on the HTTP server: the server's place has options
+    # of its own (none), as S3's keys are no options of an HTTP store.
+    s3.put(
+        "repos",
+        "refs/http.json",
+        json.dumps(kerchunk_refs(nc, f"{http_prefix}archive.nc")).encode(),
+    )
+    with pytest.raises(ValueError, match="not an option of HTTP stores"):
+        refs = References("s3://repos/refs/http.json", authorize=[http_prefix])
+        some_crops(refs, values, "t2m", s3.storage_options)
+    refs = References("s3://repos/refs/http.json", authorize={http_prefix: {}})
+    assert "http" in repr(refs) and s3.storage_options["secret_access_key"] not in repr(refs)
+    for name in VARIABLES:
+        some_crops(refs, values, name, s3.storage_options)
+    assert epoch(refs, values, s3.storage_options, workers=2, method="fork") == 6
+
+    # A local repository (the icechunk 2 line, which keeps the server's port) whose archive is
+    # on the HTTP server: local files and fetched objects in one array.
+    python = icechunk_pythons["icechunk2"]
+    if not Path(python).exists():
+        pytest.skip(f"the icechunk 2 writer is {python}")
+    virtualizarr_icechunk(python, nc, tmp_path / "repo2", http_prefix, {"http": True})
+    source = lsio_torch.Icechunk(tmp_path / "repo2", authorize={http_prefix: None})
+    for name in VARIABLES:
+        some_crops(source, values, name)
+    assert epoch(source, values, workers=2, method="fork") == 6

@@ -166,7 +166,8 @@ impl Engine {
             shared.counters = Arc::clone(&counters);
             shared.cancel = Arc::clone(&cancel);
             shared.stopping = Arc::clone(&stopping);
-            let remote = shared.array.location.remote().cloned();
+            let stores = shared.array.location.stores().to_vec();
+            let remote = stores.first().cloned();
             // A local chunk stored as its elements is a copy out of the page cache already: a
             // cache would add a copy and save no decode (measured on raw: 0.5x with a quarter
             // of it cached), so only such chunks in object stores are kept.
@@ -174,9 +175,11 @@ impl Engine {
                 let id = u32::try_from(id).unwrap_or(u32::MAX);
                 shared.cache = config.cache.as_ref().map(|c| (Arc::clone(c), id));
             }
-            if let Some(remote) = remote {
+            if remote.is_some() {
                 shared.disk_cache.clone_from(&config.disk_cache);
-                shared.client = Some(Net::client(&remote, &mut clients)?);
+                for store in &stores {
+                    shared.clients.push(Net::client(store, &mut clients)?);
+                }
             }
             shared_parts.push(Arc::new(shared));
         }

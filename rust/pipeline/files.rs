@@ -37,6 +37,8 @@ pub(super) struct Object {
     pub(super) size: Option<u64>,
     /// The version of the object its index was read from: chunk reads ask for that one.
     pub(super) etag: Option<String>,
+    /// Its store's number among the array's (`Location::stores`, `Shared::clients`).
+    pub(super) store: usize,
 }
 
 impl OpenFile {
@@ -116,7 +118,8 @@ impl PlanCache {
                 object: None,
             });
         }
-        if let Some(store) = shared.array.location.remote() {
+        if let Some(number) = shared.array.store_of(coords) {
+            let store = shared.store(number)?;
             let key = store.key(&shared.array.file_key(coords));
             let version = self.object_indexes.get(coords).map(|(v, _)| v.clone());
             let (size, mut etag) = version.map_or((None, None), |(size, etag)| (Some(size), etag));
@@ -127,7 +130,12 @@ impl PlanCache {
             return Ok(OpenFile {
                 path,
                 file: None,
-                object: Some(Object { key, size, etag }),
+                object: Some(Object {
+                    key,
+                    size,
+                    etag,
+                    store: number,
+                }),
             });
         }
         let (file, opened) = open_files::open(&path, shared.direct_io)
@@ -206,8 +214,8 @@ fn unchanged_since(open: &open_files::OpenFile, at: u64) -> Result<()> {
 /// The disk cache's key for a remote object of a batch: `None` where its version is not known
 /// before it is fetched (a chunk that is an object of its own, or a store that gives no ETags).
 pub(super) fn disk_key(shared: &Shared, file: &OpenFile) -> Option<String> {
-    let store = shared.array.location.remote()?;
     let object = file.object.as_ref()?;
+    let store = shared.array.location.stores().get(object.store)?;
     let (size, etag) = (object.size?, object.etag.as_deref()?);
     Some(object_key(&store.object_url(&object.key), size, etag))
 }

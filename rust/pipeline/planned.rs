@@ -423,10 +423,10 @@ fn adopt_version(
     files: &mut [OpenFile],
     read: &mut PlannedRead,
 ) {
-    let Some(store) = shared.array.location.remote() else {
+    let Some(object) = files[read.file].object.as_mut() else {
         return;
     };
-    let Some(object) = files[read.file].object.as_mut() else {
+    let Some(store) = shared.array.location.stores().get(object.store) else {
         return;
     };
     if shared.array.sharding().is_some() || object.etag.is_some() {

@@ -79,7 +79,7 @@ pub(super) fn run_remote(
     job: Job,
     pool: &Arc<rayon::ThreadPool>,
 ) {
-    let Some((settings, store)) = shared.remote() else {
+    let Some((settings, _)) = shared.remote() else {
         let _ = job.done.send(Err(Error::Stopped(
             "internal error: a local array run as a remote one".into(),
         )));
@@ -118,7 +118,7 @@ pub(super) fn run_remote(
         .chain(check_groups.into_iter().map(|g| (g, true)));
     for (group, to_check) in groups {
         // Only a read to check may fetch again, from the pool's thread.
-        let link = to_check.then(|| net.link(store));
+        let link = to_check.then(|| net.link(&shared.clients));
         batch.spawn_part(pool, move |batch| {
             let reads = &batch.planned.reads[group];
             match &link {
@@ -151,8 +151,15 @@ pub(super) fn run_remote(
         } else {
             (span.end - span.start) as usize
         };
+        let store = match shared.client(object.store) {
+            Ok(store) => Arc::clone(store),
+            Err(e) => {
+                batch.finish_part(Err(e));
+                continue;
+            }
+        };
         let bytes_permit = net.bytes_permit(held);
-        let (store, requests) = (Arc::clone(store), Arc::clone(&net.requests));
+        let requests = Arc::clone(&net.requests);
         let (batch, pool) = (Arc::clone(&batch), Arc::clone(pool));
         net.spawn(async move {
             let permit = bytes_permit.await;
@@ -248,8 +255,14 @@ fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Resul
             continue;
         };
         let range = read.offset..read.offset + read.len as u64;
+        let Some(store) = link.stores.get(object.store) else {
+            return Err(Error::Stopped(format!(
+                "internal error: no client {}",
+                object.store
+            )));
+        };
         let fetch = remote::get(
-            link.store.as_ref(),
+            store.as_ref(),
             &object.key,
             Wanted::Range(range),
             link.part_bytes,
@@ -338,7 +351,9 @@ fn keep_fetched(
     }
     let of_its_own =
         shared.array.sharding().is_none() && read.offset == 0 && bytes.len() as u64 == fetched.size;
-    let found = (shared.array.location.remote(), &file.object, &fetched.etag);
+    let stores = shared.array.location.stores();
+    let store = file.object.as_ref().and_then(|o| stores.get(o.store));
+    let found = (store, &file.object, &fetched.etag);
     if let (true, Some(store), Some(object), Some(etag)) = (of_its_own, found.0, found.1, found.2) {
         let url = store.object_url(&object.key);
         disk.note_version(&url, fetched.size, etag);

@@ -170,8 +170,9 @@ pub(crate) struct Shared {
     pub(crate) cancel: Arc<AtomicBool>,
     /// Wakes what waits for a remote store when the engine is closed.
     pub(crate) stopping: Arc<tokio::sync::Notify>,
-    /// The client of a remote array's store (shared by the arrays of one store).
-    pub(crate) client: Option<Arc<dyn object_store::ObjectStore>>,
+    /// The clients of a remote array's stores, numbered as `Location::stores` (a client is
+    /// shared by the arrays of one store).
+    pub(crate) clients: Vec<Arc<dyn object_store::ObjectStore>>,
     /// The last group of reads waited for the disk: batches are then advised ahead.
     pub(crate) reads_wait: AtomicBool,
     /// Chunk files are opened for direct I/O too (see [`EngineConfig::direct_io`]).
@@ -218,7 +219,7 @@ impl Shared {
             backend,
             cancel: Arc::default(),
             stopping: Arc::default(),
-            client: None,
+            clients: Vec::new(),
             reads_wait: AtomicBool::new(true),
             direct_io: false,
             cache: None,
@@ -234,7 +235,23 @@ impl Shared {
         &Arc<dyn object_store::ObjectStore>,
     )> {
         let store = self.array.location.remote()?;
-        Some((&store.settings, self.client.as_ref()?))
+        Some((&store.settings, self.clients.first()?))
+    }
+
+    /// Store number `number` of the array's, or an internal error.
+    pub(crate) fn store(&self, number: usize) -> Result<&Arc<crate::io::remote::RemoteStore>> {
+        self.array
+            .location
+            .stores()
+            .get(number)
+            .ok_or_else(|| Error::Stopped(format!("internal error: no store {number}")))
+    }
+
+    /// The client of store number `number`, or an internal error.
+    pub(crate) fn client(&self, number: usize) -> Result<&Arc<dyn object_store::ObjectStore>> {
+        self.clients
+            .get(number)
+            .ok_or_else(|| Error::Stopped(format!("internal error: no client {number}")))
     }
 
     /// A chunk's key in the chunk cache.

@@ -290,6 +290,21 @@ impl ZarrArray {
         }
     }
 
+    /// The number of the store (among [`Location::stores`]) the chunk or shard at grid
+    /// coordinates `file` is fetched from; `None` for a local file (a local array's, or a
+    /// local target of an array by reference).
+    #[must_use]
+    pub fn store_of(&self, file: &[u64]) -> Option<usize> {
+        match &self.location {
+            Location::Local(_) => None,
+            Location::Remote(_) => Some(0),
+            Location::References(..) => match self.target(file)? {
+                Target::Remote { store, .. } => Some(store),
+                Target::Local(_) => None,
+            },
+        }
+    }
+
     /// The reference set the array is in, and the prefix of its keys there.
     fn references(&self) -> Option<(&ReferenceSet, &str)> {
         match &self.location {

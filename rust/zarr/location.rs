@@ -141,15 +141,22 @@ impl Location {
         }
     }
 
-    /// The object store chunks are fetched from: this one, or the one a reference set's
-    /// targets are in.
+    /// The object stores chunks are fetched from: this one, or those a reference set's
+    /// targets may be in (numbered as its targets name them). Empty for a local array.
+    #[must_use]
+    pub fn stores(&self) -> &[Arc<RemoteStore>] {
+        match self {
+            Self::Local(_) => &[],
+            Self::Remote(store) => std::slice::from_ref(store),
+            Self::References(set, _) => set.stores(),
+        }
+    }
+
+    /// The first of [`Location::stores`]: whether chunks are fetched from an object store at
+    /// all, and the settings (request bounds) they are fetched with.
     #[must_use]
     pub fn remote(&self) -> Option<&Arc<RemoteStore>> {
-        match self {
-            Self::Local(_) => None,
-            Self::Remote(store) => Some(store),
-            Self::References(set, _) => set.store(),
-        }
+        self.stores().first()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -45,10 +45,12 @@ pub enum Check {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Local(PathBuf),
-    /// An object of the set's [`ReferenceSet::store`]: its URL (for messages) and key.
+    /// An object of store number `store` of the set's [`ReferenceSet::stores`]: its URL
+    /// (for messages) and key.
     Remote {
         url: String,
         key: object_store::path::Path,
+        store: usize,
     },
 }
 
@@ -79,6 +81,25 @@ enum Keys {
     Json(HashMap<String, Entry>),
     Parquet(ParquetRefs),
     Icechunk(Box<IcechunkKeys>),
+}
+
+/// A place the user authorizes targets in (a folder or a URL prefix), and the storage options
+/// of its store where they are not the dataset's (another bucket's credentials, say).
+#[derive(Clone, Debug, Default)]
+pub struct Authorized {
+    pub place: String,
+    pub options: Option<Vec<(String, String)>>,
+}
+
+impl Authorized {
+    /// `place`, read with the dataset's options.
+    #[must_use]
+    pub fn place(place: &str) -> Self {
+        Self {
+            place: place.to_string(),
+            options: None,
+        }
+    }
 }
 
 /// Where a target may be: the folder of the reference file, or what the user authorized.
@@ -168,7 +189,7 @@ impl ReferenceSet {
     pub fn open(
         url: &str,
         options: &[(String, String)],
-        authorize: &[String],
+        authorize: &[Authorized],
     ) -> Result<Arc<Self>> {
         let (folder, name) = match url.trim_end_matches('/').rsplit_once('/') {
             Some((folder, name)) if !name.is_empty() => (folder, name),
@@ -216,16 +237,11 @@ impl ReferenceSet {
         url: &str,
         options: &[(String, String)],
         version: Version,
-        authorize: &[String],
+        authorize: &[Authorized],
     ) -> Result<Arc<Self>> {
         let url = url.trim_end_matches('/');
         let shown = redact(url);
         let targets = Targets::new(&shown, url, authorize, options)?;
-        if is_url(url) {
-            // Native chunks are objects of the repository's store, whether or not the first
-            // chunk looked up is one: the engine knows the store before it starts.
-            targets.remote(&format!("{url}/chunks"))?;
-        }
         let keys = Keys::Icechunk(Box::new(IcechunkKeys::open(url, options, version)?));
         Ok(Arc::new(Self {
             url: shown,
@@ -276,10 +292,12 @@ impl ReferenceSet {
         self.targets.check(id)
     }
 
-    /// The object store every remote target is in (one per set), once one is known.
+    /// The object stores remote targets may be in: one for each object-store place (the
+    /// set's own, and the authorized ones) that needs a client of its own, known when the
+    /// set is opened. Empty when every place is a local folder.
     #[must_use]
-    pub fn store(&self) -> Option<&Arc<RemoteStore>> {
-        self.targets.store.get()
+    pub fn stores(&self) -> &[Arc<RemoteStore>] {
+        &self.targets.stores
     }
 }
 
@@ -310,10 +328,10 @@ fn invalid(shown: &str, reason: String) -> Error {
 pub(super) struct Targets {
     shown: String,
     base: Place,
-    places: Vec<Place>,
-    options: Vec<(String, String)>,
+    /// Each place, with the number of its store among `stores` for a URL.
+    places: Vec<(Place, Option<usize>)>,
+    stores: Vec<Arc<RemoteStore>>,
     list: Mutex<TargetList>,
-    store: OnceLock<Arc<RemoteStore>>,
 }
 
 #[derive(Debug, Default)]
@@ -325,25 +343,49 @@ struct TargetList {
 
 impl Targets {
     /// The targets of the set `shown`: relative ones resolved against `base` (a folder or a
-    /// URL prefix), each allowed there or under a place of `authorize`.
+    /// URL prefix, read with `options`), each allowed there or under a place of `authorize`
+    /// (read with its own options, or `options`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a place that does not parse, or options its store
+    /// refuses (an S3 key given for an HTTP place, say).
     fn new(
         shown: &str,
         base: &str,
-        authorize: &[String],
+        authorize: &[Authorized],
         options: &[(String, String)],
     ) -> Result<Self> {
-        let base = Place::parse(base)?;
-        let mut places = vec![base.clone()];
-        for place in authorize {
-            places.push(Place::parse(place)?);
+        let mut places = Vec::with_capacity(authorize.len() + 1);
+        let mut stores: Vec<Arc<RemoteStore>> = Vec::new();
+        let own = Authorized::place(base);
+        for at in std::iter::once(&own).chain(authorize) {
+            let place = Place::parse(&at.place)?;
+            let store = match &place {
+                Place::Local(_) => None,
+                Place::Url(url) => {
+                    let parsed = url::Url::parse(url).map_err(|e| {
+                        Error::InvalidArgument(format!("place {}: {e}", redact(url)))
+                    })?;
+                    let container = &parsed[..url::Position::BeforePath];
+                    let options = at.options.as_deref().unwrap_or(options);
+                    let store = Arc::new(RemoteStore::parse(container, options)?);
+                    match stores.iter().position(|s| s.same_client(&store)) {
+                        Some(i) => Some(i),
+                        None => {
+                            stores.push(store);
+                            Some(stores.len() - 1)
+                        }
+                    }
+                }
+            };
+            places.push((place, store));
         }
         Ok(Self {
             shown: shown.to_string(),
-            base,
+            base: places[0].0.clone(),
             places,
-            options: options.to_vec(),
+            stores,
             list: Mutex::default(),
-            store: OnceLock::new(),
         })
     }
 
@@ -393,18 +435,24 @@ impl Targets {
                 }
             }
         };
-        if !self.places.iter().any(|p| p.holds(&place)) {
-            let allowed: Vec<String> = self.places.iter().map(Place::shown).collect();
+        let Some((_, store)) = self.places.iter().find(|(p, _)| p.holds(&place)) else {
+            let allowed: Vec<String> = self.places.iter().map(|(p, _)| p.shown()).collect();
             return Err(Error::InvalidArgument(format!(
                 "target {} lies outside the places this set may read ({}): pass \
                  References(..., authorize=[...]) to allow it",
                 place.shown(),
                 allowed.join(", ")
             )));
-        }
-        let target = match place {
-            Place::Local(path) => Target::Local(path),
-            Place::Url(url) => self.remote(&url)?,
+        };
+        let target = match (place, store) {
+            (Place::Local(path), _) => Target::Local(path),
+            (Place::Url(url), Some(store)) => remote_target(&url, *store)?,
+            (Place::Url(url), None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "target {}: a URL in a local place",
+                    redact(&url)
+                )))
+            }
         };
         let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(&id) = list.by_url.get(raw) {
@@ -417,32 +465,20 @@ impl Targets {
         list.by_url.insert(raw.to_string(), id);
         Ok(id)
     }
+}
 
-    /// A remote target, in the set's one object store (made for the first).
-    fn remote(&self, url: &str) -> Result<Target> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
-        let container = &parsed[..url::Position::BeforePath];
-        let this = Arc::new(RemoteStore::parse(container, &self.options)?);
-        let store = self.store.get_or_init(|| Arc::clone(&this));
-        if !store.same_client(&this) {
-            return Err(Error::Unsupported {
-                path: PathBuf::from(&self.shown),
-                detail: format!(
-                    "targets in two object stores ({} and {}): a set's remote targets must \
-                     share one",
-                    store.url, this.url
-                ),
-            });
-        }
-        let rest = parsed.path().trim_start_matches('/');
-        let key = object_store::path::Path::from_url_path(rest)
-            .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
-        Ok(Target::Remote {
-            url: redact(url),
-            key,
-        })
-    }
+/// The target at `url`, an object of store number `store` (the store of the place it lies in).
+fn remote_target(url: &str, store: usize) -> Result<Target> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
+    let rest = parsed.path().trim_start_matches('/');
+    let key = object_store::path::Path::from_url_path(rest)
+        .map_err(|e| Error::InvalidArgument(format!("target {}: {e}", redact(url))))?;
+    Ok(Target::Remote {
+        url: redact(url),
+        key,
+        store,
+    })
 }
 
 /// The entries of a JSON set (version 0 or 1).
@@ -655,7 +691,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, base: &str, authorize: &[&str]) -> Result<ReferenceSet> {
-        let authorize: Vec<String> = authorize.iter().map(|p| (*p).to_string()).collect();
+        let authorize: Vec<Authorized> = authorize.iter().map(|p| Authorized::place(p)).collect();
         let targets = Targets::new("refs.json", base, &authorize, &[]).unwrap();
         let entries = parse_json("refs.json", text.as_bytes(), &targets)?;
         Ok(ReferenceSet {
@@ -757,14 +793,14 @@ mod tests {
     }
 
     #[test]
-    fn remote_targets_resolve_against_the_sets_url_into_one_store() {
+    fn remote_targets_resolve_against_the_sets_url_each_in_its_places_store() {
         let text =
             r#"{"t/0": ["a.nc", 0, 4], "t/1": ["http://127.0.0.1:9/refs/sub/b%20c.nc", 0, 4]}"#;
         let set = parse(text, "http://127.0.0.1:9/refs", &[]).unwrap();
         let Some(Entry::Range { target, .. }) = get(&set, "t/1") else {
             panic!();
         };
-        let Some(Target::Remote { key, .. }) = set.target(target) else {
+        let Some(Target::Remote { key, store, .. }) = set.target(target) else {
             panic!();
         };
         assert_eq!(
@@ -772,10 +808,53 @@ mod tests {
             "refs/sub/b c.nc",
             "decoded: the store encodes it again"
         );
-        assert!(set.store().is_some());
-        let two = r#"{"t/0": ["http://127.0.0.1:9/a.nc", 0, 4], "t/1": ["http://127.0.0.2:9/b.nc", 0, 4]}"#;
-        let e = parse(two, "/d", &["http://127.0.0.1:9", "http://127.0.0.2:9"]).unwrap_err();
-        assert!(e.to_string().contains("two object stores"), "{e}");
+        assert_eq!((store, set.stores().len()), (0, 1));
+        // Targets in two stores (and local ones) each read from their own place's store.
+        let two = r#"{"t/0": ["http://127.0.0.1:9/a/x.nc", 0, 4],
+                      "t/1": ["http://127.0.0.2:9/b/y.nc", 0, 4], "t/2": ["/d/z.nc", 0, 4]}"#;
+        let set = parse(
+            two,
+            "/d",
+            &["http://127.0.0.1:9/a", "http://127.0.0.2:9/b/"],
+        )
+        .unwrap();
+        assert_eq!(set.stores().len(), 2);
+        let store_of = |key: &str| {
+            let Some(Entry::Range { target, .. }) = get(&set, key) else {
+                panic!("{key}");
+            };
+            match set.target(target) {
+                Some(Target::Remote { store, .. }) => Some(store),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            (store_of("t/0"), store_of("t/1"), store_of("t/2")),
+            (Some(0), Some(1), None)
+        );
+        // One store for two places of one bucket; a place's own options are checked.
+        let targets = Targets::new(
+            "refs.json",
+            "s3://era5/refs",
+            &[
+                Authorized::place("s3://era5/archive"),
+                Authorized {
+                    place: "http://127.0.0.1:9/x".into(),
+                    options: Some(vec![("region".into(), "us-east-1".into())]),
+                },
+            ],
+            &[("region".into(), "us-east-1".into())],
+        );
+        let e = targets.unwrap_err().to_string();
+        assert!(e.contains("region") && e.contains("http"), "{e}");
+        let targets = Targets::new(
+            "refs.json",
+            "s3://era5/refs",
+            &[Authorized::place("s3://era5/archive")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(targets.stores.len(), 1);
     }
 
     #[test]

@@ -91,10 +91,10 @@ impl Net {
 
     /// What another thread needs to fetch from `store` while the engine runs.
     #[must_use]
-    pub fn link(&self, store: &Arc<dyn ObjectStore>) -> Link {
+    pub fn link(&self, stores: &[Arc<dyn ObjectStore>]) -> Link {
         Link {
             runtime: self.runtime().handle().clone(),
-            store: Arc::clone(store),
+            stores: stores.to_vec(),
             requests: Arc::clone(&self.requests),
             part_bytes: self.part_bytes,
         }
@@ -119,7 +119,8 @@ impl Net {
 #[derive(Clone)]
 pub struct Link {
     pub runtime: tokio::runtime::Handle,
-    pub store: Arc<dyn ObjectStore>,
+    /// The array's stores' clients, numbered as its stores.
+    pub stores: Vec<Arc<dyn ObjectStore>>,
     pub requests: Arc<Semaphore>,
     pub part_bytes: u64,
 }

@@ -15,6 +15,8 @@ from lsio_torch import _lsio_torch
 # This process's opened sets, by what they were opened with: every array of a dataset (and
 # every dataset of a process) reads one parse of a reference file.
 _opened: dict[tuple[Any, ...], tuple[int, _lsio_torch.References]] = {}
+#: The most sets kept opened for datasets still to be made.
+MAX_OPENED = 32
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,12 @@ def _open_once(key: tuple[Any, ...], open_: Any) -> _lsio_torch.References:
     pid, found = _opened.get(key, (None, None))
     if found is None or pid != os.getpid():
         found = open_()
+        _opened.pop(key, None)
         _opened[key] = (os.getpid(), found)
+        # The oldest go first: a set still read is held by its arrays, and is opened again
+        # only by a dataset made after it left.
+        while len(_opened) > MAX_OPENED:
+            del _opened[next(iter(_opened))]
     return found
 
 

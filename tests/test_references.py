@@ -564,3 +564,25 @@ def test_targets_in_other_stores_than_the_sets_own(tmp_path, icechunk_pythons, o
     for name in VARIABLES:
         some_crops(source, values, name)
     assert epoch(source, values, workers=2, method="fork") == 6
+
+
+def test_a_process_keeps_a_bounded_number_of_sets_opened(tmp_path):
+    """Each set is parsed once for all the datasets of a process, but a process that makes
+    datasets over many sets keeps only the latest few (those still read stay with their
+    arrays)."""
+    from lsio_torch import references
+
+    nc = tmp_path / "archive.nc"
+    values = write_netcdf4(nc, "netCDF4")
+    refs = kerchunk_refs(nc, str(nc))
+    first = None
+    for i in range(references.MAX_OPENED + 8):
+        source = References(write_refs(refs, tmp_path / f"refs{i}.json", 1), path="u10")
+        ds = ZarrCropDataset(source, (1, 8, 8), batch_size=2, samples_per_epoch=2)
+        if first is None:
+            first = ds
+    assert len(references._opened) <= references.MAX_OPENED
+    # The first dataset's set left the process's table, not the dataset.
+    got = [b for b in first]
+    assert len(got) == 1 and got[0].shape == (2, 1, 8, 8)
+    assert np.isin(got[0].numpy(), values["u10"]).all()

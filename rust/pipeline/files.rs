@@ -10,6 +10,7 @@ use super::shared::Shared;
 use crate::cache::disk::object_key;
 use crate::error::{Error, Result};
 use crate::io::open_files::{self, Identity};
+use crate::io::remote::Expected;
 use crate::zarr::references::Check;
 use crate::zarr::shard_index::ShardIndex;
 
@@ -39,6 +40,19 @@ pub(super) struct Object {
     pub(super) etag: Option<String>,
     /// Its store's number among the array's (`Location::stores`, `Shared::clients`).
     pub(super) store: usize,
+    /// A target referenced as of this time (seconds since the epoch) is read only while it
+    /// is unmodified since.
+    pub(super) unmodified_since: Option<u64>,
+}
+
+impl Object {
+    /// The version a read of the object must find.
+    pub(super) fn expected(&self) -> Expected {
+        Expected {
+            etag: self.etag.clone(),
+            unmodified_since: self.unmodified_since,
+        }
+    }
 }
 
 impl OpenFile {
@@ -123,9 +137,13 @@ impl PlanCache {
             let key = store.key(&shared.array.file_key(coords));
             let version = self.object_indexes.get(coords).map(|(v, _)| v.clone());
             let (size, mut etag) = version.map_or((None, None), |(size, etag)| (Some(size), etag));
-            // A target referenced at an ETag is read only at that ETag (`If-Match`).
-            if let Some(Check::ETag(tag)) = shared.array.target_check(coords) {
-                etag = Some(tag);
+            // A target referenced at a version is read only at that version (`If-Match`,
+            // `If-Unmodified-Since`).
+            let mut unmodified_since = None;
+            match shared.array.target_check(coords) {
+                Some(Check::ETag(tag)) => etag = Some(tag),
+                Some(Check::UnmodifiedSince(at)) => unmodified_since = Some(at),
+                None => {}
             }
             return Ok(OpenFile {
                 path,
@@ -135,6 +153,7 @@ impl PlanCache {
                     size,
                     etag,
                     store: number,
+                    unmodified_since,
                 }),
             });
         }

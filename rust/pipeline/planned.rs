@@ -14,7 +14,7 @@ use super::targets::{needed_span, target_layout};
 use crate::cache::disk::{Entry, Held, Inode};
 use crate::cache::{Claims, DiskCache, Lookup, Promise};
 use crate::error::{Error, Result};
-use crate::io::remote::{self, Net, Wanted};
+use crate::io::remote::{self, Expected, Net, Wanted};
 use crate::io::{direct_range, open_files, ReadOp, Reader};
 use crate::plan::{plan_batch, ChunkTask};
 use crate::zarr::array::ChunkLocation;
@@ -674,7 +674,7 @@ fn fetch_indexes(
                 Some(size) => Wanted::Range(size.saturating_sub(index_len)..size),
             }
         };
-        remote::get(store, key, range, part_bytes, requests, None).await
+        remote::get(store, key, range, part_bytes, requests, &Expected::ANY).await
     });
     let fetched = net.block_on(unless_stopped(shared, futures::future::join_all(fetches)))?;
     for ((coords, id), result) in wanted.into_iter().map(|(c, i, _)| (c, i)).zip(fetched) {

@@ -171,14 +171,14 @@ pub(super) fn run_remote(
                 batch.finish_part(Ok(()));
                 return;
             }
-            let etag = object.etag.as_deref();
+            let expected = object.expected();
             let fetched = remote::get(
                 store.as_ref(),
                 &object.key,
                 wanted,
                 part_bytes,
                 &requests,
-                etag,
+                &expected,
             )
             .await;
             pool.spawn_fifo(move || {
@@ -261,13 +261,14 @@ fn read_from_disk(batch: &BatchRun, group: &[PlannedRead], link: &Link) -> Resul
                 object.store
             )));
         };
+        let expected = object.expected();
         let fetch = remote::get(
             store.as_ref(),
             &object.key,
             Wanted::Range(range),
             link.part_bytes,
             &link.requests,
-            object.etag.as_deref(),
+            &expected,
         );
         let fetched = link.runtime.block_on(unless_stopped(shared, fetch))?;
         decode_fetched(batch, std::slice::from_ref(read), fetched)?;

@@ -264,10 +264,18 @@ impl IcechunkKeys {
         };
         let path = node_path(node)?;
         self.with_session(|runtime, session| {
+            use icechunk::session::SessionErrorKind as Kind;
             match runtime.block_on(session.get_node(&path)) {
                 Ok(node) => Ok(Some(Entry::Inline(node.user_data.to_vec().into()))),
-                // Any node not there (the error says which) is no metadata.
-                Err(_) => Ok(None),
+                // A node not there is no metadata; a snapshot that cannot be read is an error.
+                Err(e) if matches!(e.kind(), Kind::NodeNotFound { .. }) => Ok(None),
+                Err(e) => Err(Error::InvalidMetadata {
+                    path: PathBuf::from(format!("{}/{}", self.shown, node.trim_matches('/'))),
+                    reason: format!(
+                        "reading its node from the snapshot: {}",
+                        first_line(&e.to_string())
+                    ),
+                }),
             }
         })
     }

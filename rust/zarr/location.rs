@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use super::references::{Entry, ReferenceSet};
 use crate::error::{Error, Result};
-use crate::io::remote::{self, is_url, RemoteStore, Wanted};
+use crate::io::remote::{self, is_url, Expected, RemoteStore, Wanted};
 
 #[derive(Clone, Debug)]
 pub enum Location {
@@ -105,7 +105,7 @@ impl Location {
                     let part = store.settings.part_bytes;
                     let key = store.key(key);
                     let whole = Wanted::Whole { at_most };
-                    remote::get(client.as_ref(), &key, whole, part, &one, None)
+                    remote::get(client.as_ref(), &key, whole, part, &one, &Expected::ANY)
                         .await
                         .map_err(|e| Error::io(&path, "reading metadata", e))
                 })??;

@@ -15,6 +15,32 @@ use super::client::redact;
 /// response declaring more is refused before its body is read.
 pub const MAX_METADATA_BYTES: u64 = 64 << 20;
 
+/// What an object must still be for a read to be served (none of it: any version): the
+/// version a shard's index was read from, or the one a reference set referenced. A store
+/// that finds it otherwise answers 412, an error; never other bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Its ETag (`If-Match`).
+    pub etag: Option<String>,
+    /// Not modified after this time, in seconds since the epoch (`If-Unmodified-Since`).
+    pub unmodified_since: Option<u64>,
+}
+
+impl Expected {
+    /// No condition: whatever version the store holds.
+    pub const ANY: Self = Self {
+        etag: None,
+        unmodified_since: None,
+    };
+
+    fn apply(&self, options: &mut GetOptions) {
+        options.if_match.clone_from(&self.etag);
+        options.if_unmodified_since = self
+            .unmodified_since
+            .and_then(|s| chrono::DateTime::from_timestamp(i64::try_from(s).ok()?, 0));
+    }
+}
+
 /// Which bytes of an object a request wants. A response never holds more than a request
 /// asked for: a whole object at most `at_most` bytes, a range its length.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +64,9 @@ pub struct Fetched {
 }
 
 /// Fetches `wanted` of the object at `key`, holding one of `requests`' permits while the
-/// request is open; ranges longer than `part_bytes` are fetched in parts, in parallel. With
-/// `if_match`, only that version of the object is read (a shard replaced since its index was
-/// read is an error, not a mix of two versions).
+/// request is open; ranges longer than `part_bytes` are fetched in parts, in parallel. Only
+/// the `expected` version of the object is read (a shard replaced since its index was read is
+/// an error, not a mix of two versions).
 ///
 /// # Errors
 /// An `io::Error` naming the cause: `PermissionDenied` for 401/403, `UnexpectedEof` for an
@@ -52,17 +78,17 @@ pub async fn get(
     wanted: Wanted,
     part_bytes: u64,
     requests: &Semaphore,
-    if_match: Option<&str>,
+    expected: &Expected,
 ) -> std::io::Result<Option<Fetched>> {
     if let Wanted::Range(range) = &wanted {
         let len = range.end - range.start;
         if len > part_bytes.max(1) {
             let part_bytes = part_bytes.max(1);
-            return get_parts(store, key, range.clone(), part_bytes, requests, if_match).await;
+            return get_parts(store, key, range.clone(), part_bytes, requests, expected).await;
         }
     }
     let _permit = requests.acquire().await.map_err(closed)?;
-    get_one(store, key, wanted, if_match).await
+    get_one(store, key, wanted, expected).await
 }
 
 async fn get_parts(
@@ -71,14 +97,14 @@ async fn get_parts(
     range: Range<u64>,
     part_bytes: u64,
     requests: &Semaphore,
-    if_match: Option<&str>,
+    expected: &Expected,
 ) -> std::io::Result<Option<Fetched>> {
     let parts = (range.start..range.end)
         .step_by(part_bytes as usize)
         .map(|start| start..(start + part_bytes).min(range.end));
     let fetched = futures::future::try_join_all(parts.map(|part| async move {
         let _permit = requests.acquire().await.map_err(closed)?;
-        get_one(store, key, Wanted::Range(part), if_match).await
+        get_one(store, key, Wanted::Range(part), expected).await
     }))
     .await?;
     let mut joined = BytesMut::with_capacity((range.end - range.start) as usize);
@@ -101,7 +127,7 @@ async fn get_one(
     store: &dyn ObjectStore,
     key: &Path,
     wanted: Wanted,
-    if_match: Option<&str>,
+    expected: &Expected,
 ) -> std::io::Result<Option<Fetched>> {
     let range = match &wanted {
         Wanted::Whole { .. } => None,
@@ -121,11 +147,11 @@ async fn get_one(
         Wanted::Range(r) => Some(GetRange::Bounded(r.clone())),
         Wanted::Suffix(n) => Some(GetRange::Suffix(*n)),
     };
-    let options = GetOptions {
+    let mut options = GetOptions {
         range,
-        if_match: if_match.map(str::to_string),
         ..GetOptions::default()
     };
+    expected.apply(&mut options);
     let result = match store.get_opts(key, options).await {
         Ok(result) => result,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -216,8 +242,9 @@ pub fn to_io(e: object_store::Error) -> std::io::Error {
         | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
         object_store::Error::Precondition { .. } => {
             return std::io::Error::other(format!(
-                "the object was replaced (its ETag changed) after its shard index was read \
-                 (the next iteration reads the new one) or after it was referenced: {}",
+                "the object was replaced (its ETag or modification time changed) after its \
+                 shard index was read (the next iteration reads the new one) or after it was \
+                 referenced: {}",
                 full_message(&e)
             ));
         }
@@ -268,7 +295,7 @@ mod tests {
         };
         let e = to_io(replaced).to_string();
         assert!(
-            e.contains("replaced (its ETag changed) after its shard index"),
+            e.contains("replaced (its ETag or modification time changed) after its shard index"),
             "{e}"
         );
     }

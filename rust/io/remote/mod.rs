@@ -13,5 +13,5 @@ mod net;
 
 pub use client::redact;
 pub use config::{is_url, RemoteStore, Settings};
-pub use fetch::{get, size, to_io, Fetched, Wanted, MAX_METADATA_BYTES};
+pub use fetch::{get, size, to_io, Expected, Fetched, Wanted, MAX_METADATA_BYTES};
 pub use net::{on_this_thread, Link, Net};

@@ -281,7 +281,9 @@ class ZarrCropDataset(IterableDataset):
         source: path of a Zarr array (the directory holding ``zarr.json`` or ``.zarray``); or
             of a group when ``variables`` names arrays in it; or a mapping ``{name: path}``
             of arrays cropped jointly: one origin per sample, the same window on every array,
-            a dict of tensors per batch.
+            a dict of tensors per batch. Wherever a path goes, a URL of an object store, a
+            :class:`~lsio_torch.References` set, an :class:`~lsio_torch.Icechunk` repository
+            or an ``icechunk.Session`` (or its store) goes too.
         crop: the crop shape: one int per dimension, or a mapping by dimension name
             (``{"time": 4, "lat": 128, "lon": 128}``) where a dimension left out is taken whole.
             By name, each array takes the dimensions it has: surface fields

@@ -12,7 +12,14 @@ import numpy as np
 import torch
 
 from lsio_torch import _lsio_torch
-from lsio_torch.references import Icechunk, Indexed, References, is_icechunk_session, open_in
+from lsio_torch.references import (
+    Icechunk,
+    Indexed,
+    References,
+    is_icechunk_session,
+    open_in,
+    string_pairs,
+)
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
@@ -107,14 +114,7 @@ def option_pairs(path: str, options: Mapping[str, Any] | None) -> list[tuple[str
     strings, booleans as ``"true"``/``"false"``."""
     if not options or not is_url(path):
         return None
-    pairs = []
-    for key, value in options.items():
-        if not isinstance(key, str):
-            raise TypeError(f"storage_options keys must be strings, got {key!r}")
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        pairs.append((key, str(value)))
-    return pairs
+    return list(string_pairs(options))
 
 
 def place(

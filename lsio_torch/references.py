@@ -114,8 +114,7 @@ class Icechunk:
             url, options = _lsio_torch.icechunk_session_repository(session._session.as_bytes())
             object.__setattr__(self, "url", url)
             object.__setattr__(self, "snapshot", session.snapshot_id)
-            own = dict(options)
-            own.update(dict(self.storage_options or ()))
+            own = {**dict(options), **dict(string_pairs(self.storage_options or ()))}
             object.__setattr__(self, "storage_options", own)
             given = ["snapshot"]
         object.__setattr__(self, "url", os.fspath(self.url))
@@ -124,9 +123,7 @@ class Icechunk:
         if not given:
             object.__setattr__(self, "branch", "main")
         object.__setattr__(self, "authorize", _authorized(self.authorize))
-        options = self.storage_options or ()
-        pairs = tuple(sorted(dict(options.items() if isinstance(options, Mapping) else options)
-                             .items()))  # fmt: skip
+        pairs = tuple(sorted(dict(string_pairs(self.storage_options or ())).items()))
         object.__setattr__(self, "storage_options", pairs)
         if self.path is not None:
             object.__setattr__(self, "path", self.path.strip("/") or None)
@@ -203,17 +200,24 @@ def _authorized(authorize: Any) -> tuple[Place, ...]:
     out = []
     for place, options in items:
         if options is not None:
-            if not isinstance(options, Mapping):
-                options = dict(options)
-            options = tuple(sorted((str(k), _option(v)) for k, v in options.items()))
+            options = tuple(sorted(string_pairs(options)))
         out.append((os.fspath(place), options))
     return tuple(out)
 
 
-def _option(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def string_pairs(
+    options: Mapping[str, Any] | Sequence[tuple[str, Any]],
+) -> tuple[tuple[str, str], ...]:
+    """Storage options (a mapping, or pairs) as the engine takes them: strings, booleans as
+    ``"true"``/``"false"``."""
+    pairs = []
+    for key, value in options.items() if isinstance(options, Mapping) else options:
+        if not isinstance(key, str):
+            raise TypeError(f"storage_options keys must be strings, got {key!r}")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        pairs.append((key, str(value)))
+    return tuple(pairs)
 
 
 def _places(source: References | Icechunk) -> list[str]:

@@ -204,7 +204,7 @@ impl IcechunkKeys {
 
     /// An `s3://bucket/prefix` repository, with the `object_store` option names the rest of
     /// the engine takes (`endpoint`, `region`, `access_key_id`, `secret_access_key`,
-    /// `session_token`, `allow_http`, `skip_signature`); credentials not given come from the
+    /// `session_token`, `allow_http`, `skip_signature`, `request_payer`); credentials not given come from the
     /// environment, as the icechunk package takes them.
     async fn s3_storage(&self) -> Result<Arc<dyn Storage + Send + Sync>> {
         let failed = |e: String| Error::InvalidArgument(format!("{}: {e}", self.shown));
@@ -229,6 +229,7 @@ impl IcechunkKeys {
         let anonymous = yes(option(&["skip_signature", "aws_skip_signature"]));
         config = config
             .with_allow_http(yes(option(&["allow_http"])))
+            .with_requester_pays(yes(option(&["request_payer", "aws_request_payer"])))
             .with_anonymous(anonymous);
         let key = option(&["access_key_id", "aws_access_key_id"]);
         let secret = option(&["secret_access_key", "aws_secret_access_key"]);

@@ -323,8 +323,9 @@ class ZarrCropDataset(IterableDataset):
         pin_memory: pin the batches; ``None`` pins exactly when CUDA is available (never
             inside DataLoader workers, where the DataLoader's own ``pin_memory`` applies).
         prefetch: batches being read while the consumer works on the current one; ``None``
-            is 2, or 8 when an array is in an object store (where each batch waits a round
-            trip, and more batches in flight keep more requests open).
+            is 2, or up to 8 when an array is in an object store (where each batch waits a
+            round trip, and more batches in flight keep more requests open): as many as fit
+            in 256 MiB of batches, at least 2.
         return_origins: yield ``(batch, origins)``, ``origins`` an int64
             ``[batch, len(ds.dims)]``: per dimension of ``ds.dims`` the crop's start or the
             steps' origin, 0 for a dimension selected or taken whole.
@@ -464,17 +465,17 @@ class ZarrCropDataset(IterableDataset):
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
         self.drop_last = drop_last
-        if prefetch is None:
-            remote = any(source.remote for source in self._sources)
-            prefetch = REMOTE_PREFETCH if remote else LOCAL_PREFETCH
-        self.prefetch = _positive("prefetch", prefetch)
-        self.threads = _thread_count("threads", threads)
-        self.io_threads = _thread_count("io_threads", io_threads, allow_zero=True)
-        # The consumer's batch and the prefetched ones are in memory together.
         batch_bytes = self.batch_size * sum(
             math.prod(self._layout.arrays[s.key].out_shape) * s.out_dtype.itemsize
             for s in self._sources
         )
+        if prefetch is None:
+            remote = any(source.remote for source in self._sources)
+            prefetch = default_prefetch(batch_bytes, remote)
+        self.prefetch = _positive("prefetch", prefetch)
+        self.threads = _thread_count("threads", threads)
+        self.io_threads = _thread_count("io_threads", io_threads, allow_zero=True)
+        # The consumer's batch and the prefetched ones are in memory together.
         _check_batch_memory(
             batch_bytes, self.prefetch + 1, f"batch_size={batch_size}, prefetch={prefetch}"
         )
@@ -969,6 +970,20 @@ def _engine_stats(engine: _lsio_torch.Engine) -> dict[str, float]:
 #: 202 → 251 → 272 crops/s at 50 ms).
 LOCAL_PREFETCH = 2
 REMOTE_PREFETCH = 8
+#: The memory that batches prefetched from an object store take at most by default: beyond
+#: it, more batches ahead keep no more requests open (a batch that large holds enough of
+#: them), and each is memory first touched (pinned, where CUDA is) that the process keeps.
+REMOTE_PREFETCH_BYTES = 256 << 20
+
+
+def default_prefetch(batch_bytes: int, remote: bool) -> int:
+    """Batches read ahead when ``prefetch`` is not given: :data:`LOCAL_PREFETCH` on disk;
+    from an object store, as many as fit in :data:`REMOTE_PREFETCH_BYTES`, between those two
+    counts."""
+    if not remote:
+        return LOCAL_PREFETCH
+    fit = REMOTE_PREFETCH_BYTES // max(batch_bytes, 1)
+    return max(LOCAL_PREFETCH, min(REMOTE_PREFETCH, fit))
 
 
 def _with_max_requests(

@@ -296,6 +296,17 @@ def test_remote_arrays_keep_more_batches_in_flight(tmp_path, object_server):
     assert lsio_torch.ZarrCropDataset(path, (4, 5, 3)).prefetch == 2
     assert lsio_torch.ZarrCropDataset(f"{server.url}/a.zarr", (4, 5, 3)).prefetch == 8
     assert lsio_torch.ZarrCropDataset(f"{server.url}/a.zarr", (4, 5, 3), prefetch=3).prefetch == 3
+    # Batches so large that 8 of them would take gigabytes: as many as fit in 256 MiB, at
+    # least 2 (one such batch keeps every request it can open in flight).
+    itemsize = torch.empty((), dtype=lsio_torch.ZarrCropDataset(path, (4, 5, 3)).dtype).itemsize
+    crop_bytes = 4 * 5 * 3 * itemsize
+    for batch_bytes, prefetch in [(32 << 20, 8), (64 << 20, 4), (100 << 20, 2), (1 << 30, 2)]:
+        big = lsio_torch.ZarrCropDataset(
+            f"{server.url}/a.zarr", (4, 5, 3), batch_size=batch_bytes // crop_bytes
+        )
+        assert big.prefetch == prefetch, batch_bytes
+    big = lsio_torch.ZarrCropDataset(path, (4, 5, 3), batch_size=(1 << 30) // crop_bytes)
+    assert big.prefetch == 2
 
 
 def test_a_shard_replaced_mid_iteration_is_never_read_as_a_mix(tmp_path, s3):

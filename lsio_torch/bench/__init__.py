@@ -53,10 +53,9 @@ from lsio_torch import _lsio_torch
 from lsio_torch._stopwatch import Stopwatch
 from lsio_torch.bench.cache import parse_sizes
 from lsio_torch.dataset import (
-    LOCAL_PREFETCH,
-    REMOTE_PREFETCH,
     ZarrCropDataset,
     _default_threads,
+    default_prefetch,
 )
 
 CACHE = Path(os.environ.get("LSIO_BENCH_CACHE", Path.home() / ".cache" / "lsio_torch" / "bench"))
@@ -562,7 +561,9 @@ def memory(args, name: str) -> dict:
     path, spec = dataset(name, args.small)
     array = _lsio_torch.Array(str(path))
     crop = tuple(args.crop) if args.crop else (spec.crop if spec else tuple(array.chunk_shape))
-    prefetch = REMOTE_PREFETCH if args.store == "http" else LOCAL_PREFETCH
+    itemsize = np.dtype(array.dtype).itemsize
+    batch_bytes = args.batch * int(np.prod(crop)) * itemsize
+    prefetch = default_prefetch(batch_bytes, remote=args.store == "http")
     server, source, in_flight_mb = None, path, 0.0
     if args.store == "http":
         from lsio_torch.bench.remote import ServedFolder
@@ -571,7 +572,6 @@ def memory(args, name: str) -> dict:
         server = ServedFolder(path.parent, args.latency_ms[0], bandwidth)
         source = f"{server.url}/{path.name}"
         in_flight_mb = 128.0  # the engine's max_bytes_in_flight, by default
-    itemsize = np.dtype(array.dtype).itemsize
     cache_bytes = parse_sizes(args.cache_bytes or "0", int(np.prod(array.shape)) * itemsize)[0]
     folder, folder_bound = None, None
     if server is not None and args.cache_dir_bytes:
@@ -586,7 +586,6 @@ def memory(args, name: str) -> dict:
         threads=args.threads, io_threads=args.io_threads, max_requests=args.max_requests[0],
         cache_bytes=cache_bytes, cache_dir=folder, cache_dir_bytes=folder_bound,
     )  # fmt: skip
-    batch_bytes = args.batch * int(np.prod(crop)) * itemsize
     n_epochs = args.epochs or 20
     warm(path)
     baseline = _status_kb("VmRSS")

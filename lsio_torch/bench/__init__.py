@@ -794,7 +794,9 @@ def _parser() -> argparse.ArgumentParser:
         "--merge-gap", type=int, default=None, help="--store http: lsio_torch's merge_gap"
     )
     parser.add_argument(
-        "--concurrency", default="16,64", help="--store http: the peers' concurrencies tried"
+        "--concurrency",
+        default="16,64,128",
+        help="--store http: the peers' and the GET bound's concurrencies tried (the best kept)",
     )
     return parser
 

@@ -245,6 +245,21 @@ def test_a_corrupt_reference_file_names_itself(tmp_path, text, says):
     assert says in str(e.value)
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_an_inline_chunk_that_does_not_decode_names_itself(tmp_path, cache_bytes):
+    nc = tmp_path / "archive.nc"
+    write_netcdf4(nc, "netCDF4")
+    refs = kerchunk_refs(nc, str(nc))
+    refs["refs"]["t2m/0.0.0"] = "base64:AAECAwQ="  # five bytes: no chunk of t2m
+    source = References(write_refs(refs, tmp_path / "refs.json", 1), path="t2m")
+    ds = ZarrCropDataset(
+        source, (1, 8, 8), batch_size=1, origins=[(0, 0, 0)], cache_bytes=cache_bytes
+    )
+    with pytest.raises(lsio_torch.LsioError, match=r"refs\.json") as e:
+        list(ds)
+    assert "chunk [0, 0, 0] (inline in the references)" in str(e.value)
+
+
 def test_a_missing_reference_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.json"):
         read_crops(References(tmp_path / "nothing.json", path="t2m"), [(0, 0, 0)], (1, 1, 1))

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use super::decode::{copy_targets, decode_read, fill_targets};
+use super::decode::{copy_targets, decode_inline, decode_read, fill_targets};
 use super::groups::{read_groups, Requests};
 use super::planned::{Planned, PlannedRead, Source};
 use super::shared::{guarded, Job, OutBuffer, Shared};
@@ -55,7 +55,12 @@ impl BatchRun {
             .filter(|&t| matches!(planned.sources[t], Source::Awaited(_)))
             .collect();
         let unread: Vec<usize> = (0..planned.sources.len())
-            .filter(|&t| matches!(planned.sources[t], Source::Fill | Source::Cached(_)))
+            .filter(|&t| {
+                matches!(
+                    planned.sources[t],
+                    Source::Fill | Source::Cached(_) | Source::Inline(_)
+                )
+            })
             .collect();
         // At least one group, empty or not: a batch with nothing to read ends with it.
         let groups: Vec<Vec<usize>> = if unread.is_empty() {
@@ -215,6 +220,7 @@ pub(super) fn write_unread(
             fill_targets(shared, &planned.tasks[t], out)
         }
         Source::Cached(chunk) => copy_targets(shared, &planned.tasks[t], chunk, 0, out),
+        Source::Inline(bytes) => decode_inline(shared, planned, t, bytes, out),
         Source::Encoded | Source::Awaited(_) => Ok(()),
     })
 }

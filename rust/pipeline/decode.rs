@@ -1,6 +1,8 @@
 //! The decode stage: each chunk decoded once per batch, and its pieces copied (or cast) into
 //! their crops' places in the output.
 
+use std::sync::atomic::Ordering;
+
 use crate::cast::Cast;
 use crate::error::{Error, Result};
 use crate::plan::ChunkTask;
@@ -45,18 +47,38 @@ pub(super) fn decode_read(
     Ok(())
 }
 
-/// Decodes a chunk a reference set holds inline (a small one: it is decoded while its batch
-/// is planned), whole.
+/// Writes chunk `t` of a batch, which its reference set holds inline (a small chunk), into
+/// its crops' places: decoded whole and, with a chunk cache, handed to the cache.
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming the reference set and chunk when it does not decode.
-pub(super) fn decode_inline(shared: &Shared, task: &ChunkTask, bytes: &[u8]) -> Result<Vec<u8>> {
-    let mut chunk = vec![0; shared.leaf_bytes];
+pub(super) fn decode_inline(
+    shared: &Shared,
+    planned: &Planned,
+    t: usize,
+    bytes: &[u8],
+    out: &OutBuffer,
+) -> Result<()> {
+    let task = &planned.tasks[t];
+    shared
+        .counters
+        .chunks_decoded
+        .fetch_add(1, Ordering::Relaxed);
+    let mut chunk = match &planned.claims {
+        Some(claims) => claims.cache().buffer(shared.leaf_bytes),
+        None => vec![0; shared.leaf_bytes],
+    };
     decode_whole(shared, bytes, &mut chunk).map_err(|reason| {
         let what = format!("chunk {:?} (inline in the references)", task.chunk);
         Error::corrupt(&shared.array.path, what, reason)
     })?;
-    Ok(chunk)
+    copy_targets(shared, task, &chunk, 0, out)?;
+    if let Some(claims) = &planned.claims {
+        claims
+            .cache()
+            .complete(claims, &shared.cache_key(task), Some(chunk));
+    }
+    Ok(())
 }
 
 /// Decodes a whole chunk's `bytes` into `chunk` (a chunk stored as its elements is copied);

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::decode::decode_inline;
 use super::files::{disk_key, OpenFile, PlanCache};
 use super::shared::{unless_stopped, Shared};
 use super::targets::{needed_span, target_layout};
@@ -34,6 +33,9 @@ pub(crate) enum Source {
     Cached(Arc<Vec<u8>>),
     /// Being decoded by an earlier batch, which hands it over when it is.
     Awaited(Arc<Promise>),
+    /// Held inline by a reference set (a small chunk): decoded on the pool with the
+    /// chunks the batch does not read.
+    Inline(Arc<[u8]>),
 }
 
 /// One chunk read of a planned batch.
@@ -229,25 +231,16 @@ fn plan_reads_once(
         }
     }
 
-    // Chunks a reference set does not list are the fill value; those it holds inline are
-    // decoded now.
+    // Chunks a reference set does not list are the fill value; those it holds inline need
+    // no read.
     if array.is_referenced() {
-        for ((task, found), reference) in tasks.iter().zip(&mut looked_up).zip(&references) {
+        for (found, reference) in looked_up.iter_mut().zip(&references) {
             if found.is_some() {
                 continue;
             }
             *found = match reference {
                 None => Some(Source::Fill),
-                Some(Reference::Inline(bytes)) => {
-                    let chunk = decode_inline(shared, task, bytes)?;
-                    if let Some(claims) = &claims {
-                        let kept = chunk.clone();
-                        claims
-                            .cache()
-                            .complete(claims, &shared.cache_key(task), Some(kept));
-                    }
-                    Some(Source::Cached(Arc::new(chunk)))
-                }
+                Some(Reference::Inline(bytes)) => Some(Source::Inline(Arc::clone(bytes))),
                 Some(_) => None,
             };
         }

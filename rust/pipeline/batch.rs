@@ -13,8 +13,9 @@ use crate::cache::Resolved;
 use crate::error::{Error, Result};
 use crate::io::{new_reader, ReadBuf, Reader, ScatterOp};
 
-/// Chunks of a batch written without a read (the fill value, or from the chunk cache) that one
-/// pool job copies: a batch found whole in the cache is copied by every thread, not one.
+/// Chunks of a batch written without a read (the fill value, from the chunk cache, or inline
+/// in a reference set) that one pool job writes: a batch found whole in the cache is copied
+/// by every thread, not one.
 const UNREAD_PER_GROUP: usize = 32;
 
 /// What each engine thread keeps between batches: its reader (an io_uring ring) and its read
@@ -41,9 +42,10 @@ pub(super) struct BatchRun {
 
 impl BatchRun {
     /// Starts a planned batch of `parts` parts besides the chunks it writes without reading
-    /// them (never written: the fill value; or found in the chunk cache), which are queued on
-    /// the pool now in groups that the pool's threads copy side by side; the caller queues the
-    /// parts, each ending with [`BatchRun::finish_part`].
+    /// them (never written: the fill value; found in the chunk cache; or held inline by a
+    /// reference set), which are queued on the pool now in groups that the pool's threads
+    /// write side by side; the caller queues the parts, each ending with
+    /// [`BatchRun::finish_part`].
     pub(super) fn start(
         shared: &Arc<Shared>,
         planned: Planned,
@@ -204,7 +206,8 @@ pub(super) fn with_local_io<T>(
 }
 
 /// Copies the fill value into the places of the chunks `tasks` of a batch that were never
-/// written, and the chunks found in the cache into theirs.
+/// written, the chunks found in the cache into theirs, and decodes those a reference set
+/// holds inline into theirs.
 pub(super) fn write_unread(
     shared: &Shared,
     planned: &Planned,

@@ -149,6 +149,45 @@ def test_inline_native_and_virtual_chunks_are_all_there(repo):
     check_crops(source, repo.values(tag="v1"), ["small"])
 
 
+def test_a_sharded_array_in_a_repository_is_refused_by_name_and_its_neighbours_read(tmp_path):
+    """Sharding inside a repository is not read yet: the sharded array is a ValueError that
+    names it and says so, never garbage from a shard taken for a chunk; the arrays beside it
+    still read, alone and as a dataset's variables."""
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    session = repo.writable_session("main")
+    group = zarr.group(session.store)
+    values = np.arange(8 * 16 * 16, dtype="f4").reshape(8, 16, 16)
+    sharded = group.create_array(
+        "sharded", shape=values.shape, chunks=(2, 4, 4), shards=(4, 8, 8), dtype="f4",
+        dimension_names=("time", "lat", "lon"),
+    )  # fmt: skip
+    sharded[...] = values
+    plain = group.create_array(
+        "plain", shape=values.shape, chunks=(2, 8, 8), dtype="f4",
+        dimension_names=("time", "lat", "lon"),
+    )  # fmt: skip
+    plain[...] = -values
+    session.commit("a sharded array beside a plain one")
+    source = Icechunk(tmp_path / "repo")
+
+    for variables in (["sharded"], ["plain", "sharded"]):
+        with pytest.raises(ValueError, match=r"sharding \(sharding_indexed\)") as e:
+            ZarrCropDataset(source, {"lat": 4, "lon": 4}, variables=variables)
+        assert "sharded" in str(e.value) and "Icechunk repository" in str(e.value)
+    with pytest.raises(ValueError, match="not read yet"):
+        read_crops(dataclasses.replace(source, path="sharded"), [(0, 0, 0)], (1, 4, 4))
+
+    want = zarr.open_array(repo.readonly_session("main").store, path="plain", mode="r")[...]
+    assert np.array_equal(want, -values)
+    origins = [(0, 0, 0), (3, 5, 9), (7, 12, 12)]
+    got = read_crops(dataclasses.replace(source, path="plain"), origins, (1, 4, 4)).numpy()
+    for crop, (t, y, x) in zip(got, origins, strict=True):
+        assert same_values(crop, want[t : t + 1, y : y + 4, x : x + 4]), (t, y, x)
+    ds = ZarrCropDataset(source, {"lat": 4, "lon": 4}, variables=["plain"], batch_size=2,
+                         samples_per_epoch=4, return_origins=True)  # fmt: skip
+    assert check_batches(ds, {"plain": want}, (8, 4, 4), same_values) == 4
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_an_epoch_with_workers(repo, method):
     values = repo.values(tag="v1")

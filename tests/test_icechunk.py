@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from support.checks import check_batches, same_values
+from support.checks import check_batches, chunks_touched, same_values
 
 import lsio_torch
 from lsio_torch import Icechunk, ZarrCropDataset, read_crops
@@ -149,43 +149,171 @@ def test_inline_native_and_virtual_chunks_are_all_there(repo):
     check_crops(source, repo.values(tag="v1"), ["small"])
 
 
-def test_a_sharded_array_in_a_repository_is_refused_by_name_and_its_neighbours_read(tmp_path):
-    """Sharding inside a repository is not read yet: the sharded array is a ValueError that
-    names it and says so, never garbage from a shard taken for a chunk; the arrays beside it
-    still read, alone and as a dataset's variables."""
-    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
-    session = repo.writable_session("main")
-    group = zarr.group(session.store)
-    values = np.arange(8 * 16 * 16, dtype="f4").reshape(8, 16, 16)
-    sharded = group.create_array(
-        "sharded", shape=values.shape, chunks=(2, 4, 4), shards=(4, 8, 8), dtype="f4",
-        dimension_names=("time", "lat", "lon"),
-    )  # fmt: skip
-    sharded[...] = values
-    plain = group.create_array(
-        "plain", shape=values.shape, chunks=(2, 8, 8), dtype="f4",
-        dimension_names=("time", "lat", "lon"),
-    )  # fmt: skip
-    plain[...] = -values
-    session.commit("a sharded array beside a plain one")
-    source = Icechunk(tmp_path / "repo")
+class ShardedRepo:
+    """Sharded arrays in a repository: ``native`` (zstd; each shard an object of the
+    repository, one shard never written, inner chunks never written in others), ``inline``
+    (shards small enough to be held inline) and ``virtual`` (each shard a range of
+    ``archive/shards.bin``, outside the repository)."""
 
-    for variables in (["sharded"], ["plain", "sharded"]):
-        with pytest.raises(ValueError, match=r"sharding \(sharding_indexed\)") as e:
-            ZarrCropDataset(source, {"lat": 4, "lon": 4}, variables=variables)
-        assert "sharded" in str(e.value) and "Icechunk repository" in str(e.value)
-    with pytest.raises(ValueError, match="not read yet"):
-        read_crops(dataclasses.replace(source, path="sharded"), [(0, 0, 0)], (1, 4, 4))
+    SHAPE, SHARDS, CHUNKS = (8, 32, 32), (4, 16, 16), (2, 8, 8)
 
-    want = zarr.open_array(repo.readonly_session("main").store, path="plain", mode="r")[...]
-    assert np.array_equal(want, -values)
-    origins = [(0, 0, 0), (3, 5, 9), (7, 12, 12)]
-    got = read_crops(dataclasses.replace(source, path="plain"), origins, (1, 4, 4)).numpy()
-    for crop, (t, y, x) in zip(got, origins, strict=True):
-        assert same_values(crop, want[t : t + 1, y : y + 4, x : x + 4]), (t, y, x)
-    ds = ZarrCropDataset(source, {"lat": 4, "lon": 4}, variables=["plain"], batch_size=2,
-                         samples_per_epoch=4, return_origins=True)  # fmt: skip
-    assert check_batches(ds, {"plain": want}, (8, 4, 4), same_values) == 4
+    def __init__(self, root: Path) -> None:
+        self.path, self.archive = root / "repo", root / "archive"
+        self.archive.mkdir()
+        self.prefix = f"file://{self.archive}/"
+        rng = np.random.default_rng(9)
+        values = rng.normal(size=self.SHAPE).astype("f4")
+        values[0:2, 0:8, 8:16] = 0  # an inner chunk of fill values: never written
+        codecs = {"chunks": self.CHUNKS, "shards": self.SHARDS, "dtype": "f4",
+                  "compressors": [zarr.codecs.ZstdCodec(level=3)],
+                  "dimension_names": ("time", "lat", "lon")}  # fmt: skip
+        # The virtual shards: a sharded Zarr v3 array's shard files, laid end to end.
+        encoded = zarr.create_array(root / "encoded.zarr", shape=self.SHAPE, **codecs)
+        encoded[...] = values
+        ranges, blob = {}, b""
+        for shard in sorted((root / "encoded.zarr" / "c").rglob("*")):
+            if shard.is_file():
+                key = "c/" + shard.relative_to(root / "encoded.zarr" / "c").as_posix()
+                data = shard.read_bytes()
+                ranges[key] = (len(blob), len(data))
+                blob += data
+        (self.archive / "shards.bin").write_bytes(blob)
+        self.ranges = ranges
+
+        config = icechunk.RepositoryConfig.default()
+        store = icechunk.local_filesystem_store(str(self.archive))
+        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(self.prefix, store))
+        repo = icechunk.Repository.create(
+            icechunk.local_filesystem_storage(str(self.path)), config=config,
+            authorize_virtual_chunk_access={self.prefix: None},
+        )  # fmt: skip
+        session = repo.writable_session("main")
+        group = zarr.group(session.store)
+        native = group.create_array("native", shape=self.SHAPE, **codecs)
+        native[0:4] = values[0:4]
+        native[4:8, 0:16] = values[4:8, 0:16]  # shards (1, 1, *) never written
+        inline = group.create_array("inline", shape=(4, 6), chunks=(1, 3), shards=(2, 3),
+                                    dtype="i2")  # fmt: skip
+        inline[...] = np.arange(24, dtype="i2").reshape(4, 6)
+        group.create_array("virtual", shape=self.SHAPE, **codecs)
+        for key, (offset, length) in ranges.items():
+            session.store.set_virtual_ref(
+                f"virtual/{key}", f"{self.prefix}shards.bin", offset=offset, length=length
+            )
+        session.commit("sharded arrays")
+
+    def values(self) -> dict[str, np.ndarray]:
+        """What zarr-python reads through the repository's own store."""
+        repo = icechunk.Repository.open(
+            icechunk.local_filesystem_storage(str(self.path)),
+            authorize_virtual_chunk_access={self.prefix: None},
+        )
+        store = repo.readonly_session(branch="main").store
+        return {name: zarr.open_array(store, path=name)[...] for name in SHARDED}
+
+
+SHARDED = ("native", "inline", "virtual")
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> ShardedRepo:
+    return ShardedRepo(tmp_path_factory.mktemp("sharded"))
+
+
+def check_sharded(source: Icechunk, values: dict[str, np.ndarray], names=SHARDED) -> int:
+    """Crops at seeded origins (every shard and the unwritten ones among them) equal to
+    zarr-python's; returns how many were compared."""
+    rng = np.random.default_rng(3)
+    n = 0
+    for name in names:
+        want = values[name]
+        crop = (3, 10, 10) if want.ndim == 3 else (2, 2)
+        room = [s - c + 1 for s, c in zip(want.shape, crop, strict=True)]
+        origins = [tuple(int(rng.integers(0, r)) for r in room) for _ in range(24)]
+        origins.append(tuple(r - 1 for r in room))  # the last corner: never written in native
+        got = read_crops(dataclasses.replace(source, path=name), origins, crop).numpy()
+        for crop_got, origin in zip(got, origins, strict=True):
+            region = tuple(slice(o, o + c) for o, c in zip(origin, crop, strict=True))
+            assert same_values(crop_got, want[region]), (name, origin)
+            n += 1
+    return n
+
+
+def test_sharded_arrays_read_shard_by_shard_as_zarr_python_reads_them(sharded):
+    values = sharded.values()
+    assert (values["native"][4:, 16:] == 0).all() and not (values["virtual"][4:, 16:] == 0).all()
+    # Six shards of ``native`` written (two never were) are the repository's chunk objects;
+    # ``inline``'s shards are held inline.
+    assert len(list((sharded.path / "chunks").iterdir())) == 6
+    source = Icechunk(sharded.path, authorize=[sharded.archive])
+    assert check_sharded(source, values) == 3 * 25
+    # A dataset of them equals zarr-python's crops too.
+    ds = ZarrCropDataset(source, {"lat": 8, "lon": 8}, variables=["native", "virtual"],
+                         batch_size=2, samples_per_epoch=4, return_origins=True)  # fmt: skip
+    want = {name: values[name] for name in ("native", "virtual")}
+    assert check_batches(ds, want, (8, 8, 8), same_values) == 4
+
+
+def test_only_the_inner_chunks_crops_touch_are_read_with_their_shards_indexes(sharded):
+    """Each shard's index (read once) and the inner chunks the crops touch: the bytes read
+    are exactly those, counted from the shards' own indexes."""
+    blob = (sharded.archive / "shards.bin").read_bytes()
+    per_shard = [s // c for s, c in zip(sharded.SHARDS, sharded.CHUNKS, strict=True)]
+    index_bytes = 16 * int(np.prod(per_shard)) + 4  # (offset, length) words and a CRC32C
+
+    def inner_lengths(shard: tuple[int, ...]) -> np.ndarray:
+        offset, length = sharded.ranges["c/" + "/".join(map(str, shard))]
+        index = blob[offset + length - index_bytes : offset + length - 4]
+        return np.frombuffer(index, "<u8").reshape(-1, 2)[:, 1]
+
+    source = Icechunk(sharded.path, authorize=[sharded.archive])
+    ds = ZarrCropDataset(source, {"time": 2, "lat": 8, "lon": 8}, variables=["virtual"],
+                         batch_size=2, samples_per_epoch=2, return_origins=True,
+                         cache_bytes=0)  # fmt: skip
+    origins = [o for _, batch in ds for o in batch.tolist()]
+    touched = chunks_touched(origins, (2, 8, 8), sharded.CHUNKS)
+    shards = {tuple(c // p for c, p in zip(chunk, per_shard, strict=True)) for chunk in touched}
+    want = index_bytes * len(shards)
+    for chunk in touched:
+        shard = tuple(c // p for c, p in zip(chunk, per_shard, strict=True))
+        within = [c % p for c, p in zip(chunk, per_shard, strict=True)]
+        inner = np.ravel_multi_index(within, per_shard)
+        want += int(inner_lengths(shard)[inner])
+    whole = sum(sharded.ranges["c/" + "/".join(map(str, s))][1] for s in shards)
+    assert ds.stats()["bytes_read"] == want < whole, (want, whole)
+
+
+def test_sharded_arrays_over_http_and_s3(sharded, object_server, s3):
+    values = sharded.values()
+    server = object_server(sharded.path.parent)
+    source = Icechunk(f"{server.url}/repo", authorize=[sharded.archive])
+    assert check_sharded(source, values) == 3 * 25
+    url = s3.upload(sharded.path, "icechunk", "sharded/repo")
+    ds = ZarrCropDataset(
+        Icechunk(url, authorize=[sharded.archive]), {"lat": 8, "lon": 8},
+        variables=["native", "virtual"], batch_size=3, samples_per_epoch=6,
+        return_origins=True, storage_options=s3.storage_options,
+    )  # fmt: skip
+    want = {name: values[name] for name in ("native", "virtual")}
+    assert check_batches(ds, want, (8, 8, 8), same_values) == 6
+
+
+def test_a_corrupt_shard_index_by_reference_names_the_shard_and_its_file(tmp_path):
+    repo = ShardedRepo(tmp_path)
+    want = repo.values()["virtual"]
+    archive = repo.archive / "shards.bin"
+    blob = bytearray(archive.read_bytes())
+    offset, length = repo.ranges["c/0/0/0"]
+    end = offset + length - 4  # the index's checksum follows its words
+    blob[end - 8 : end] = bytes(8)  # the last inner chunk's length
+    archive.write_bytes(bytes(blob))
+    source = Icechunk(repo.path, path="virtual", authorize=[repo.archive])
+    with pytest.raises(lsio_torch.LsioError, match=r"index of shard \[0, 0, 0\]") as e:
+        read_crops(source, [(0, 0, 0)], (1, 1, 1))
+    assert "shards.bin" in str(e.value) and f"bytes {offset}..{offset + length}" in str(e.value)
+    # The other shards still read.
+    got = read_crops(source, [(4, 16, 16)], (4, 16, 16)).numpy()[0]
+    assert same_values(got, want[4:8, 16:32, 16:32])
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])

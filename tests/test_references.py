@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from support.checks import check_batches, same_values
 
 import lsio_torch
@@ -181,6 +182,60 @@ def test_only_the_referenced_bytes_are_read(tmp_path):
     )  # fmt: skip
     list(ds)
     assert ds.stats()["bytes_read"] == refs["refs"]["t2m/2.0.1"][2]
+
+
+def write_sharded(root: Path) -> np.ndarray:
+    """A sharded Zarr v3 array that zarr-python writes at ``root / "x.zarr"``, one shard never
+    written; returns what zarr-python reads."""
+    array = zarr.create_array(
+        root / "x.zarr", shape=(8, 32, 32), chunks=(2, 8, 8), shards=(4, 16, 16), dtype="f4",
+        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=("time", "lat", "lon"),
+    )  # fmt: skip
+    values = np.random.default_rng(11).normal(size=array.shape).astype("f4")
+    array[0:4] = values[0:4]
+    array[4:8, 0:16] = values[4:8, 0:16]  # shards (1, 1, *) never written
+    return zarr.open_array(root / "x.zarr")[...]
+
+
+def sharded_refs(root: Path, base: str) -> dict:
+    """A reference set (kerchunk's JSON, version 1) of the array :func:`write_sharded` wrote
+    under ``root``, its shards at ``base``: alternately whole files (``[url]``) and ranges
+    (``[url, offset, length]``)."""
+    refs = {
+        "zarr.json": json.dumps({"zarr_format": 3, "node_type": "group"}),
+        "x/zarr.json": (root / "x.zarr" / "zarr.json").read_text(),
+    }
+    shards = sorted(f for f in (root / "x.zarr" / "c").rglob("*") if f.is_file())
+    for i, shard in enumerate(shards):
+        key = shard.relative_to(root / "x.zarr").as_posix()
+        url = f"{base}/x.zarr/{key}"
+        refs[f"x/{key}"] = [url] if i % 2 else [url, 0, shard.stat().st_size]
+    return {"version": 1, "refs": refs}
+
+
+def test_a_sharded_array_by_reference_locally_over_http_and_s3(tmp_path, object_server, s3):
+    """Each chunk the set lists is a shard: its index, read from its bytes (a whole file's
+    end, or a range's), places the inner chunks the crops need."""
+    values = write_sharded(tmp_path)
+    origins = [(0, 0, 0), (1, 7, 9), (3, 12, 20), (5, 22, 22), (4, 14, 6)]
+
+    def check(source, options=None) -> None:
+        got = read_crops(source, origins, (3, 10, 10), storage_options=options).numpy()
+        for crop, (t, y, x) in zip(got, origins, strict=True):
+            assert same_values(crop, values[t : t + 3, y : y + 10, x : x + 10]), (t, y, x)
+
+    check(References(write_refs(sharded_refs(tmp_path, str(tmp_path)), tmp_path / "refs.json", 1),
+                     path="x"))  # fmt: skip
+    server = object_server(tmp_path)
+    write_refs(sharded_refs(tmp_path, server.url), tmp_path / "http.json", 1)
+    check(References(f"{server.url}/http.json", path="x"))
+    for shard in (tmp_path / "x.zarr" / "c").rglob("*"):
+        if shard.is_file():
+            s3.put("archive", f"x.zarr/{shard.relative_to(tmp_path / 'x.zarr').as_posix()}",
+                   shard.read_bytes())  # fmt: skip
+    refs = sharded_refs(tmp_path, "s3://archive")
+    s3.put("archive", "refs.json", json.dumps(refs).encode())
+    check(References("s3://archive/refs.json", path="x"), s3.storage_options)
 
 
 def test_targets_outside_the_authorized_places_are_refused(tmp_path):

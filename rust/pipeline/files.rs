@@ -108,6 +108,9 @@ pub(crate) struct PlanCache {
     /// Indexes of shards in an object store: an engine reads each once (a later iteration
     /// reads them anew, and sees shards replaced since).
     pub(super) object_indexes: Bounded<(ObjectVersion, Arc<ShardIndex>)>,
+    /// Indexes of the shards of a sharded array by reference, by shard coordinates: the set
+    /// is read once per engine, and says where each shard lies.
+    pub(super) reference_indexes: Bounded<Arc<ShardIndex>>,
     pub(super) missing: Bounded<()>,
 }
 
@@ -116,6 +119,7 @@ impl Default for PlanCache {
         Self {
             indexes: Bounded::new(SHARD_INDEX_CACHE),
             object_indexes: Bounded::new(SHARD_INDEX_CACHE),
+            reference_indexes: Bounded::new(SHARD_INDEX_CACHE),
             missing: Bounded::new(MISSING_FILES),
         }
     }

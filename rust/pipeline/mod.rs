@@ -15,6 +15,7 @@ mod files;
 mod groups;
 mod io_stage;
 mod planned;
+mod referenced_shards;
 mod remote;
 mod shared;
 mod targets;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::files::{disk_key, OpenFile, PlanCache};
+use super::referenced_shards::leaf_references;
 use super::shared::{unless_stopped, Shared};
 use super::targets::{needed_span, target_layout};
 use crate::cache::disk::{Entry, Held, Inode};
@@ -206,13 +207,21 @@ fn plan_reads_once(
     // For an array by reference, what the set holds for each chunk.
     let references: Vec<Option<Reference>> = if array.is_referenced() {
         let leaves: Vec<&[u64]> = tasks.iter().map(|t| t.chunk.as_slice()).collect();
-        array.references_of(&leaves)?
+        match array.sharding() {
+            Some(sharding) => leaf_references(shared, sharding, reader, net, cache, &leaves)?,
+            None => array.references_of(&leaves)?,
+        }
     } else {
         Vec::new()
     };
     let locations: Vec<ChunkLocation> = if array.is_referenced() {
-        let at = |r: &Option<Reference>| ZarrArray::reference_location(r.as_ref());
-        references.iter().map(at).collect()
+        // A chunk's file is its target; in a sharded array, its place in its shard is kept
+        // for messages.
+        let at = |(r, t): (&Option<Reference>, &ChunkTask)| ChunkLocation {
+            inner: array.sharding().map_or(0, |_| array.locate(&t.chunk).inner),
+            ..ZarrArray::reference_location(r.as_ref())
+        };
+        references.iter().zip(&tasks).map(at).collect()
     } else {
         tasks.iter().map(|t| array.locate(&t.chunk)).collect()
     };
@@ -259,7 +268,8 @@ fn plan_reads_once(
 
     // Shard indexes not yet cached, read together.
     let mut shard_index: Vec<Option<Arc<ShardIndex>>> = vec![None; files.len()];
-    if array.sharding().is_some() {
+    // (Those of an array by reference were read with its references.)
+    if array.sharding().is_some() && !array.is_referenced() {
         match net {
             Some(net) => {
                 let batch = (&file_ids, &mut files[..], &mut shard_index[..]);

@@ -140,15 +140,6 @@ impl ZarrArray {
         limits::box_bytes(&path, "shape", &v3.shape, dtype.size())?;
         limits::box_bytes(&path, "chunk shape", &chunk_shape, dtype.size())?;
         let layout = ChunkLayout::from_metadata(&path, &v3.codecs, &chunk_shape, dtype.size())?;
-        if matches!(location, Location::References(..)) && matches!(layout, ChunkLayout::Sharded(_))
-        {
-            return Err(Error::unsupported_because(
-                &path,
-                "sharding (sharding_indexed) in an Icechunk repository or a reference set is \
-                 not read yet: each of its chunks is a shard; rewrite the array without \
-                 sharding there, or read it from a Zarr store",
-            ));
-        }
         let fill_value = array.fill_value().as_ne_bytes().to_vec();
         if fill_value.len() != dtype.size() {
             return Err(Error::invalid_metadata(

@@ -1,0 +1,261 @@
+//! The leaf chunks of a sharded array by reference (an Icechunk repository or a reference
+//! set whose array is stored with `sharding_indexed`): each chunk the set lists is a shard,
+//! and its index, read from the shard's own bytes, places its inner chunks. Each inner chunk
+//! becomes a reference of its own (a range of the shard's target, or bytes of an inline
+//! shard), planned from then on as any chunk by reference.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::files::PlanCache;
+use super::shared::{unless_stopped, Shared};
+use crate::error::{Error, Result};
+use crate::io::remote::{self, Net, Wanted};
+use crate::io::{ReadOp, Reader};
+use crate::zarr::codecs::{decode_index, IndexLocation, Sharding};
+use crate::zarr::references::Entry as Reference;
+use crate::zarr::shard_index::{ShardIndex, Slot};
+
+/// What the reference set holds for each leaf chunk of `leaves` of a sharded array by
+/// reference: `None` for a chunk never written (its shard not listed, or its slot empty).
+/// Shard indexes not cached are read together: local ones through `reader`, remote ones
+/// over `net`.
+///
+/// # Errors
+/// The reference set's errors; [`Error::Io`] for an index that cannot be read (its target
+/// missing); [`Error::Corrupt`] for an index that is not one.
+pub(super) fn leaf_references(
+    shared: &Shared,
+    sharding: &Sharding,
+    reader: &mut dyn Reader,
+    net: Option<&Net>,
+    cache: &mut PlanCache,
+    leaves: &[&[u64]],
+) -> Result<Vec<Option<Reference>>> {
+    let array = &shared.array;
+    let located: Vec<_> = leaves.iter().map(|leaf| array.locate(leaf)).collect();
+    let mut shard_ids: BTreeMap<&[u64], usize> = BTreeMap::new();
+    for location in &located {
+        let next = shard_ids.len();
+        shard_ids.entry(location.file.as_slice()).or_insert(next);
+    }
+    let mut shards: Vec<&[u64]> = vec![&[]; shard_ids.len()];
+    for (&coords, &id) in &shard_ids {
+        shards[id] = coords;
+    }
+    let entries = array.references_of(&shards)?;
+    let mut indexes: Vec<Option<Arc<ShardIndex>>> = shards
+        .iter()
+        .map(|coords| cache.reference_indexes.get(coords).cloned())
+        .collect();
+    let wanted: Vec<usize> = (0..shards.len())
+        .filter(|&i| indexes[i].is_none() && entries[i].is_some())
+        .collect();
+    if !wanted.is_empty() {
+        let read = read_indexes(shared, sharding, reader, net, cache, &entries, &wanted)?;
+        for (i, (bytes, shard_len)) in wanted.into_iter().zip(read) {
+            let index = parse(shared, sharding, &bytes, shard_len)
+                .map_err(|reason| shard_error(shared, &entries[i], shards[i], reason))?;
+            let index = Arc::new(index);
+            cache
+                .reference_indexes
+                .insert(shards[i].to_vec(), Arc::clone(&index));
+            indexes[i] = Some(index);
+        }
+    }
+    Ok(located
+        .iter()
+        .map(|location| {
+            let shard = shard_ids[location.file.as_slice()];
+            let (entry, index) = (entries[shard].as_ref()?, indexes[shard].as_ref()?);
+            let Slot::Bytes { offset, len } = index.slot(location.inner) else {
+                return None;
+            };
+            Some(match entry {
+                Reference::Inline(bytes) => {
+                    let (start, end) = (offset as usize, (offset + len) as usize);
+                    Reference::Inline(Arc::from(&bytes[start..end]))
+                }
+                Reference::Range {
+                    target, offset: at, ..
+                } => Reference::Range {
+                    target: *target,
+                    offset: at + offset,
+                    len,
+                },
+                Reference::Whole { target } => Reference::Range {
+                    target: *target,
+                    offset,
+                    len,
+                },
+            })
+        })
+        .collect())
+}
+
+/// A shard's index from its bytes, checked against the shard's length.
+fn parse(
+    shared: &Shared,
+    sharding: &Sharding,
+    bytes: &[u8],
+    shard_len: u64,
+) -> std::result::Result<ShardIndex, String> {
+    if shard_len < sharding.index_len {
+        return Err(format!(
+            "{shard_len} bytes, too short for its index of {} bytes",
+            sharding.index_len
+        ));
+    }
+    let per_shard_shape = shared.array.leaves_per_file();
+    let per_shard: u64 = per_shard_shape.iter().product();
+    let words = decode_index(sharding, bytes, &per_shard_shape)?;
+    ShardIndex::from_words(&words, per_shard, shard_len)
+}
+
+/// Where a shard's index lies within the shard's `shard_len` bytes.
+fn index_range(sharding: &Sharding, shard_len: u64) -> (u64, u64) {
+    let len = sharding.index_len.min(shard_len);
+    match sharding.index_location {
+        IndexLocation::Start => (0, len),
+        IndexLocation::End => (shard_len - len, shard_len),
+    }
+}
+
+/// The bytes of each wanted shard's index, with its shard's length.
+fn read_indexes(
+    shared: &Shared,
+    sharding: &Sharding,
+    reader: &mut dyn Reader,
+    net: Option<&Net>,
+    cache: &mut PlanCache,
+    entries: &[Option<Reference>],
+    wanted: &[usize],
+) -> Result<Vec<(Vec<u8>, u64)>> {
+    let mut read: Vec<Option<(Vec<u8>, u64)>> = vec![None; wanted.len()];
+    // Local targets read together, remote ones fetched together.
+    let mut counted = 0;
+    let mut local = Vec::new();
+    let mut fetches = Vec::new();
+    for (w, &i) in wanted.iter().enumerate() {
+        let (target, within) = match &entries[i] {
+            Some(Reference::Inline(bytes)) => {
+                let (start, end) = index_range(sharding, bytes.len() as u64);
+                read[w] = Some((
+                    bytes[start as usize..end as usize].to_vec(),
+                    bytes.len() as u64,
+                ));
+                continue;
+            }
+            Some(Reference::Range {
+                target,
+                offset,
+                len,
+            }) => (*target, Some((*offset, *len))),
+            Some(Reference::Whole { target }) => (*target, None),
+            None => continue,
+        };
+        let file = cache.file(shared, &[u64::from(target)])?;
+        if let Some(open) = &file.file {
+            let (offset, len) = within.unwrap_or((0, open.len));
+            let (start, end) = index_range(sharding, len);
+            local.push((w, Arc::clone(open), offset + start, end - start, len));
+        } else if let Some(object) = file.object {
+            fetches.push((w, file.path, object, within));
+        }
+    }
+    if !local.is_empty() {
+        let ops: Vec<ReadOp<'_>> = local
+            .iter()
+            .map(|(_, open, offset, len, _)| ReadOp {
+                file: &open.file,
+                offset: *offset,
+                len: *len as usize,
+            })
+            .collect();
+        for ((w, open, _, _, shard_len), result) in local.iter().zip(reader.read(&ops)) {
+            let bytes = result.map_err(|e| Error::io(&open.path, "reading a shard index", e))?;
+            counted += bytes.len() as u64;
+            read[*w] = Some((bytes.to_vec(), *shard_len));
+        }
+    }
+    if !fetches.is_empty() {
+        let Some(net) = net else {
+            return Err(Error::Stopped(
+                "internal error: a remote shard index without a network runtime".into(),
+            ));
+        };
+        let part_bytes = shared.remote().map_or(u64::MAX, |(s, _)| s.part_bytes);
+        let at_start = matches!(sharding.index_location, IndexLocation::Start);
+        let index_len = sharding.index_len;
+        let requests = net.requests.as_ref();
+        let futures = fetches.iter().map(|(_, _, object, within)| async move {
+            let client = shared
+                .client(object.store)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let wanted = match within {
+                Some((offset, len)) => {
+                    let (start, end) = index_range(sharding, *len);
+                    Wanted::Range(offset + start..offset + end)
+                }
+                None if at_start => Wanted::Range(0..index_len),
+                None => Wanted::Suffix(index_len),
+            };
+            let fetched = remote::get(
+                client.as_ref(),
+                &object.key,
+                wanted,
+                part_bytes,
+                requests,
+                &object.expected(),
+            )
+            .await?;
+            Ok::<_, std::io::Error>((fetched, *within))
+        });
+        let results = net.block_on(unless_stopped(shared, futures::future::join_all(futures)))?;
+        for ((w, path, _, _), result) in fetches.iter().zip(results) {
+            let missing = || {
+                let gone = std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the object a reference points into is missing",
+                );
+                Error::io(path, "reading a shard index", gone)
+            };
+            let (fetched, within) =
+                result.map_err(|e| Error::io(path, "reading a shard index", e))?;
+            let fetched = fetched.ok_or_else(missing)?;
+            let shard_len = within.map_or(fetched.size, |(_, len)| len);
+            counted += fetched.bytes.len() as u64;
+            read[*w] = Some((fetched.bytes.to_vec(), shard_len));
+        }
+    }
+    shared
+        .counters
+        .bytes_read
+        .fetch_add(counted, Ordering::Relaxed);
+    read.into_iter()
+        .map(|r| r.ok_or_else(|| Error::Stopped("internal error: a shard index not read".into())))
+        .collect()
+}
+
+/// The error for a shard whose index is not one, naming the shard and where it lies.
+fn shard_error(shared: &Shared, entry: &Option<Reference>, shard: &[u64], reason: String) -> Error {
+    let (path, at) = match entry {
+        Some(Reference::Range {
+            target,
+            offset,
+            len,
+        }) => (
+            shared.array.file_path(&[u64::from(*target)]),
+            format!(" (bytes {offset}..{})", offset + len),
+        ),
+        Some(Reference::Whole { target }) => {
+            (shared.array.file_path(&[u64::from(*target)]), String::new())
+        }
+        _ => (
+            shared.array.path.clone(),
+            " (inline in the references)".into(),
+        ),
+    };
+    Error::corrupt(path, format!("the index of shard {shard:?}{at}"), reason)
+}

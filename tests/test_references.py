@@ -184,12 +184,18 @@ def test_only_the_referenced_bytes_are_read(tmp_path):
     assert ds.stats()["bytes_read"] == refs["refs"]["t2m/2.0.1"][2]
 
 
-def write_sharded(root: Path) -> np.ndarray:
-    """A sharded Zarr v3 array that zarr-python writes at ``root / "x.zarr"``, one shard never
-    written; returns what zarr-python reads."""
+def write_sharded(root: Path, index_location: str) -> np.ndarray:
+    """A sharded Zarr v3 array that zarr-python writes at ``root / "x.zarr"`` (zstd inner
+    chunks, the shard index at ``index_location``), one shard never written; returns what
+    zarr-python reads."""
+    codecs = zarr.codecs
+    sharding = codecs.ShardingCodec(
+        chunk_shape=(2, 8, 8), index_location=index_location,
+        codecs=[codecs.BytesCodec(), codecs.ZstdCodec(level=3)],
+    )  # fmt: skip
     array = zarr.create_array(
-        root / "x.zarr", shape=(8, 32, 32), chunks=(2, 8, 8), shards=(4, 16, 16), dtype="f4",
-        compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=("time", "lat", "lon"),
+        root / "x.zarr", shape=(8, 32, 32), chunks=(4, 16, 16), dtype="f4",
+        serializer=sharding, compressors=None, dimension_names=("time", "lat", "lon"),
     )  # fmt: skip
     values = np.random.default_rng(11).normal(size=array.shape).astype("f4")
     array[0:4] = values[0:4]
@@ -213,10 +219,15 @@ def sharded_refs(root: Path, base: str) -> dict:
     return {"version": 1, "refs": refs}
 
 
-def test_a_sharded_array_by_reference_locally_over_http_and_s3(tmp_path, object_server, s3):
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_a_sharded_array_by_reference_locally_over_http_and_s3(
+    tmp_path, object_server, s3, index_location
+):
     """Each chunk the set lists is a shard: its index, read from its bytes (a whole file's
-    end, or a range's), places the inner chunks the crops need."""
-    values = write_sharded(tmp_path)
+    end or start, or a range's), places the inner chunks the crops need."""
+    values = write_sharded(tmp_path, index_location)
+    layout = json.loads((tmp_path / "x.zarr" / "zarr.json").read_text())["codecs"][0]
+    assert layout["configuration"]["index_location"] == index_location
     origins = [(0, 0, 0), (1, 7, 9), (3, 12, 20), (5, 22, 22), (4, 14, 6)]
 
     def check(source, options=None) -> None:
@@ -231,11 +242,11 @@ def test_a_sharded_array_by_reference_locally_over_http_and_s3(tmp_path, object_
     check(References(f"{server.url}/http.json", path="x"))
     for shard in (tmp_path / "x.zarr" / "c").rglob("*"):
         if shard.is_file():
-            s3.put("archive", f"x.zarr/{shard.relative_to(tmp_path / 'x.zarr').as_posix()}",
-                   shard.read_bytes())  # fmt: skip
-    refs = sharded_refs(tmp_path, "s3://archive")
-    s3.put("archive", "refs.json", json.dumps(refs).encode())
-    check(References("s3://archive/refs.json", path="x"), s3.storage_options)
+            key = f"{index_location}/x.zarr/{shard.relative_to(tmp_path / 'x.zarr').as_posix()}"
+            s3.put("archive", key, shard.read_bytes())
+    refs = sharded_refs(tmp_path, f"s3://archive/{index_location}")
+    s3.put("archive", f"{index_location}.json", json.dumps(refs).encode())
+    check(References(f"s3://archive/{index_location}.json", path="x"), s3.storage_options)
 
 
 def test_targets_outside_the_authorized_places_are_refused(tmp_path):

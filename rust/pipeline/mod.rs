@@ -2,10 +2,10 @@
 //! only the stages before it:
 //!
 //! ```text
-//! shared ─▶ files ─▶ targets ─▶ planned ─▶ groups ─▶ decode ─▶ batch ─▶ io_stage ─▶ remote ─▶ engine
-//! context   open     where a     a batch     reads     bytes →   local    reads on    object    threads,
-//!           files,   chunk's     planned to  grouped   the       reads,   I/O threads store     submit,
-//!           indexes  pieces land its reads   & merged  batch     decoded             fetches   tickets
+//! shared ─▶ files ─▶ targets ─▶ referenced_shards ─▶ planned ─▶ groups ─▶ decode ─▶ batch ─▶ io_stage ─▶ remote ─▶ engine
+//! context   open     where a     inner chunks of      a batch     reads     bytes →   local    reads on    object    threads,
+//!           files,   chunk's     shards listed by     planned to  grouped   the       reads,   I/O threads store     submit,
+//!           indexes  pieces land a reference set      its reads   & merged  batch     decoded             fetches   tickets
 //! ```
 
 mod batch;

@@ -113,10 +113,15 @@ fn parse(
     ShardIndex::from_words(&words, per_shard, shard_len)
 }
 
-/// Where a shard's index lies within the shard's `shard_len` bytes.
+/// Where a shard's index lies within the shard's `shard_len` bytes (all of them, for a
+/// shard too short to hold it, which [`parse`] then refuses).
 fn index_range(sharding: &Sharding, shard_len: u64) -> (u64, u64) {
-    let len = sharding.index_len.min(shard_len);
-    match sharding.index_location {
+    index_within(sharding.index_len, sharding.index_location, shard_len)
+}
+
+fn index_within(index_len: u64, location: IndexLocation, shard_len: u64) -> (u64, u64) {
+    let len = index_len.min(shard_len);
+    match location {
         IndexLocation::Start => (0, len),
         IndexLocation::End => (shard_len - len, shard_len),
     }
@@ -258,4 +263,18 @@ fn shard_error(shared: &Shared, entry: &Option<Reference>, shard: &[u64], reason
         ),
     };
     Error::corrupt(path, format!("the index of shard {shard:?}{at}"), reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_lies_at_the_start_or_the_end_of_its_shard() {
+        assert_eq!(index_within(132, IndexLocation::End, 1000), (868, 1000));
+        assert_eq!(index_within(132, IndexLocation::Start, 1000), (0, 132));
+        // A shard shorter than an index: all of it, for the parse to refuse.
+        assert_eq!(index_within(132, IndexLocation::End, 100), (0, 100));
+        assert_eq!(index_within(132, IndexLocation::Start, 100), (0, 100));
+    }
 }

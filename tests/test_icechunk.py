@@ -25,6 +25,31 @@ CHUNKS = (1, 16, 16)
 ARRAYS = ("t2m", "small", "virtual")
 
 
+def laid_end_to_end(array: Path, out: Path) -> dict[str, tuple[int, int]]:
+    """Lays the stored chunks (or shards) of the Zarr v3 array at ``array`` end to end in the
+    file ``out``, as an archive holds them; returns each one's ``(offset, length)`` there, by
+    its key (``c/0/1/2``)."""
+    ranges, blob = {}, b""
+    for chunk in sorted((array / "c").rglob("*")):
+        if chunk.is_file():
+            data = chunk.read_bytes()
+            ranges["c/" + chunk.relative_to(array / "c").as_posix()] = (len(blob), len(data))
+            blob += data
+    out.write_bytes(blob)
+    return ranges
+
+
+def new_repository(path: Path, archive: Path, prefix: str):
+    """A repository at ``path`` whose virtual chunks may lie in ``archive`` (URLs ``prefix``)."""
+    config = icechunk.RepositoryConfig.default()
+    store = icechunk.local_filesystem_store(str(archive))
+    config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
+    return icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(path)), config=config,
+        authorize_virtual_chunk_access={prefix: None},
+    )  # fmt: skip
+
+
 class Repo:
     """A repository: ``main`` with two commits (the first tagged ``v1``), and a branch
     ``dev`` from the first; ``t2m`` (native chunks), ``small`` (chunks small enough to be
@@ -44,23 +69,9 @@ class Repo:
             dimension_names=("time", "lat", "lon"),
         )  # fmt: skip
         encoded[...] = rng.normal(size=SHAPE).astype("f4")
-        ranges, blob = {}, b""
-        for chunk in sorted((root / "encoded.zarr" / "c").rglob("*")):
-            if chunk.is_file():
-                key = "c/" + chunk.relative_to(root / "encoded.zarr" / "c").as_posix()
-                data = chunk.read_bytes()
-                ranges[key] = (len(blob), len(data))
-                blob += data
-        (self.archive / "archive.bin").write_bytes(blob)
+        ranges = laid_end_to_end(root / "encoded.zarr", self.archive / "archive.bin")
         self.ranges = ranges
-
-        config = icechunk.RepositoryConfig.default()
-        store = icechunk.local_filesystem_store(str(self.archive))
-        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(self.prefix, store))
-        repo = icechunk.Repository.create(
-            icechunk.local_filesystem_storage(str(self.path)), config=config,
-            authorize_virtual_chunk_access={self.prefix: None},
-        )  # fmt: skip
+        repo = new_repository(self.path, self.archive, self.prefix)
         session = repo.writable_session("main")
         group = zarr.group(session.store)
         t2m = group.create_array(
@@ -170,23 +181,9 @@ class ShardedRepo:
         # The virtual shards: a sharded Zarr v3 array's shard files, laid end to end.
         encoded = zarr.create_array(root / "encoded.zarr", shape=self.SHAPE, **codecs)
         encoded[...] = values
-        ranges, blob = {}, b""
-        for shard in sorted((root / "encoded.zarr" / "c").rglob("*")):
-            if shard.is_file():
-                key = "c/" + shard.relative_to(root / "encoded.zarr" / "c").as_posix()
-                data = shard.read_bytes()
-                ranges[key] = (len(blob), len(data))
-                blob += data
-        (self.archive / "shards.bin").write_bytes(blob)
+        ranges = laid_end_to_end(root / "encoded.zarr", self.archive / "shards.bin")
         self.ranges = ranges
-
-        config = icechunk.RepositoryConfig.default()
-        store = icechunk.local_filesystem_store(str(self.archive))
-        config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(self.prefix, store))
-        repo = icechunk.Repository.create(
-            icechunk.local_filesystem_storage(str(self.path)), config=config,
-            authorize_virtual_chunk_access={self.prefix: None},
-        )  # fmt: skip
+        repo = new_repository(self.path, self.archive, self.prefix)
         session = repo.writable_session("main")
         group = zarr.group(session.store)
         native = group.create_array("native", shape=self.SHAPE, **codecs)

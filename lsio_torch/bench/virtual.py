@@ -11,7 +11,9 @@ says so and measures nothing.
 
 ``--data icechunk``: the same fields written by zarr-python into an Icechunk repository (the
 icechunk package) and into a plain Zarr v3 folder, with the same chunks and codecs (zstd),
-read the same way; and opening a repository of 100,000 chunks.
+read the same way; then both again sharded (``SHARDS``: four chunks a shard, so that an
+epoch meets new shards, whose indexes are read, batch after batch); and opening a
+repository of 100,000 chunks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from lsio_torch.references import Icechunk, References
 FIELDS = ("t2m", "u10", "v10", "msl")
 SHAPE = (32, 512, 512)
 CHUNKS = (1, 128, 128)
+#: The shards of ``--data icechunk``'s sharded fields: four chunks each.
+SHARDS = (1, 256, 256)
 #: The crop: a random window of one step, touching up to four chunks of every field.
 CROP = {"time": 1, "lat": 128, "lon": 128}
 
@@ -103,8 +107,9 @@ def opening_seconds(folder: Path, chunks: int = 100_000) -> float:
     return seconds
 
 
-def write_icechunk(folder: Path, chunks_100k: bool = False) -> None:
-    """The fields as plain Zarr v3 and as an Icechunk repository (branch main)."""
+def write_icechunk(folder: Path, shards: tuple[int, ...] | None = None) -> None:
+    """The fields as plain Zarr v3 and as an Icechunk repository (branch main), sharded in
+    ``shards`` if given; unsharded, the repository also holds an array of 100,000 chunks."""
     import icechunk
     import zarr
 
@@ -119,12 +124,12 @@ def write_icechunk(folder: Path, chunks_100k: bool = False) -> None:
         group = zarr.open_group(store, mode="w", zarr_format=3)
         for i, name in enumerate(FIELDS):
             array = group.create_array(
-                name, shape=SHAPE, chunks=CHUNKS, dtype="f4",
+                name, shape=SHAPE, chunks=CHUNKS, shards=shards, dtype="f4",
                 compressors=[zarr.codecs.ZstdCodec(level=1)],
                 dimension_names=("time", "lat", "lon"),
             )  # fmt: skip
             array[...] = np.round(smooth * (i + 1), 2)
-        if in_repo:
+        if in_repo and shards is None:
             big = group.create_array("big", shape=(100_000, 4), chunks=(1, 4), dtype="f4")
             big[...] = 1.0
     session.commit("the bench's fields")
@@ -160,29 +165,28 @@ def run(sources: dict[str, object], n: int, batch: int, epochs: int, threads: in
 def measure_icechunk(args, cache: Path) -> dict:
     if importlib.util.find_spec("icechunk") is None:
         return {"icechunk": "missing: icechunk (pip install icechunk)"}
-    folder = cache / "icechunk"
+    folder, sharded = cache / "icechunk", cache / "icechunk-sharded"
     if not folder.exists():
         write_icechunk(folder)
+    if not sharded.exists():
+        write_icechunk(sharded, SHARDS)
     epochs = args.epochs or 3
     report: dict = {"samples": args.n, "batch": args.batch, "store": args.store}
-    labels = ("zarr v3", "icechunk")
-    if args.store == "http":
-        from lsio_torch.bench.remote import ServedFolder
+    for key, at in (("per_epoch", folder), ("sharded_per_epoch", sharded)):
+        labels = ("zarr v3", "icechunk")
+        if args.store == "http":
+            from lsio_torch.bench.remote import ServedFolder
 
-        bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
-        with ServedFolder(folder, args.latency_ms[0], bandwidth) as server:
-            sources = dict(
-                zip(
-                    labels,
-                    (f"{server.url}/plain.zarr", Icechunk(f"{server.url}/repo")),
-                    strict=True,
-                )
-            )
-            report["latency_ms"] = args.latency_ms[0]
-            report["per_epoch"] = run(sources, args.n, args.batch, epochs, args.threads)
-    else:
-        sources = dict(zip(labels, (folder / "plain.zarr", Icechunk(folder / "repo")), strict=True))
-        report["per_epoch"] = run(sources, args.n, args.batch, epochs, args.threads)
+            bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+            with ServedFolder(at, args.latency_ms[0], bandwidth) as server:
+                places = (f"{server.url}/plain.zarr", Icechunk(f"{server.url}/repo"))
+                sources = dict(zip(labels, places, strict=True))
+                report["latency_ms"] = args.latency_ms[0]
+                report[key] = run(sources, args.n, args.batch, epochs, args.threads)
+        else:
+            places = (at / "plain.zarr", Icechunk(at / "repo"))
+            sources = dict(zip(labels, places, strict=True))
+            report[key] = run(sources, args.n, args.batch, epochs, args.threads)
     from lsio_torch._sources import open_array
 
     watch = Stopwatch()
@@ -226,17 +230,22 @@ def table(report: dict) -> str:
     for missing_peer in ("virtual", "icechunk"):
         if missing_peer in report:
             return f"{missing_peer}: {report[missing_peer]}"
-    rates = report["per_epoch"]
-    (plain_label, plain), (label, other) = rates.items()
-    what = "virtual NetCDF4" if label == "references" else "Icechunk repository"
-    opened = "a reference set" if label == "references" else "a repository"
     where = "local" if report["store"] != "http" else f"http, {report['latency_ms']:g} ms"
-    return (
-        f"{what} ({where}), {report['samples']} samples of {len(FIELDS)} fields in "
-        f"batches of {report['batch']}, no cache: plain {plain_label} "
-        f"{' '.join(f'{r:.1f}' for r in plain)} samples/s by epoch, {label} "
-        f"{' '.join(f'{r:.1f}' for r in other)}; {label} / plain: "
-        f"{' '.join(f'{b / a:.2f}' for a, b in zip(plain, other, strict=True))}\n"
-        f"opening {opened} of 100,000 chunks and an array of it: "
-        f"{report['open_100k_s']:.3f} s"
+    lines = []
+    for key, sharded in (("per_epoch", ""), ("sharded_per_epoch", f", sharded {SHARDS}")):
+        if key not in report:
+            continue
+        (plain_label, plain), (label, other) = report[key].items()
+        what = "virtual NetCDF4" if label == "references" else "Icechunk repository"
+        lines.append(
+            f"{what} ({where}{sharded}), {report['samples']} samples of {len(FIELDS)} fields "
+            f"in batches of {report['batch']}, no cache: plain {plain_label} "
+            f"{' '.join(f'{r:.1f}' for r in plain)} samples/s by epoch, {label} "
+            f"{' '.join(f'{r:.1f}' for r in other)}; {label} / plain: "
+            f"{' '.join(f'{b / a:.2f}' for a, b in zip(plain, other, strict=True))}"
+        )
+    opened = "a reference set" if "references" in report["per_epoch"] else "a repository"
+    lines.append(
+        f"opening {opened} of 100,000 chunks and an array of it: {report['open_100k_s']:.3f} s"
     )
+    return "\n".join(lines)

@@ -208,7 +208,9 @@ fn plan_reads_once(
     let references: Vec<Option<Reference>> = if array.is_referenced() {
         let leaves: Vec<&[u64]> = tasks.iter().map(|t| t.chunk.as_slice()).collect();
         match array.sharding() {
-            Some(sharding) => leaf_references(shared, sharding, reader, net, cache, &leaves)?,
+            Some(sharding) => {
+                leaf_references(shared, sharding, (reader, net), cache, &leaves, ahead)?
+            }
             None => array.references_of(&leaves)?,
         }
     } else {

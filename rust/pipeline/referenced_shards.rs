@@ -4,23 +4,32 @@
 //! becomes a reference of its own (a range of the shard's target, or bytes of an inline
 //! shard), planned from then on as any chunk by reference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::files::PlanCache;
 use super::shared::{unless_stopped, Shared};
 use crate::error::{Error, Result};
-use crate::io::remote::{self, Net, Wanted};
-use crate::io::{ReadOp, Reader};
+use crate::io::remote::{self, Net};
+use crate::io::{open_files, ReadOp, Reader};
+use crate::plan::plan_batch;
 use crate::zarr::codecs::{decode_index, IndexLocation, Sharding};
 use crate::zarr::references::Entry as Reference;
 use crate::zarr::shard_index::{ShardIndex, Slot};
 
+/// A shard whose index is to be read: its coordinates, what the set holds for it, and its
+/// number among the batch's shards (`None` for a shard of a batch queued ahead).
+type Wanted = (Vec<u64>, Reference, Option<usize>);
+
+/// A shard index's bytes and its shard's length, or why they cannot be had.
+type IndexRead = Result<(Vec<u8>, u64)>;
+
 /// What the reference set holds for each leaf chunk of `leaves` of a sharded array by
 /// reference: `None` for a chunk never written (its shard not listed, or its slot empty).
 /// Shard indexes not cached are read together: local ones through `reader`, remote ones
-/// over `net`.
+/// over `net`, with (in the same round trip) the remote ones that the batches queued
+/// `ahead` will need, as [`super::planned`] does for a sharded array in an object store.
 ///
 /// # Errors
 /// The reference set's errors; [`Error::Io`] for an index that cannot be read (its target
@@ -28,10 +37,10 @@ use crate::zarr::shard_index::{ShardIndex, Slot};
 pub(super) fn leaf_references(
     shared: &Shared,
     sharding: &Sharding,
-    reader: &mut dyn Reader,
-    net: Option<&Net>,
+    (reader, net): (&mut dyn Reader, Option<&Net>),
     cache: &mut PlanCache,
     leaves: &[&[u64]],
+    ahead: &[&[Vec<u64>]],
 ) -> Result<Vec<Option<Reference>>> {
     let array = &shared.array;
     let located: Vec<_> = leaves.iter().map(|leaf| array.locate(leaf)).collect();
@@ -49,18 +58,28 @@ pub(super) fn leaf_references(
         .iter()
         .map(|coords| cache.reference_indexes.get(coords).cloned())
         .collect();
-    let wanted: Vec<usize> = (0..shards.len())
-        .filter(|&i| indexes[i].is_none() && entries[i].is_some())
+    let mut wanted: Vec<Wanted> = (0..shards.len())
+        .filter(|&i| indexes[i].is_none())
+        .filter_map(|i| Some((shards[i].to_vec(), entries[i].clone()?, Some(i))))
         .collect();
-    if !wanted.is_empty() {
-        let read = read_indexes(shared, sharding, reader, net, cache, &entries, &wanted)?;
-        for (i, (bytes, shard_len)) in wanted.into_iter().zip(read) {
-            let index = parse(shared, sharding, &bytes, shard_len)
-                .map_err(|reason| shard_error(shared, &entries[i], shards[i], reason))?;
-            let index = Arc::new(index);
-            cache
-                .reference_indexes
-                .insert(shards[i].to_vec(), Arc::clone(&index));
+    if wanted.iter().any(|(_, entry, _)| is_remote(shared, entry)) {
+        wanted.extend(shards_ahead(shared, cache, &shard_ids, ahead));
+    }
+    let read = read_indexes(shared, sharding, reader, net, cache, &wanted)?;
+    for ((coords, entry, i), result) in wanted.into_iter().zip(read) {
+        let index = result.and_then(|(bytes, shard_len)| {
+            parse(shared, sharding, &bytes, shard_len)
+                .map_err(|reason| shard_error(shared, &entry, &coords, reason))
+        });
+        // A shard of a later batch whose index cannot be had now is that batch's to read
+        // (and to fail on).
+        let index = match (index, i) {
+            (Ok(index), _) => Arc::new(index),
+            (Err(e), Some(_)) => return Err(e),
+            (Err(_), None) => continue,
+        };
+        cache.reference_indexes.insert(coords, Arc::clone(&index));
+        if let Some(i) = i {
             indexes[i] = Some(index);
         }
     }
@@ -92,6 +111,51 @@ pub(super) fn leaf_references(
             })
         })
         .collect())
+}
+
+/// Whether a shard lies in an object store.
+fn is_remote(shared: &Shared, entry: &Reference) -> bool {
+    match entry {
+        Reference::Range { target, .. } | Reference::Whole { target } => {
+            shared.array.store_of(&[u64::from(*target)]).is_some()
+        }
+        Reference::Inline(_) => false,
+    }
+}
+
+/// The shards in an object store that the batches `ahead` touch, whose indexes are neither
+/// cached nor among the batch's own (`this`).
+fn shards_ahead(
+    shared: &Shared,
+    cache: &PlanCache,
+    this: &BTreeMap<&[u64], usize>,
+    ahead: &[&[Vec<u64>]],
+) -> Vec<Wanted> {
+    let array = &shared.array;
+    let mut later = BTreeSet::new();
+    for origins in ahead {
+        for task in plan_batch(array.leaf_shape(), &shared.window, origins) {
+            let shard = array.locate(&task.chunk).file;
+            if !this.contains_key(shard.as_slice()) && cache.reference_indexes.get(&shard).is_none()
+            {
+                later.insert(shard);
+            }
+        }
+    }
+    let later: Vec<Vec<u64>> = later.into_iter().collect();
+    let coords: Vec<&[u64]> = later.iter().map(Vec::as_slice).collect();
+    // A set that cannot say now is asked again by the batch that needs the shard.
+    let Ok(entries) = array.references_of(&coords) else {
+        return Vec::new();
+    };
+    later
+        .into_iter()
+        .zip(entries)
+        .filter_map(|(coords, entry)| {
+            let entry = entry.filter(|e| is_remote(shared, e))?;
+            Some((coords, entry, None))
+        })
+        .collect()
 }
 
 /// A shard's index from its bytes, checked against the shard's length.
@@ -127,40 +191,54 @@ fn index_within(index_len: u64, location: IndexLocation, shard_len: u64) -> (u64
     }
 }
 
-/// The bytes of each wanted shard's index, with its shard's length.
+/// The bytes of each wanted shard's index, with its shard's length, or why they cannot be
+/// had.
+///
+/// # Errors
+/// Only what stops the whole batch: out of file descriptors, or the engine stopped.
 fn read_indexes(
     shared: &Shared,
     sharding: &Sharding,
     reader: &mut dyn Reader,
     net: Option<&Net>,
     cache: &mut PlanCache,
-    entries: &[Option<Reference>],
-    wanted: &[usize],
-) -> Result<Vec<(Vec<u8>, u64)>> {
-    let mut read: Vec<Option<(Vec<u8>, u64)>> = vec![None; wanted.len()];
+    wanted: &[Wanted],
+) -> Result<Vec<IndexRead>> {
+    let not_read = || {
+        Err(Error::Stopped(
+            "internal error: a shard index not read".into(),
+        ))
+    };
+    let mut read: Vec<IndexRead> = wanted.iter().map(|_| not_read()).collect();
     // Local targets read together, remote ones fetched together.
     let mut counted = 0;
     let mut local = Vec::new();
     let mut fetches = Vec::new();
-    for (w, &i) in wanted.iter().enumerate() {
-        let (target, within) = match &entries[i] {
-            Some(Reference::Inline(bytes)) => {
+    for (w, (_, entry, _)) in wanted.iter().enumerate() {
+        let (target, within) = match entry {
+            Reference::Inline(bytes) => {
                 let (start, end) = index_range(sharding, bytes.len() as u64);
-                read[w] = Some((
-                    bytes[start as usize..end as usize].to_vec(),
-                    bytes.len() as u64,
-                ));
+                let index = bytes[start as usize..end as usize].to_vec();
+                read[w] = Ok((index, bytes.len() as u64));
                 continue;
             }
-            Some(Reference::Range {
+            Reference::Range {
                 target,
                 offset,
                 len,
-            }) => (*target, Some((*offset, *len))),
-            Some(Reference::Whole { target }) => (*target, None),
-            None => continue,
+            } => (*target, Some((*offset, *len))),
+            Reference::Whole { target } => (*target, None),
         };
-        let file = cache.file(shared, &[u64::from(target)])?;
+        let file = match cache.file(shared, &[u64::from(target)]) {
+            Ok(file) => file,
+            Err(Error::Io { path, what, source }) if open_files::out_of_descriptors(&source) => {
+                return Err(Error::io(path, what, source));
+            }
+            Err(e) => {
+                read[w] = Err(e);
+                continue;
+            }
+        };
         if let Some(open) = &file.file {
             let (offset, len) = within.unwrap_or((0, open.len));
             let (start, end) = index_range(sharding, len);
@@ -179,9 +257,12 @@ fn read_indexes(
             })
             .collect();
         for ((w, open, _, _, shard_len), result) in local.iter().zip(reader.read(&ops)) {
-            let bytes = result.map_err(|e| Error::io(&open.path, "reading a shard index", e))?;
-            counted += bytes.len() as u64;
-            read[*w] = Some((bytes.to_vec(), *shard_len));
+            read[*w] = result
+                .map(|bytes| {
+                    counted += bytes.len() as u64;
+                    (bytes.to_vec(), *shard_len)
+                })
+                .map_err(|e| Error::io(&open.path, "reading a shard index", e));
         }
     }
     if !fetches.is_empty() {
@@ -201,63 +282,60 @@ fn read_indexes(
             let wanted = match within {
                 Some((offset, len)) => {
                     let (start, end) = index_range(sharding, *len);
-                    Wanted::Range(offset + start..offset + end)
+                    remote::Wanted::Range(offset + start..offset + end)
                 }
-                None if at_start => Wanted::Range(0..index_len),
-                None => Wanted::Suffix(index_len),
+                None if at_start => remote::Wanted::Range(0..index_len),
+                None => remote::Wanted::Suffix(index_len),
             };
-            let fetched = remote::get(
+            let expected = object.expected();
+            remote::get(
                 client.as_ref(),
                 &object.key,
                 wanted,
                 part_bytes,
                 requests,
-                &object.expected(),
+                &expected,
             )
-            .await?;
-            Ok::<_, std::io::Error>((fetched, *within))
+            .await
         });
         let results = net.block_on(unless_stopped(shared, futures::future::join_all(futures)))?;
-        for ((w, path, _, _), result) in fetches.iter().zip(results) {
-            let missing = || {
-                let gone = std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the object a reference points into is missing",
-                );
-                Error::io(path, "reading a shard index", gone)
+        for ((w, path, _, within), result) in fetches.iter().zip(results) {
+            let gone = || {
+                let missing = "the object a reference points into is missing";
+                std::io::Error::new(std::io::ErrorKind::NotFound, missing)
             };
-            let (fetched, within) =
-                result.map_err(|e| Error::io(path, "reading a shard index", e))?;
-            let fetched = fetched.ok_or_else(missing)?;
-            let shard_len = within.map_or(fetched.size, |(_, len)| len);
-            counted += fetched.bytes.len() as u64;
-            read[*w] = Some((fetched.bytes.to_vec(), shard_len));
+            read[*w] = result
+                .and_then(|fetched| fetched.ok_or_else(gone))
+                .map(|fetched| {
+                    counted += fetched.bytes.len() as u64;
+                    let shard_len = within.map_or(fetched.size, |(_, len)| len);
+                    (fetched.bytes.to_vec(), shard_len)
+                })
+                .map_err(|e| Error::io(path, "reading a shard index", e));
         }
     }
     shared
         .counters
         .bytes_read
         .fetch_add(counted, Ordering::Relaxed);
-    read.into_iter()
-        .map(|r| r.ok_or_else(|| Error::Stopped("internal error: a shard index not read".into())))
-        .collect()
+    Ok(read)
 }
 
 /// The error for a shard whose index is not one, naming the shard and where it lies.
-fn shard_error(shared: &Shared, entry: &Option<Reference>, shard: &[u64], reason: String) -> Error {
+fn shard_error(shared: &Shared, entry: &Reference, shard: &[u64], reason: String) -> Error {
     let (path, at) = match entry {
-        Some(Reference::Range {
+        Reference::Range {
             target,
             offset,
             len,
-        }) => (
+        } => (
             shared.array.file_path(&[u64::from(*target)]),
             format!(" (bytes {offset}..{})", offset + len),
         ),
-        Some(Reference::Whole { target }) => {
+        Reference::Whole { target } => {
             (shared.array.file_path(&[u64::from(*target)]), String::new())
         }
-        _ => (
+        Reference::Inline(_) => (
             shared.array.path.clone(),
             " (inline in the references)".into(),
         ),

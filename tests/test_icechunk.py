@@ -295,6 +295,41 @@ def test_sharded_arrays_over_http_and_s3(sharded, object_server, s3):
     assert check_batches(ds, want, (8, 8, 8), same_values) == 6
 
 
+def test_a_missing_shard_fails_the_batch_that_needs_it_not_the_ones_before(tmp_path, object_server):
+    """Over HTTP the indexes of shards that batches queued ahead need are fetched early; a
+    shard deleted from the repository fails only the batch that reads it, naming it."""
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    values = np.random.default_rng(4).normal(size=(8, 32, 32)).astype("f4")
+    session = repo.writable_session("main")
+    array = zarr.group(session.store).create_array(
+        "native", shape=values.shape, chunks=(2, 8, 8), shards=(4, 16, 16), dtype="f4",
+        dimension_names=("time", "lat", "lon"),
+    )  # fmt: skip
+    array[0:4] = values[0:4]
+    session.commit("the first four steps")
+    first = set((tmp_path / "repo" / "chunks").iterdir())
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="native")[4:8] = values[4:8]
+    session.commit("the last four")
+    later = set((tmp_path / "repo" / "chunks").iterdir()) - first
+    assert len(later) == 4  # the shards of steps 4-7
+    for shard in later:
+        shard.unlink()
+
+    server = object_server(tmp_path)
+    ds = ZarrCropDataset(
+        Icechunk(f"{server.url}/repo"), {"time": 1, "lat": 8, "lon": 8}, variables=["native"],
+        batch_size=2, origins=[(0, 0, 0), (3, 20, 4), (5, 0, 0), (6, 8, 8)],
+        return_origins=True, cache_bytes=0,
+    )  # fmt: skip
+    batches = iter(ds)
+    batch, origins = next(batches)
+    assert check_batches([(batch, origins)], {"native": values}, (1, 8, 8), same_values) == 2
+    with pytest.raises(lsio_torch.LsioError, match="missing") as e:
+        next(batches)
+    assert "/repo/chunks/" in str(e.value)
+
+
 def test_a_corrupt_shard_index_by_reference_names_the_shard_and_its_file(tmp_path):
     repo = ShardedRepo(tmp_path)
     want = repo.values()["virtual"]

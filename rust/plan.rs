@@ -1,7 +1,7 @@
 //! The crop planner: which leaf chunks a batch of crops touches, and for each chunk the
 //! pieces it contributes to each crop. Each chunk appears once however many crops share it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::window::Window;
 use crate::zarr::Region;
@@ -54,9 +54,70 @@ pub fn plan_batch(leaf_shape: &[u64], window: &Window, origins: &[Vec<u64>]) -> 
         .collect()
 }
 
+/// The grid coordinates of the files (shards of `per_file` leaf chunks along each dimension)
+/// that samples of `window` at the origins of `batches` touch, each once.
+#[must_use]
+pub fn files_touched(
+    leaf_shape: &[u64],
+    per_file: &[u64],
+    window: &Window,
+    batches: &[&[Vec<u64>]],
+) -> BTreeSet<Vec<u64>> {
+    let mut touched = BTreeSet::new();
+    let origins = batches.iter().flat_map(|batch| batch.iter());
+    for b in origins.flat_map(|origin| window.boxes(origin)) {
+        // The files the box overlaps, dimension by dimension.
+        let ranges: Vec<(u64, u64)> = (0..leaf_shape.len())
+            .map(|d| {
+                let file = leaf_shape[d] * per_file[d];
+                let end = b.in_array.start[d] + b.in_array.shape[d].max(1) - 1;
+                (b.in_array.start[d] / file, end / file)
+            })
+            .collect();
+        let mut file: Vec<u64> = ranges.iter().map(|r| r.0).collect();
+        loop {
+            touched.insert(file.clone());
+            // The next file of the box, last dimension fastest.
+            let Some(d) = (0..file.len()).rev().find(|&d| file[d] < ranges[d].1) else {
+                break;
+            };
+            file[d] += 1;
+            for (f, r) in file.iter_mut().zip(&ranges).skip(d + 1) {
+                *f = r.0;
+            }
+        }
+    }
+    touched
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_files_touched_are_those_of_the_chunks_planned() {
+        let (leaf, per_file) = ([3u64, 5, 2], [2u64, 1, 3]);
+        let window = Window::crop(&[4, 7, 3]);
+        let batches = [
+            vec![vec![0, 0, 0], vec![5, 9, 1]],
+            vec![vec![2, 3, 4], vec![11, 0, 5]],
+        ];
+        let mut want = BTreeSet::new();
+        for batch in &batches {
+            for task in plan_batch(&leaf, &window, batch) {
+                want.insert(
+                    task.chunk
+                        .iter()
+                        .zip(&per_file)
+                        .map(|(c, p)| c / p)
+                        .collect(),
+                );
+            }
+        }
+        let batches: Vec<&[Vec<u64>]> = batches.iter().map(Vec::as_slice).collect();
+        assert_eq!(files_touched(&leaf, &per_file, &window, &batches), want);
+        assert!(want.len() > 4, "the crops span several files");
+    }
 
     #[test]
     fn shared_chunks_are_planned_once() {

@@ -16,9 +16,9 @@ use crate::cache::{Claims, DiskCache, Lookup, Promise};
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Expected, Net, Wanted};
 use crate::io::{direct_range, open_files, ReadOp, Reader};
-use crate::plan::{plan_batch, ChunkTask};
+use crate::plan::{files_touched, plan_batch, ChunkTask};
 use crate::zarr::array::ChunkLocation;
-use crate::zarr::codecs::{decode_index, IndexLocation};
+use crate::zarr::codecs::IndexLocation;
 use crate::zarr::references::Entry as Reference;
 use crate::zarr::shard_index::{ShardIndex, Slot};
 use crate::zarr::ZarrArray;
@@ -507,7 +507,6 @@ fn read_indexes(
 ) -> Result<()> {
     if let Some(sharding) = shared.array.sharding() {
         let per_shard_shape = shared.array.leaves_per_file();
-        let per_shard: u64 = per_shard_shape.iter().product();
         let index_len = sharding.index_len;
         let mut wanted = Vec::new();
         let mut ops = Vec::new();
@@ -549,8 +548,7 @@ fn read_indexes(
                 continue;
             };
             let shard_len = open.len;
-            let index = decode_index(sharding, &bytes, &per_shard_shape)
-                .and_then(|words| ShardIndex::from_words(&words, per_shard, shard_len))
+            let index = ShardIndex::decode(sharding, &bytes, &per_shard_shape, shard_len)
                 .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
             let index = Arc::new(index);
             cache
@@ -581,43 +579,15 @@ fn shards_ahead(
         return Vec::new();
     };
     let array = &shared.array;
-    let (leaf, per_file) = (array.leaf_shape(), array.leaves_per_file());
-    let mut seen = std::collections::BTreeSet::new();
+    let per_file = array.leaves_per_file();
     let mut out = Vec::new();
-    let boxes = ahead
-        .iter()
-        .flat_map(|batch| batch.iter())
-        .flat_map(|origin| shared.window.boxes(origin));
-    for b in boxes {
-        // The shards the box overlaps, dimension by dimension.
-        let ranges: Vec<(u64, u64)> = (0..leaf.len())
-            .map(|d| {
-                let end = b.in_array.start[d] + b.in_array.shape[d].max(1) - 1;
-                (
-                    b.in_array.start[d] / leaf[d] / per_file[d],
-                    end / leaf[d] / per_file[d],
-                )
-            })
-            .collect();
-        let mut shard: Vec<u64> = ranges.iter().map(|r| r.0).collect();
-        loop {
-            let first_leaf: Vec<u64> = shard.iter().zip(&per_file).map(|(s, n)| s * n).collect();
-            let coords = array.locate(&first_leaf).file;
-            let known = skip.contains_key(coords.as_slice())
-                || cache.object_indexes.get(&coords).is_some()
-                || cache.missing.get(&coords).is_some();
-            if !known && seen.insert(coords.clone()) {
-                let key = store.key(&array.file_key(&coords));
-                out.push((coords, key));
-            }
-            // The next shard of the box, last dimension fastest.
-            let Some(d) = (0..shard.len()).rev().find(|&d| shard[d] < ranges[d].1) else {
-                break;
-            };
-            shard[d] += 1;
-            for (s, r) in shard.iter_mut().zip(&ranges).skip(d + 1) {
-                *s = r.0;
-            }
+    for coords in files_touched(array.leaf_shape(), &per_file, &shared.window, ahead) {
+        let known = skip.contains_key(coords.as_slice())
+            || cache.object_indexes.get(&coords).is_some()
+            || cache.missing.get(&coords).is_some();
+        if !known {
+            let key = store.key(&array.file_key(&coords));
+            out.push((coords, key));
         }
     }
     out
@@ -640,7 +610,6 @@ fn fetch_indexes(
         return Ok(());
     };
     let per_shard_shape = shared.array.leaves_per_file();
-    let per_shard: u64 = per_shard_shape.iter().product();
     let index_len = sharding.index_len;
     let mut wanted = Vec::new();
     for (coords, &id) in file_ids {
@@ -712,8 +681,7 @@ fn fetch_indexes(
                 ),
             ));
         }
-        let index = decode_index(sharding, &fetched.bytes, &per_shard_shape)
-            .and_then(|words| ShardIndex::from_words(&words, per_shard, fetched.size))
+        let index = ShardIndex::decode(sharding, &fetched.bytes, &per_shard_shape, fetched.size)
             .map_err(|reason| Error::corrupt(path, "shard index", reason))?;
         let index = Arc::new(index);
         let version = (fetched.size, fetched.etag.clone());
@@ -749,9 +717,7 @@ fn keep_index_ahead(
         .bytes_read
         .fetch_add(fetched.bytes.len() as u64, Ordering::Relaxed);
     let per_shard_shape = shared.array.leaves_per_file();
-    let per_shard: u64 = per_shard_shape.iter().product();
-    let index = decode_index(sharding, &fetched.bytes, &per_shard_shape)
-        .and_then(|words| ShardIndex::from_words(&words, per_shard, fetched.size));
+    let index = ShardIndex::decode(sharding, &fetched.bytes, &per_shard_shape, fetched.size);
     if let (Ok(index), true) = (index, fetched.size >= sharding.index_len) {
         let version = (fetched.size, fetched.etag);
         cache

@@ -4,7 +4,7 @@
 //! becomes a reference of its own (a range of the shard's target, or bytes of an inline
 //! shard), planned from then on as any chunk by reference.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,8 +13,8 @@ use super::shared::{unless_stopped, Shared};
 use crate::error::{Error, Result};
 use crate::io::remote::{self, Net};
 use crate::io::{open_files, ReadOp, Reader};
-use crate::plan::plan_batch;
-use crate::zarr::codecs::{decode_index, IndexLocation, Sharding};
+use crate::plan::files_touched;
+use crate::zarr::codecs::{IndexLocation, Sharding};
 use crate::zarr::references::Entry as Reference;
 use crate::zarr::shard_index::{ShardIndex, Slot};
 
@@ -132,17 +132,13 @@ fn shards_ahead(
     ahead: &[&[Vec<u64>]],
 ) -> Vec<Wanted> {
     let array = &shared.array;
-    let mut later = BTreeSet::new();
-    for origins in ahead {
-        for task in plan_batch(array.leaf_shape(), &shared.window, origins) {
-            let shard = array.locate(&task.chunk).file;
-            if !this.contains_key(shard.as_slice()) && cache.reference_indexes.get(&shard).is_none()
-            {
-                later.insert(shard);
-            }
-        }
-    }
-    let later: Vec<Vec<u64>> = later.into_iter().collect();
+    let per_shard = array.leaves_per_file();
+    let later: Vec<Vec<u64>> = files_touched(array.leaf_shape(), &per_shard, &shared.window, ahead)
+        .into_iter()
+        .filter(|shard| {
+            !this.contains_key(shard.as_slice()) && cache.reference_indexes.get(shard).is_none()
+        })
+        .collect();
     let coords: Vec<&[u64]> = later.iter().map(Vec::as_slice).collect();
     // A set that cannot say now is asked again by the batch that needs the shard.
     let Ok(entries) = array.references_of(&coords) else {
@@ -171,10 +167,7 @@ fn parse(
             sharding.index_len
         ));
     }
-    let per_shard_shape = shared.array.leaves_per_file();
-    let per_shard: u64 = per_shard_shape.iter().product();
-    let words = decode_index(sharding, bytes, &per_shard_shape)?;
-    ShardIndex::from_words(&words, per_shard, shard_len)
+    ShardIndex::decode(sharding, bytes, &shared.array.leaves_per_file(), shard_len)
 }
 
 /// Where a shard's index lies within the shard's `shard_len` bytes (all of them, for a

@@ -1,5 +1,7 @@
 //! The index of a shard: where each inner chunk's bytes lie in the shard file.
 
+use super::codecs::{decode_index, Sharding};
+
 /// Offset and length of each inner chunk in a shard, in C order of the inner chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardIndex {
@@ -41,6 +43,22 @@ impl ShardIndex {
             }
         }
         Ok(Self { entries })
+    }
+
+    /// Decodes a shard's encoded index (with `sharding`'s index codecs) for a shard of
+    /// `per_shard` inner chunks (a shape) and `shard_len` bytes, and checks it.
+    ///
+    /// # Errors
+    /// A message when the index does not decode (a bad checksum), has the wrong size or
+    /// points outside the shard.
+    pub fn decode(
+        sharding: &Sharding,
+        encoded: &[u8],
+        per_shard: &[u64],
+        shard_len: u64,
+    ) -> Result<Self, String> {
+        let words = decode_index(sharding, encoded, per_shard)?;
+        Self::from_words(&words, per_shard.iter().product(), shard_len)
     }
 
     /// The slot of inner chunk `i` (C order within the shard).
